@@ -1,0 +1,91 @@
+/*
+ * gguf.h — hardened reader of GGUF v2/v3 files over a read-only mmap.
+ *
+ * Nothing in the file is trusted: every length, count, type and offset is
+ * checked against the file size and against overflow before use, and a bad
+ * file gives GLIMPSE_EFORMAT (or EUNSUPPORTED for a valid but unknown tensor
+ * type) with a message naming what is wrong — never a crash.
+ *
+ * All pointers returned by the accessors are borrowed: valid until gguf_close.
+ * A gguf_file is immutable after opening, so any thread may read it.
+ */
+#ifndef GLIMPSE_GGUF_H
+#define GLIMPSE_GGUF_H
+
+#include "internal.h"
+#include "tensor.h"
+
+enum gguf_vtype {
+    GGUF_VTYPE_UINT8 = 0,
+    GGUF_VTYPE_INT8 = 1,
+    GGUF_VTYPE_UINT16 = 2,
+    GGUF_VTYPE_INT16 = 3,
+    GGUF_VTYPE_UINT32 = 4,
+    GGUF_VTYPE_INT32 = 5,
+    GGUF_VTYPE_FLOAT32 = 6,
+    GGUF_VTYPE_BOOL = 7,
+    GGUF_VTYPE_STRING = 8,
+    GGUF_VTYPE_ARRAY = 9,
+    GGUF_VTYPE_UINT64 = 10,
+    GGUF_VTYPE_INT64 = 11,
+    GGUF_VTYPE_FLOAT64 = 12,
+    GGUF_VTYPE_COUNT
+};
+
+typedef struct gguf_file gguf_file;
+
+/* A string inside the mapped file: not NUL-terminated. */
+typedef struct gguf_str {
+    const char *ptr;
+    uint64_t len;
+} gguf_str;
+
+/* Opens and validates a GGUF file. On success *out is owned by the caller,
+ * free with gguf_close. Any thread. */
+int gguf_open(const char *path, gguf_file **out, glimpse_err *err);
+
+/* Same over a caller's buffer (tests, fuzzing). The buffer must outlive the
+ * returned file; it is not copied. */
+int gguf_open_buffer(const void *data, size_t len, gguf_file **out, glimpse_err *err);
+
+void gguf_close(gguf_file *f);
+
+uint32_t gguf_version(const gguf_file *f);
+uint32_t gguf_alignment(const gguf_file *f);
+
+/* ---- metadata ----------------------------------------------------------- */
+
+int64_t gguf_n_kv(const gguf_file *f);
+/* Index of key, or -1 when absent. */
+int64_t gguf_find_key(const gguf_file *f, const char *key);
+gguf_str gguf_kv_key(const gguf_file *f, int64_t i);
+enum gguf_vtype gguf_kv_type(const gguf_file *f, int64_t i);
+
+/* Typed getters by key. They are strict like llama.cpp's loaders: the stored
+ * type must be exactly the one asked for. Return 0, GLIMPSE_ENOTFOUND when the
+ * key is absent, GLIMPSE_EFORMAT (message names key and both types) when the
+ * type differs. */
+int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out, glimpse_err *err);
+int gguf_get_i32(const gguf_file *f, const char *key, int32_t *out, glimpse_err *err);
+int gguf_get_f32(const gguf_file *f, const char *key, float *out, glimpse_err *err);
+int gguf_get_bool(const gguf_file *f, const char *key, bool *out, glimpse_err *err);
+int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out, glimpse_err *err);
+
+/* Arrays: element type and count; elements of fixed-size types are contiguous
+ * little-endian at *data (possibly unaligned: read with memcpy). For string
+ * arrays use gguf_get_arr_str. */
+int gguf_get_arr(const gguf_file *f, const char *key, enum gguf_vtype *elem_type,
+                 uint64_t *n, const void **data, glimpse_err *err);
+/* The i-th string of a string array (O(1): offsets are indexed at open). */
+int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *out,
+                     glimpse_err *err);
+
+/* ---- tensors ------------------------------------------------------------ */
+
+int64_t gguf_n_tensors(const gguf_file *f);
+/* The i-th tensor in file order, 0 <= i < gguf_n_tensors. Borrowed. */
+const tensor *gguf_tensor_at(const gguf_file *f, int64_t i);
+/* Tensor by name, or NULL. Borrowed. */
+const tensor *gguf_find_tensor(const gguf_file *f, const char *name);
+
+#endif /* GLIMPSE_GGUF_H */

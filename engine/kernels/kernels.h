@@ -1,0 +1,53 @@
+/*
+ * kernels.h — the math of the engine: matrix products over every weight type,
+ * norms, RoPE, activations, softmax.
+ *
+ * Each kernel has a scalar reference (kernels_ref.c) and SIMD versions picked
+ * at run time by CPU feature (kernels_avx2.c, ...); tests/unit/check_kernels.c
+ * compares them on awkward sizes. Matrix products run on the caller's thread
+ * pool; the rest are per-row and single-threaded (callers split rows).
+ *
+ * Shapes: a weight W has ne = [k, n] (row o = k contiguous values, ggml order);
+ * activations are row-major [n_tok][k] f32.
+ */
+#ifndef GLIMPSE_KERNELS_H
+#define GLIMPSE_KERNELS_H
+
+#include "../tensor.h"
+#include "../threadpool.h"
+
+/* Selects SIMD implementations for this CPU; idempotent, call at start-up.
+ * GLIMPSE_KERNELS=scalar in the environment forces the reference kernels. */
+void kernels_init(void);
+/* Name of the selected ISA path ("avx2", "scalar", ...). */
+const char *kernels_isa(void);
+
+/* Scratch that matmul needs for activation quantisation: call once at start-up
+ * with the largest n_tok*k (elements) that will be multiplied, so that
+ * kn_matmul allocates nothing afterwards. */
+int kernels_reserve(int64_t max_act_elems, glimpse_err *err);
+
+/* y[t][o] = sum_i W[o][i] * x[t][i], t < n_tok, o < W->ne[1]; x is [n_tok][W->ne[0]].
+ * Activations are converted to the weight type's vec_dot_type first
+ * (Q8_0 / Q8_K / F16 / BF16 / F32), as llama.cpp's CPU backend does. */
+void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
+
+/* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
+void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
+/* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */
+void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
+/* Adjacent-pair ("normal", ggml mode 0) RoPE on n_heads heads of head_dim at pos. */
+void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
+/* g[i] = silu(g[i]) * u[i] */
+void kn_swiglu(float *g, const float *u, int64_t n);
+/* GELU, tanh approximation, and quick-GELU z*sigmoid(1.702 z), in place. */
+void kn_gelu(float *x, int64_t n);
+void kn_gelu_quick(float *x, int64_t n);
+/* In-place softmax of n values (max-subtracted). */
+void kn_softmax(float *x, int64_t n);
+/* y[i] += b[i] for each of n_tok rows of n. */
+void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n);
+/* Dot product of two f32 vectors. */
+float kn_dot_f32(const float *a, const float *b, int64_t n);
+
+#endif /* GLIMPSE_KERNELS_H */

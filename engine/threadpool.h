@@ -1,0 +1,36 @@
+/*
+ * threadpool.h — a fixed pool of worker threads that run one task at a time,
+ * split by (ith, nth) like ggml's kernels. Threads are created once; running a
+ * task creates none and allocates nothing.
+ *
+ * Thread rule: one thread (the owner, usually the engine thread) calls
+ * threadpool_run; it takes part as thread 0. The pool is not re-entrant.
+ */
+#ifndef GLIMPSE_THREADPOOL_H
+#define GLIMPSE_THREADPOOL_H
+
+#include "internal.h"
+
+typedef struct threadpool threadpool;
+
+/* Called on every thread with ith in [0, nth). */
+typedef void (*threadpool_fn)(void *arg, int ith, int nth);
+
+/* n_threads >= 1 (1 = the caller only). Owned, free with threadpool_free. */
+int threadpool_create(int n_threads, threadpool **out, glimpse_err *err);
+void threadpool_free(threadpool *tp);
+int threadpool_size(const threadpool *tp);
+
+/* Runs fn on all threads and returns when every one has finished. A NULL tp
+ * runs fn(arg, 0, 1) on the caller. */
+void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg);
+
+/* Splits [0, n) into nth nearly equal parts; part ith is [*lo, *hi). */
+static inline void threadpool_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)
+{
+    int64_t per = n / nth, rem = n % nth;
+    *lo = ith * per + (ith < rem ? ith : rem);
+    *hi = *lo + per + (ith < rem ? 1 : 0);
+}
+
+#endif /* GLIMPSE_THREADPOOL_H */
