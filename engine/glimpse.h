@@ -59,6 +59,38 @@ typedef void (*glimpse_log_fn)(int level, const char *msg, void *user);
  * the callback may be invoked from any engine thread. */
 void glimpse_log_set(glimpse_log_fn fn, int max_level, void *user);
 
+/* ---- sampling (engine/sampler.c) ---------------------------------------- */
+
+#define GLIMPSE_MAX_TOP_LOGPROBS 20 /* OpenAI's limit on top_logprobs */
+
+/* How a request's next token is chosen. The stages run in llama.cpp's default
+ * order: penalties -> top-k -> top-p -> min-p -> temperature -> draw. Each
+ * stage has an "off" value; glimpse_sampling_default sets every stage off
+ * except temperature 1 (OpenAI's defaults). Validated when a sampler is made. */
+typedef struct glimpse_sampling {
+    float temperature;        /* >= 0; 0 = greedy (argmax after penalties) */
+    int32_t top_k;            /* >= 0; keep the k likeliest; 0 = off */
+    float top_p;              /* [0,1]; smallest set with mass >= top_p; 1 = off */
+    float min_p;              /* [0,1]; keep p >= min_p * p_max; 0 = off */
+    float repetition_penalty; /* > 0; CTRL style, as llama.cpp; 1 = off */
+    float frequency_penalty;  /* OpenAI: logit -= count * frequency_penalty; 0 = off */
+    float presence_penalty;   /* OpenAI: logit -= (count > 0) * presence_penalty; 0 = off */
+    int32_t penalty_last_n;   /* penalties count the last N tokens (default 64); 0 = off */
+    uint64_t seed;            /* same seed and same logits give the same tokens */
+    int32_t n_top_logprobs;   /* alternatives reported per token, 0..GLIMPSE_MAX_TOP_LOGPROBS */
+} glimpse_sampling;
+
+/* Fills *p with the defaults above (seed 0: the caller picks a random seed
+ * when a request gives none). Any thread. */
+void glimpse_sampling_default(glimpse_sampling *p);
+
+/* Why a sequence ended, as OpenAI's finish_reason. */
+enum glimpse_finish {
+    GLIMPSE_FINISH_NONE = 0,   /* still generating */
+    GLIMPSE_FINISH_STOP = 1,   /* end-of-generation token or stop string: "stop" */
+    GLIMPSE_FINISH_LENGTH = 2, /* max_tokens reached: "length" */
+};
+
 #ifdef __cplusplus
 }
 #endif
