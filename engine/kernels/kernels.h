@@ -9,6 +9,14 @@
  *
  * Shapes: a weight W has ne = [k, n] (row o = k contiguous values, ggml order);
  * activations are row-major [n_tok][k] f32.
+ *
+ * Numerics follow llama.cpp's CPU backend (gguf-vlm-spec.md §1.4, §2.4, §8):
+ * activation quantisation before matmul, double sums in the norms, f32
+ * incremental RoPE angles, fp16-table GELU.
+ *
+ * Thread rules: kernels_init and kernels_reserve at start-up, before any
+ * other call; kn_matmul from one thread at a time (it uses a process-wide
+ * scratch and runs on the given pool); the per-row kernels from any thread.
  */
 #ifndef GLIMPSE_KERNELS_H
 #define GLIMPSE_KERNELS_H
@@ -27,23 +35,34 @@ const char *kernels_isa(void);
  * kn_matmul allocates nothing afterwards. */
 int kernels_reserve(int64_t max_act_elems, glimpse_err *err);
 
-/* y[t][o] = sum_i W[o][i] * x[t][i], t < n_tok, o < W->ne[1]; x is [n_tok][W->ne[0]].
+/* Whether kn_matmul accepts weights of this type with rows of k elements
+ * (k a positive multiple of the type's block and of its activation block).
+ * Model loaders check every weight with it. */
+bool kn_matmul_supports(int wtype, int64_t k);
+
+/* y[t][o] = sum_i W[o][i] * x[t][i], t < n_tok, o < W->ne[1]; x is [n_tok][W->ne[0]],
+ * y is [n_tok][W->ne[1]] (must not alias x). W must pass kn_matmul_supports.
  * Activations are converted to the weight type's vec_dot_type first
- * (Q8_0 / Q8_K / F16 / BF16 / F32), as llama.cpp's CPU backend does. */
+ * (F32 / F16 / BF16 / Q8_0 / Q8_1 for Q4_1,Q5_1 / Q8_K for K-quants), as
+ * llama.cpp's CPU backend does. Allocates nothing; more tokens than
+ * kernels_reserve allowed for are processed in several passes. */
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
 /* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */
 void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
-/* Adjacent-pair ("normal", ggml mode 0) RoPE on n_heads heads of head_dim at pos. */
+/* Adjacent-pair ("normal", ggml mode 0) RoPE of x [n_heads][head_dim] at pos:
+ * pair (2i, 2i+1) turns by θ_i = pos·base^(-2i/head_dim), θ built as ggml does. */
 void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
 /* g[i] = silu(g[i]) * u[i] */
 void kn_swiglu(float *g, const float *u, int64_t n);
-/* GELU, tanh approximation, and quick-GELU z*sigmoid(1.702 z), in place. */
+/* GELU, tanh approximation, and quick-GELU z*sigmoid(1.702 z), in place, through
+ * ggml's fp16 lookup tables (input and output rounded to half; tanh-GELU is 0
+ * below -10 and the identity above 10), as llama.cpp's CPU backend computes them. */
 void kn_gelu(float *x, int64_t n);
 void kn_gelu_quick(float *x, int64_t n);
-/* In-place softmax of n values (max-subtracted). */
+/* In-place softmax of n values (max-subtracted, sum in double). */
 void kn_softmax(float *x, int64_t n);
 /* y[i] += b[i] for each of n_tok rows of n. */
 void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n);

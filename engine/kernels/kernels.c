@@ -1,0 +1,248 @@
+/*
+ * kernels.c — run-time choice of kernel implementations, and the matmul driver.
+ *
+ * Which path runs where:
+ *   - kernels_init picks one kn_impl table for the process: the AVX2+FMA table
+ *     (kernels_avx2.c) when the CPU has AVX2, FMA and F16C, else the scalar
+ *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar forces the reference.
+ *   - kn_matmul converts the activations to the weight type's vec_dot_type
+ *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
+ *     kernels_reserve, split over the pool by token rows; then computes the
+ *     dot products split over the pool by output rows, in tiles of weight
+ *     rows so that a tile stays in cache while every token passes over it.
+ *   - Everything else is a per-row call straight into the table.
+ */
+#include "kernels_impl.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const kn_impl *active = &kn_ref_impl;
+
+/* Activation scratch for kn_matmul: process-wide, grown only by kernels_reserve. */
+static uint8_t *scratch;
+static size_t scratch_len;
+
+/* Worst case bytes per activation element over every kn_act format that needs
+ * the scratch (F16/BF16: 2; Q8_0 34/32, Q8_1 36/32, Q8_K 292/256 are less). */
+#define ACT_MAX_BYTES_PER_ELEM 2
+
+static const struct {
+    int block;       /* elements per block */
+    size_t size;     /* bytes per block */
+} act_formats[KN_ACT_COUNT] = {
+    [KN_ACT_F32] = { 1, sizeof(float) },
+    [KN_ACT_F16] = { 1, sizeof(uint16_t) },
+    [KN_ACT_BF16] = { 1, sizeof(uint16_t) },
+    [KN_ACT_Q8_0] = { QK8_0, sizeof(block_q8_0) },
+    [KN_ACT_Q8_1] = { 32, sizeof(block_q8_1) },
+    [KN_ACT_Q8_K] = { QK_K, sizeof(block_q8_K) },
+};
+
+int kn_act_of(int wtype)
+{
+    switch (wtype) {
+    case DTYPE_F32: return KN_ACT_F32;
+    case DTYPE_F16: return KN_ACT_F16;
+    case DTYPE_BF16: return KN_ACT_BF16;
+    case DTYPE_Q4_0:
+    case DTYPE_Q5_0:
+    case DTYPE_Q8_0: return KN_ACT_Q8_0;
+    case DTYPE_Q4_1:
+    case DTYPE_Q5_1: return KN_ACT_Q8_1;
+    case DTYPE_Q4_K:
+    case DTYPE_Q5_K:
+    case DTYPE_Q6_K: return KN_ACT_Q8_K;
+    default: return -1;
+    }
+}
+
+size_t kn_act_row_size(int act, int64_t n)
+{
+    return (size_t)(n / act_formats[act].block) * act_formats[act].size;
+}
+
+bool kn_matmul_supports(int wtype, int64_t k)
+{
+    const dtype_info *info = dtype_get(wtype);
+    int act = kn_act_of(wtype);
+    return info && act >= 0 && k > 0 && k % info->block_size == 0 && k % act_formats[act].block == 0;
+}
+
+void kernels_init(void)
+{
+    kn_ref_init_tables();
+    active = &kn_ref_impl;
+}
+
+const char *kernels_isa(void)
+{
+    return active->isa;
+}
+
+int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
+{
+    size_t need;
+    if (max_act_elems < 0 || !size_mul((size_t)max_act_elems, ACT_MAX_BYTES_PER_ELEM, &need))
+        return err_set(err, GLIMPSE_EINVAL, "activation scratch of %lld elements is too large",
+                       (long long)max_act_elems);
+    if (need <= scratch_len)
+        return 0;
+    uint8_t *p = realloc(scratch, need);
+    if (!p)
+        return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes of matmul scratch", need);
+    scratch = p;
+    scratch_len = need;
+    return 0;
+}
+
+/* ---- matmul -------------------------------------------------------------------- */
+
+/* Weight rows per tile: 16 rows of a few KB each stay in L1/L2 while every
+ * token of the chunk is multiplied with them. */
+#define ROW_TILE 16
+
+typedef struct matmul_job {
+    kn_vec_dot_fn vec_dot;
+    kn_from_float_fn from_float;
+    const uint8_t *w;       /* [n_out] rows of w_row bytes */
+    size_t w_row;
+    int64_t k, n_out;
+    const float *x;         /* [n_tok][k] f32 */
+    uint8_t *act_out;       /* conversion target: [n_tok] rows of act_row bytes */
+    const uint8_t *act;     /* what the dots read: act_out, or x itself for F32 */
+    size_t act_row;
+    int64_t n_tok;
+    float *y;               /* [n_tok][n_out] */
+} matmul_job;
+
+static void convert_rows(void *p, int ith, int nth)
+{
+    matmul_job *j = p;
+    int64_t lo, hi;
+    threadpool_split(j->n_tok, ith, nth, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++)
+        j->from_float(j->x + t * j->k, j->act_out + (size_t)t * j->act_row, j->k);
+}
+
+static void dot_rows(void *p, int ith, int nth)
+{
+    matmul_job *j = p;
+    int64_t lo, hi;
+    threadpool_split(j->n_out, ith, nth, &lo, &hi);
+    for (int64_t o0 = lo; o0 < hi; o0 += ROW_TILE) {
+        int64_t o1 = o0 + ROW_TILE < hi ? o0 + ROW_TILE : hi;
+        for (int64_t t = 0; t < j->n_tok; t++) {
+            const uint8_t *a = j->act + (size_t)t * j->act_row;
+            float *yt = j->y + t * j->n_out;
+            for (int64_t o = o0; o < o1; o++)
+                yt[o] = j->vec_dot(j->k, j->w + (size_t)o * j->w_row, a);
+        }
+    }
+}
+
+void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
+                    int64_t n_tok, float *y)
+{
+    const int64_t k = w->ne[0], n_out = w->ne[1];
+    const int act = kn_act_of(w->type);
+    assert(kn_matmul_supports(w->type, k) && impl->vec_dot[w->type]);
+
+    matmul_job j = {
+        .vec_dot = impl->vec_dot[w->type],
+        .from_float = act == KN_ACT_F32 ? NULL : impl->from_float[act],
+        .w = w->data,
+        .w_row = dtype_row_size(w->type, k),
+        .k = k,
+        .n_out = n_out,
+        .act_row = kn_act_row_size(act, k),
+    };
+
+    /* Tokens per pass: all of them for F32 weights (no conversion), else as
+     * many converted rows as the reserved scratch holds. */
+    int64_t chunk = n_tok;
+    if (act != KN_ACT_F32) {
+        chunk = (int64_t)(scratch_len / j.act_row);
+        if (chunk == 0) {
+            /* kernels_reserve was not called with enough: a programming error,
+             * made loud rather than written past the buffer. */
+            LOG_ERROR("kn_matmul: %s needs %zu bytes of scratch per token, %zu reserved",
+                      w->name ? w->name : "weight", j.act_row, scratch_len);
+            assert(!"kernels_reserve too small");
+            for (int64_t i = 0; i < n_tok * n_out; i++)
+                y[i] = NAN;
+            return;
+        }
+    }
+
+    for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+        j.n_tok = n_tok - t0 < chunk ? n_tok - t0 : chunk;
+        j.x = x + t0 * k;
+        j.y = y + t0 * n_out;
+        if (act == KN_ACT_F32) {
+            j.act = (const uint8_t *)j.x;
+        } else {
+            j.act_out = scratch;
+            j.act = scratch;
+            if (j.n_tok == 1)
+                convert_rows(&j, 0, 1);
+            else
+                threadpool_run(tp, convert_rows, &j);
+        }
+        threadpool_run(tp, dot_rows, &j);
+    }
+}
+
+void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)
+{
+    kn_matmul_impl(active, tp, w, x, n_tok, y);
+}
+
+/* ---- per-row kernels ------------------------------------------------------------- */
+
+void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    active->rms_norm(x, w, n, eps, y);
+}
+
+void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y)
+{
+    active->layer_norm(x, w, b, n, eps, y);
+}
+
+void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base)
+{
+    active->rope(x, n_heads, head_dim, pos, freq_base);
+}
+
+void kn_swiglu(float *g, const float *u, int64_t n)
+{
+    active->swiglu(g, u, n);
+}
+
+void kn_gelu(float *x, int64_t n)
+{
+    active->gelu(x, n);
+}
+
+void kn_gelu_quick(float *x, int64_t n)
+{
+    active->gelu_quick(x, n);
+}
+
+void kn_softmax(float *x, int64_t n)
+{
+    active->softmax(x, n);
+}
+
+void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
+{
+    active->add_bias(y, b, n_tok, n);
+}
+
+float kn_dot_f32(const float *a, const float *b, int64_t n)
+{
+    return active->dot_f32(a, b, n);
+}

@@ -1,0 +1,78 @@
+/*
+ * kernels_impl.h — private to engine/kernels/ and its test: the table of
+ * kernel implementations for one ISA, and the activation formats of matmul.
+ *
+ * kernels.c picks one table at kernels_init (the scalar reference, or a SIMD
+ * table that starts as a copy of it and overrides what it speeds up), so every
+ * entry is always valid. check_kernels.c runs two tables side by side.
+ */
+#ifndef GLIMPSE_KERNELS_IMPL_H
+#define GLIMPSE_KERNELS_IMPL_H
+
+#include "kernels.h"
+
+/* What matmul converts f32 activations to before the dot products: ggml's
+ * vec_dot_type of the weight type (ggml-cpu.c: type_traits_cpu). Note that
+ * Q4_1 and Q5_1 pair with Q8_1 (which carries d·Σq for the weight minimum),
+ * not with Q8_0. */
+enum kn_act {
+    KN_ACT_F32,
+    KN_ACT_F16,
+    KN_ACT_BF16,
+    KN_ACT_Q8_0,
+    KN_ACT_Q8_1,
+    KN_ACT_Q8_K,
+    KN_ACT_COUNT
+};
+
+/* ggml's block_q8_1: the activation partner of Q4_1/Q5_1. s = d * Σ qs,
+ * stored as half, lets the dot product add the weight minimum in one step. */
+typedef struct block_q8_1 {
+    uint16_t d;     /* half */
+    uint16_t s;     /* half: d * sum(qs) */
+    int8_t qs[32];
+} block_q8_1;
+
+/* Weight type ids are ggml's and stay below this bound (BF16 = 30). */
+#define KN_MAX_DTYPE 31
+
+/* y = Σ w[i]·a[i] over one row of n elements: w a weight row of its dtype,
+ * a the activation row already converted to the paired kn_act format. */
+typedef float (*kn_vec_dot_fn)(int64_t n, const void *w, const void *a);
+/* Converts n f32 values (a multiple of the format's block) to an act format. */
+typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
+
+typedef struct kn_impl {
+    const char *isa;
+    kn_from_float_fn from_float[KN_ACT_COUNT];  /* [KN_ACT_F32] unused */
+    kn_vec_dot_fn vec_dot[KN_MAX_DTYPE];        /* NULL: not a weight type */
+    /* The per-row kernels of kernels.h, same contracts. */
+    float (*dot_f32)(const float *a, const float *b, int64_t n);
+    void (*rms_norm)(const float *x, const float *w, int64_t n, float eps, float *y);
+    void (*layer_norm)(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
+    void (*rope)(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
+    void (*swiglu)(float *g, const float *u, int64_t n);
+    void (*gelu)(float *x, int64_t n);
+    void (*gelu_quick)(float *x, int64_t n);
+    void (*softmax)(float *x, int64_t n);
+    void (*add_bias)(float *y, const float *b, int64_t n_tok, int64_t n);
+} kn_impl;
+
+/* Always available. */
+extern const kn_impl kn_ref_impl;
+/* Builds the GELU lookup tables (once; any thread, idempotent). */
+void kn_ref_init_tables(void);
+/* The AVX2+FMA table, or NULL when the CPU (or compiler) lacks AVX2/FMA/F16C.
+ * Borrowed, static; built on first call (not thread-safe before kernels_init). */
+const kn_impl *kn_avx2_impl(void);
+
+/* Activation format paired with a weight type, or -1 if it is not one. */
+int kn_act_of(int wtype);
+/* Bytes of an activation row of n elements in format act (n a multiple of the block). */
+size_t kn_act_row_size(int act, int64_t n);
+
+/* kn_matmul with an explicit implementation table (tests compare tables). */
+void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
+                    int64_t n_tok, float *y);
+
+#endif /* GLIMPSE_KERNELS_IMPL_H */

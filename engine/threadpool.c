@@ -1,0 +1,184 @@
+/*
+ * threadpool.c — fixed worker pool: one task at a time, split by (ith, nth).
+ *
+ * A run publishes (fn, arg), bumps a generation counter and wakes the workers;
+ * the caller works as thread 0, then waits until every worker has reported.
+ * Workers spin briefly on the generation counter before sleeping on a condvar,
+ * because a decoder step issues hundreds of short runs back to back and a full
+ * sleep/wake per run would cost more than the work. The spin is short since
+ * the machine may be shared.
+ *
+ * Locking: one mutex (mu) guards the sleeping side of both handshakes: the
+ * generation bump + `wake` broadcast, and the last worker's `done` signal.
+ * The fast paths read the atomics without it.
+ */
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* Iterations of the spin-wait before sleeping (a few microseconds). */
+#define SPIN_ITERS 2000
+/* Upper bound on pool size: far above any core count we run on, and keeps the
+ * thread array allocation trivially bounded. */
+#define MAX_THREADS 512
+
+typedef struct worker {
+    threadpool *tp;
+    int ith;
+    pthread_t thread;
+} worker;
+
+struct threadpool {
+    int n_threads;          /* including the caller (thread 0) */
+    worker *workers;        /* [n_threads - 1], ith = 1.. */
+    int n_started;          /* workers actually created (for cleanup) */
+
+    pthread_mutex_t mu;
+    pthread_cond_t wake;    /* workers wait here for a new generation */
+    pthread_cond_t done;    /* the caller waits here for n_running == 0 */
+
+    threadpool_fn fn;       /* task of the current generation */
+    void *arg;
+    atomic_uint gen;        /* bumped once per run (and once at shutdown) */
+    atomic_int n_running;   /* workers that have not finished this run */
+    atomic_bool stop;
+};
+
+/* Waits until tp->gen differs from seen; returns the new generation. */
+static unsigned wait_generation(threadpool *tp, unsigned seen)
+{
+    unsigned g;
+    for (int i = 0; i < SPIN_ITERS; i++) {
+        g = atomic_load_explicit(&tp->gen, memory_order_acquire);
+        if (g != seen)
+            return g;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&tp->mu);
+    while ((g = atomic_load_explicit(&tp->gen, memory_order_acquire)) == seen)
+        pthread_cond_wait(&tp->wake, &tp->mu);
+    pthread_mutex_unlock(&tp->mu);
+    return g;
+}
+
+static void *worker_main(void *p)
+{
+    worker *w = p;
+    threadpool *tp = w->tp;
+    unsigned seen = 0;
+    for (;;) {
+        seen = wait_generation(tp, seen);
+        if (atomic_load_explicit(&tp->stop, memory_order_acquire))
+            break;
+        tp->fn(tp->arg, w->ith, tp->n_threads);
+        if (atomic_fetch_sub_explicit(&tp->n_running, 1, memory_order_acq_rel) == 1) {
+            /* Last one out: the caller may be asleep on `done`. Taking the
+             * mutex orders this signal after its check of n_running. */
+            pthread_mutex_lock(&tp->mu);
+            pthread_cond_signal(&tp->done);
+            pthread_mutex_unlock(&tp->mu);
+        }
+    }
+    return NULL;
+}
+
+int threadpool_create(int n_threads, threadpool **out, glimpse_err *err)
+{
+    *out = NULL;
+    if (n_threads < 1 || n_threads > MAX_THREADS)
+        return err_set(err, GLIMPSE_EINVAL, "thread count %d outside [1, %d]", n_threads, MAX_THREADS);
+    threadpool *tp = calloc(1, sizeof *tp);
+    if (!tp)
+        return err_set(err, GLIMPSE_ENOMEM, "out of memory for the thread pool");
+    tp->n_threads = n_threads;
+    atomic_init(&tp->gen, 0);
+    atomic_init(&tp->n_running, 0);
+    atomic_init(&tp->stop, false);
+    pthread_mutex_init(&tp->mu, NULL);
+    pthread_cond_init(&tp->wake, NULL);
+    pthread_cond_init(&tp->done, NULL);
+
+    int rc = 0;
+    if (n_threads > 1) {
+        tp->workers = calloc((size_t)n_threads - 1, sizeof *tp->workers);
+        if (!tp->workers) {
+            rc = err_set(err, GLIMPSE_ENOMEM, "out of memory for %d workers", n_threads - 1);
+            goto fail;
+        }
+    }
+    for (int i = 0; i < n_threads - 1; i++) {
+        worker *w = &tp->workers[i];
+        w->tp = tp;
+        w->ith = i + 1;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            rc = err_set(err, GLIMPSE_ENOMEM, "could not create worker thread %d", i + 1);
+            goto fail;
+        }
+        tp->n_started++;
+    }
+    *out = tp;
+    return 0;
+fail:
+    threadpool_free(tp);
+    return rc;
+}
+
+void threadpool_free(threadpool *tp)
+{
+    if (!tp)
+        return;
+    pthread_mutex_lock(&tp->mu);
+    atomic_store_explicit(&tp->stop, true, memory_order_release);
+    atomic_fetch_add_explicit(&tp->gen, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&tp->wake);
+    pthread_mutex_unlock(&tp->mu);
+    for (int i = 0; i < tp->n_started; i++)
+        pthread_join(tp->workers[i].thread, NULL);
+    pthread_cond_destroy(&tp->done);
+    pthread_cond_destroy(&tp->wake);
+    pthread_mutex_destroy(&tp->mu);
+    free(tp->workers);
+    free(tp);
+}
+
+int threadpool_size(const threadpool *tp)
+{
+    return tp ? tp->n_threads : 1;
+}
+
+void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg)
+{
+    if (!tp || tp->n_threads == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    tp->fn = fn;
+    tp->arg = arg;
+    atomic_store_explicit(&tp->n_running, tp->n_threads - 1, memory_order_relaxed);
+    /* The release bump publishes fn/arg/n_running to workers that acquire gen. */
+    pthread_mutex_lock(&tp->mu);
+    atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&tp->wake);
+    pthread_mutex_unlock(&tp->mu);
+
+    fn(arg, 0, tp->n_threads);
+
+    for (int i = 0; i < SPIN_ITERS; i++) {
+        if (atomic_load_explicit(&tp->n_running, memory_order_acquire) == 0)
+            return;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&tp->mu);
+    while (atomic_load_explicit(&tp->n_running, memory_order_acquire) != 0)
+        pthread_cond_wait(&tp->done, &tp->mu);
+    pthread_mutex_unlock(&tp->mu);
+}
