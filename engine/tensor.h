@@ -1,6 +1,11 @@
 /*
- * tensor.h — weight types (ggml's numbering), half/bfloat conversion,
- * dequantisation and activation quantisation, and the tensor view type.
+ * tensor.h — weight types (ggml's numbering and block layouts), half/bfloat
+ * conversion, dequantisation and activation quantisation, and the tensor
+ * view type.
+ *
+ * Block layouts are byte-for-byte those of ggml (ggml-common.h) because the
+ * blocks are read straight out of the mapped GGUF file. Halves are stored as
+ * raw uint16_t bits; the host must be little-endian (checked in quant.c).
  */
 #ifndef GLIMPSE_TENSOR_H
 #define GLIMPSE_TENSOR_H
@@ -25,17 +30,93 @@ enum dtype {
     DTYPE_BF16 = 30,
 };
 
+/* ---- block layouts (ggml-common.h) --------------------------------------- */
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef struct block_q4_0 {
+    uint16_t d;             /* half: scale */
+    uint8_t qs[QK4_0 / 2];  /* byte j: element j (low nibble), j+16 (high) */
+} block_q4_0;
+
+typedef struct block_q4_1 {
+    uint16_t d, m;          /* half: scale, minimum */
+    uint8_t qs[QK4_1 / 2];
+} block_q4_1;
+
+typedef struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];          /* 5th bit of each element, little-endian u32 */
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+
+typedef struct block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+
+typedef struct block_q8_0 {
+    uint16_t d;
+    int8_t qs[QK8_0];
+} block_q8_0;
+
+/* K-quants: 256-element super-blocks of 8 sub-blocks with 6-bit scales/mins. */
+typedef struct block_q4_K {
+    uint16_t d, dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+
+typedef struct block_q5_K {
+    uint16_t d, dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+
+typedef struct block_q6_K {
+    uint8_t ql[QK_K / 2];   /* low 4 bits */
+    uint8_t qh[QK_K / 4];   /* high 2 bits */
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+} block_q6_K;
+
+/* Activation blocks for K-quant dot products: d stays f32, bsums[j] is the
+ * sum of qs[16j .. 16j+15] (the K-quant kernels use it for the mins). */
+typedef struct block_q8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+
+/* ---- type table ------------------------------------------------------------ */
+
+typedef void (*dtype_to_float_fn)(const void *src, float *dst, int64_t n);
+typedef void (*dtype_from_float_fn)(const float *src, void *dst, int64_t n);
+
 typedef struct dtype_info {
     const char *name;    /* "q8_0" */
     int block_size;      /* elements per block */
     int type_size;       /* bytes per block */
     int vec_dot_type;    /* what activations are converted to for matmul (llama.cpp CPU rule) */
+    bool is_weight;      /* may be the type of a tensor in a file we load */
+    dtype_to_float_fn to_float;      /* n a multiple of block_size */
+    dtype_from_float_fn from_float;  /* NULL unless some type uses this as vec_dot_type */
 } dtype_info;
 
-/* Table entry for a weight type we can load, or NULL for any other id. */
+/* Table entry for a type id (weights and activation types), or NULL for any
+ * other id. Borrowed, static. Any thread. */
 const dtype_info *dtype_get(int type);
 
-/* Bytes of a row of n elements; n must be a multiple of the block size. */
+/* Bytes of a row of n elements; n must be a multiple of the block size and
+ * type a known type (0 otherwise). */
 size_t dtype_row_size(int type, int64_t n);
 
 /* A view of an n-dimensional tensor (ggml order: ne[0] is contiguous).
@@ -49,10 +130,10 @@ typedef struct tensor {
     size_t nbytes;
 } tensor;
 
-/* Row r of a 2-D (or higher, flattened) tensor. */
+/* Row r of a 2-D (or higher, flattened) tensor: rows are ne[0] elements. */
 static inline const void *tensor_row(const tensor *t, int64_t r)
 {
-    return (const char *)t->data + (size_t)r * (t->nbytes / (size_t)(t->ne[1] * t->ne[2] * t->ne[3]));
+    return (const char *)t->data + (size_t)r * dtype_row_size(t->type, t->ne[0]);
 }
 
 /* ---- scalars -------------------------------------------------------------- */
@@ -68,11 +149,13 @@ uint16_t f32_to_bf16(float f);        /* round to nearest even, NaN kept quiet *
 
 /* ---- rows ------------------------------------------------------------------ */
 
-/* Dequantises n elements (a multiple of the type's block size) from src to f32. */
+/* Dequantises n elements (a multiple of the type's block size) from src to
+ * f32, bit-exact with ggml's dequantize_row_*. type must be known. */
 void dequantize_row(int type, const void *src, float *dst, int64_t n);
 
 /* Activation quantisation exactly as llama.cpp's reference CPU code
- * (quantize_row_q8_0_ref, quantize_row_q8_K_ref); n a multiple of 32 / 256. */
+ * (quantize_row_q8_0_ref, quantize_row_q8_K_ref); n a multiple of 32 / 256.
+ * dst is an array of block_q8_0 / block_q8_K. */
 void quantize_row_q8_0(const float *src, void *dst, int64_t n);
 void quantize_row_q8_K(const float *src, void *dst, int64_t n);
 
