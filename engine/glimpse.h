@@ -91,6 +91,140 @@ enum glimpse_finish {
     GLIMPSE_FINISH_LENGTH = 2, /* max_tokens reached: "length" */
 };
 
+/* ---- models (engine/model.c) --------------------------------------------- */
+
+/* A loaded model: the mapped weights, tokenizer, KV cache, compute scratch and
+ * the thread pool, all created by glimpse_model_load; nothing is allocated
+ * per token afterwards. */
+typedef struct glimpse_model glimpse_model;
+
+enum glimpse_kv_type {
+    GLIMPSE_KV_F16 = 0, /* keys and values stored as half, like llama.cpp (default) */
+    GLIMPSE_KV_F32 = 1, /* exact float32 cache, for comparisons with a float reference */
+};
+
+typedef struct glimpse_model_params {
+    const char *model_path;  /* text GGUF (general.architecture = llama); required */
+    const char *mmproj_path; /* vision projector GGUF, or NULL (text only) */
+    int n_threads;           /* compute threads; 0 = the number of online CPUs */
+    int n_ctx;               /* positions a generation may use (prompt + output);
+                              * 0 = min(the model's context_length, 4096) */
+    int n_batch;             /* positions per forward pass during prefill; 0 = 256 */
+    int kv_type;             /* enum glimpse_kv_type */
+} glimpse_model_params;
+
+/* Fills *p with the defaults (all zero / F16, no paths). Any thread. */
+void glimpse_model_params_default(glimpse_model_params *p);
+
+/* Loads a model. On success *out is owned by the caller, free with
+ * glimpse_model_free. Any thread; the files must not change while loaded. */
+int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimpse_err *err);
+
+/* Frees everything of the model. Accepts NULL. Not while a generation runs. */
+void glimpse_model_free(glimpse_model *m);
+
+typedef struct glimpse_model_info {
+    const char *name;          /* general.name, else the file's base name; borrowed, valid until free */
+    const char *chat_template; /* "smolvlm" or "chatml": how messages are rendered; static */
+    int n_vocab;
+    int n_embd;
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int n_ctx_train;           /* the model's context_length */
+    int n_ctx;                 /* positions one generation may use */
+    int n_threads;
+    int has_vision;            /* 1 when an mmproj is loaded */
+    double load_ms;            /* wall time of glimpse_model_load */
+} glimpse_model_info;
+
+/* Fills *out. Any thread, while the model is alive. */
+void glimpse_model_info_get(const glimpse_model *m, glimpse_model_info *out);
+
+/* ---- generation (engine/generate.c) -------------------------------------- */
+
+#define GLIMPSE_MAX_STOP 4        /* stop strings per request, like OpenAI */
+#define GLIMPSE_MAX_STOP_LEN 128  /* bytes per stop string */
+
+enum glimpse_part_type {
+    GLIMPSE_PART_TEXT = 0,
+    GLIMPSE_PART_IMAGE = 1,  /* an image slot; needs a model with an mmproj */
+};
+
+/* One item of a message's content. */
+typedef struct glimpse_part {
+    int type;                /* enum glimpse_part_type */
+    const char *text;        /* TEXT: NUL-terminated UTF-8 */
+    int image;               /* IMAGE: index into the request's images */
+} glimpse_part;
+
+typedef struct glimpse_message {
+    const char *role;        /* "system", "user", "assistant" (others are rendered by name) */
+    const glimpse_part *parts;
+    size_t n_parts;
+} glimpse_message;
+
+/* An alternative token at one step. */
+typedef struct glimpse_top_logprob {
+    int32_t id;
+    const char *piece;       /* the token's bytes (not NUL-terminated; may be part of a UTF-8 character) */
+    size_t piece_len;
+    float logprob;
+} glimpse_top_logprob;
+
+/* What the token callback receives for each generated token. All pointers are
+ * borrowed and valid only during the callback. */
+typedef struct glimpse_token {
+    int32_t id;                     /* token id; GLIMPSE_TOKEN_NONE for the final flush */
+    const char *piece;              /* this token's own bytes, as the tokenizer decodes it */
+    size_t piece_len;
+    const char *text;               /* text released to the reader by this event: complete UTF-8,
+                                     * stop strings cut, held-back bytes released later */
+    size_t text_len;
+    float logprob;                  /* log-probability of id under the model's distribution */
+    const glimpse_top_logprob *top; /* [n_top] likeliest alternatives, best first */
+    int n_top;
+} glimpse_token;
+
+#define GLIMPSE_TOKEN_NONE (-1)
+
+/* Called on the generating thread for every token, then once with
+ * id == GLIMPSE_TOKEN_NONE when text was still held back at the end (an
+ * incomplete UTF-8 tail or a possible stop-string prefix). Return 0 to go on,
+ * non-zero to cancel: glimpse_generate then returns GLIMPSE_ECANCELED. */
+typedef int (*glimpse_token_fn)(const glimpse_token *tok, void *user);
+
+typedef struct glimpse_request {
+    const glimpse_message *messages; /* rendered with the model's chat template */
+    size_t n_messages;
+    const char *prompt;              /* raw prompt: when not NULL, used as is instead of messages */
+    glimpse_sampling sampling;
+    int max_tokens;                  /* >= 1; 0 = until the context is full */
+    const char *stop[GLIMPSE_MAX_STOP]; /* NULL-padded */
+    glimpse_token_fn on_token;       /* may be NULL */
+    void *user;                      /* passed to on_token */
+} glimpse_request;
+
+/* Fills *r with defaults: no messages, default sampling, max_tokens 0, no stops. */
+void glimpse_request_default(glimpse_request *r);
+
+typedef struct glimpse_result {
+    int finish_reason;        /* enum glimpse_finish */
+    int prompt_tokens;
+    int completion_tokens;
+    double load_ms;           /* the model's load time, for reports */
+    double prefill_ms;        /* prompt evaluation */
+    double decode_ms;         /* generation after the first token's logits */
+} glimpse_result;
+
+/* Runs one request to its end: renders and tokenizes the prompt, evaluates it,
+ * then samples and reports tokens through req->on_token until an end-of-
+ * generation token, a stop string, max_tokens or the context's end.
+ * *res is filled on success and on GLIMPSE_ECANCELED.
+ * Thread rule: any thread, but one generation at a time per model (a second
+ * caller waits); the callback runs on the calling thread. */
+int glimpse_generate(glimpse_model *m, const glimpse_request *req, glimpse_result *res, glimpse_err *err);
+
 #ifdef __cplusplus
 }
 #endif

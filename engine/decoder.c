@@ -1,0 +1,320 @@
+/*
+ * decoder.c — the llama forward pass (spec §2.4) over a batch of positions.
+ *
+ * Matrix products run over all entries of the batch at once (kn_matmul on the
+ * thread pool); attention runs per (entry, head) on the pool, reading keys and
+ * values of the entry's own sequence from the paged KV cache.
+ *
+ * Numerics follow llama.cpp's CPU backend without flash attention: with an
+ * F16 cache, K (after RoPE) and V are rounded to half when stored, Q is
+ * rounded to half before q·k, and the softmax probabilities are rounded to
+ * half before they weight V (spec §2.5); sums are in f32.
+ */
+#include "decoder.h"
+
+#include "kernels/kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct decoder {
+    const text_model *m;
+    kv_cache *kv;
+    threadpool *tp;
+    int n_batch;
+    int n_out;
+    int n_threads;
+    int max_seq_len;
+    /* Activations, one row per batch entry (row-major). */
+    float *x;          /* [n_batch][n_embd] residual stream */
+    float *xb;         /* [n_batch][n_embd] normed input, then a block's output */
+    float *q;          /* [n_batch][n_head*d] */
+    float *k;          /* [n_batch][n_head_kv*d] */
+    float *v;          /* [n_batch][n_head_kv*d] */
+    float *att;        /* [n_batch][n_head*d] attention output, heads concatenated */
+    float *gate;       /* [n_batch][n_ff] */
+    float *up;         /* [n_batch][n_ff] */
+    float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
+    float *logits;     /* [n_out][n_vocab] */
+    float *att_tmp;    /* [n_threads][max_seq_len + d] per-thread scores and rounded query */
+    int n_logits;      /* rows of logits from the last pass */
+};
+
+/* ---- creation --------------------------------------------------------------- */
+
+static float *alloc_floats(size_t rows, size_t cols, bool *ok)
+{
+    size_t n;
+    if (!size_mul(rows, cols, &n) || !size_mul(n, sizeof(float), &n)) {
+        *ok = false;
+        return NULL;
+    }
+    float *p = malloc(n ? n : 1);
+    if (!p)
+        *ok = false;
+    return p;
+}
+
+int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batch, int n_out,
+                   decoder **out, glimpse_err *err)
+{
+    const text_config *c = &m->cfg;
+    const kv_params *kp = kv_cache_params(kv);
+    decoder *d = NULL;
+    int rc;
+    *out = NULL;
+    if (n_batch < 1 || n_out < 1 || n_out > n_batch)
+        return err_set(err, GLIMPSE_EINVAL, "decoder: need 1 <= n_out (%d) <= n_batch (%d)", n_out, n_batch);
+    if (kp->row_len != c->n_head_kv * c->head_dim || kp->n_layer != c->n_layer)
+        return err_set(err, GLIMPSE_EINVAL, "decoder: kv cache shape does not match the model");
+
+    d = calloc(1, sizeof *d);
+    if (!d)
+        return err_set(err, GLIMPSE_ENOMEM, "decoder: out of memory");
+    d->m = m;
+    d->kv = kv;
+    d->tp = tp;
+    d->n_batch = n_batch;
+    d->n_out = n_out;
+    d->n_threads = tp ? threadpool_size(tp) : 1;
+    d->max_seq_len = kp->max_seq_len;
+
+    size_t nb = (size_t)n_batch, q_len = (size_t)c->n_head * (size_t)c->head_dim;
+    size_t kv_len = (size_t)kp->row_len;
+    bool ok = true;
+    d->x = alloc_floats(nb, (size_t)c->n_embd, &ok);
+    d->xb = alloc_floats(nb, (size_t)c->n_embd, &ok);
+    d->q = alloc_floats(nb, q_len, &ok);
+    d->k = alloc_floats(nb, kv_len, &ok);
+    d->v = alloc_floats(nb, kv_len, &ok);
+    d->att = alloc_floats(nb, q_len, &ok);
+    d->gate = alloc_floats(nb, (size_t)c->n_ff, &ok);
+    d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
+    d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
+    d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
+    d->att_tmp = alloc_floats((size_t)d->n_threads, (size_t)d->max_seq_len + (size_t)c->head_dim, &ok);
+    if (!ok) {
+        rc = err_set(err, GLIMPSE_ENOMEM, "decoder: out of memory for a batch of %d", n_batch);
+        goto fail;
+    }
+
+    /* The widest activation a matmul quantises is a batch of rows of the
+     * largest input width (n_ff for ffn_down, n_head*d for attn_output). */
+    int64_t widest = c->n_embd;
+    if (c->n_ff > widest)
+        widest = c->n_ff;
+    if ((int64_t)q_len > widest)
+        widest = (int64_t)q_len;
+    rc = kernels_reserve(widest * n_batch, err);
+    if (rc < 0)
+        goto fail;
+    *out = d;
+    return 0;
+
+fail:
+    decoder_free(d);
+    return rc;
+}
+
+void decoder_free(decoder *d)
+{
+    if (!d)
+        return;
+    free(d->x);
+    free(d->xb);
+    free(d->q);
+    free(d->k);
+    free(d->v);
+    free(d->att);
+    free(d->gate);
+    free(d->up);
+    free(d->xo);
+    free(d->logits);
+    free(d->att_tmp);
+    free(d);
+}
+
+const float *decoder_logits(const decoder *d, int i)
+{
+    if (i < 0 || i >= d->n_logits)
+        return NULL;
+    return d->logits + (size_t)i * (size_t)d->m->cfg.n_vocab;
+}
+
+/* ---- attention -------------------------------------------------------------- */
+
+typedef struct attn_task {
+    decoder *d;
+    const dec_entry *batch;
+    int n;
+    int layer;
+} attn_task;
+
+static float dot_row(const void *row, int type, const float *q, int n, const float *half)
+{
+    float s = 0.0f;
+    if (type == KV_F16) {
+        const uint16_t *h = row;
+        for (int i = 0; i < n; i++)
+            s += half[h[i]] * q[i];
+    } else {
+        const float *f = row;
+        for (int i = 0; i < n; i++)
+            s += f[i] * q[i];
+    }
+    return s;
+}
+
+static void axpy_row(float *o, float p, const void *row, int type, int n, const float *half)
+{
+    if (type == KV_F16) {
+        const uint16_t *h = row;
+        for (int i = 0; i < n; i++)
+            o[i] += p * half[h[i]];
+    } else {
+        const float *f = row;
+        for (int i = 0; i < n; i++)
+            o[i] += p * f[i];
+    }
+}
+
+/* One (entry, head) per work item: causal softmax attention of the entry's
+ * query head over positions 0..pos of its sequence. */
+static void attn_worker(void *arg, int ith, int nth)
+{
+    attn_task *t = arg;
+    decoder *d = t->d;
+    const text_config *c = &d->m->cfg;
+    const int hd = c->head_dim, group = c->n_head / c->n_head_kv;
+    const int type = kv_cache_params(d->kv)->type;
+    const float *half = kv_half_table();
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *scores = d->att_tmp + (size_t)ith * (size_t)(d->max_seq_len + hd);  /* [pos+1] */
+    float *qr = scores + d->max_seq_len;                                          /* [d] */
+    int64_t lo, hi;
+    threadpool_split((int64_t)t->n * c->n_head, ith, nth, &lo, &hi);
+
+    for (int64_t item = lo; item < hi; item++) {
+        int i = (int)(item / c->n_head), h = (int)(item % c->n_head);
+        const dec_entry *e = &t->batch[i];
+        int kvh = h / group;
+        const float *qh = d->q + (size_t)i * (size_t)c->n_head * hd + (size_t)h * hd;
+        float *oh = d->att + (size_t)i * (size_t)c->n_head * hd + (size_t)h * hd;
+        int64_t n_ctx = e->pos + 1;
+
+        for (int j = 0; j < hd; j++)
+            qr[j] = type == KV_F16 ? half[f32_to_fp16(qh[j])] : qh[j];
+        for (int64_t s = 0; s < n_ctx; s++) {
+            const void *krow = kv_k_row(d->kv, t->layer, e->seq, s);
+            const void *kh = (const char *)krow + (size_t)kvh * hd * (type == KV_F16 ? 2 : 4);
+            scores[s] = dot_row(kh, type, qr, hd, half) * scale;
+        }
+        kn_softmax(scores, n_ctx);
+        memset(oh, 0, (size_t)hd * sizeof *oh);
+        for (int64_t s = 0; s < n_ctx; s++) {
+            float p = type == KV_F16 ? half[f32_to_fp16(scores[s])] : scores[s];
+            const void *vrow = kv_v_row(d->kv, t->layer, e->seq, s);
+            const void *vh = (const char *)vrow + (size_t)kvh * hd * (type == KV_F16 ? 2 : 4);
+            axpy_row(oh, p, vh, type, hd, half);
+        }
+    }
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+static int check_batch(const decoder *d, const dec_entry *b, int n, glimpse_err *err)
+{
+    const text_config *c = &d->m->cfg;
+    if (n < 1 || n > d->n_batch)
+        return err_set(err, GLIMPSE_EINVAL, "decoder: batch of %d entries (1..%d allowed)", n, d->n_batch);
+    int n_logits = 0;
+    for (int i = 0; i < n; i++) {
+        if (!b[i].embd && (b[i].token < 0 || b[i].token >= c->n_vocab))
+            return err_set(err, GLIMPSE_EINVAL, "decoder: token id %d out of range [0, %d)",
+                           b[i].token, c->n_vocab);
+        if (b[i].pos < 0 || b[i].pos >= kv_seq_capacity(d->kv, b[i].seq))
+            return err_set(err, GLIMPSE_EINVAL, "decoder: position %lld of sequence %d is not reserved",
+                           (long long)b[i].pos, b[i].seq);
+        n_logits += b[i].logits;
+    }
+    if (n_logits > d->n_out)
+        return err_set(err, GLIMPSE_EINVAL, "decoder: %d entries want logits (at most %d)", n_logits, d->n_out);
+    return 0;
+}
+
+int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
+{
+    int rc = check_batch(d, b, n, err);
+    if (rc < 0)
+        return rc;
+    const text_config *c = &d->m->cfg;
+    const text_weights *w = &d->m->w;
+    const int E = c->n_embd, hd = c->head_dim;
+    const int q_len = c->n_head * hd, kv_len = c->n_head_kv * hd;
+
+    /* Input rows: token embeddings (dequantised rows of token_embd, no scaling)
+     * or the caller's vectors. */
+    for (int i = 0; i < n; i++) {
+        float *xi = d->x + (size_t)i * E;
+        if (b[i].embd)
+            memcpy(xi, b[i].embd, (size_t)E * sizeof *xi);
+        else
+            dequantize_row(w->token_embd->type, tensor_row(w->token_embd, b[i].token), xi, E);
+    }
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const text_layer *L = &w->layers[l];
+
+        /* Attention block: pre-norm, Q/K/V projections, RoPE on Q and K. */
+        for (int i = 0; i < n; i++)
+            kn_rms_norm(d->x + (size_t)i * E, L->attn_norm, E, c->rms_eps, d->xb + (size_t)i * E);
+        kn_matmul(d->tp, L->wq, d->xb, n, d->q);
+        kn_matmul(d->tp, L->wk, d->xb, n, d->k);
+        kn_matmul(d->tp, L->wv, d->xb, n, d->v);
+        if (L->bq)
+            kn_add_bias(d->q, L->bq, n, q_len);
+        if (L->bk)
+            kn_add_bias(d->k, L->bk, n, kv_len);
+        if (L->bv)
+            kn_add_bias(d->v, L->bv, n, kv_len);
+        for (int i = 0; i < n; i++) {
+            float *ki = d->k + (size_t)i * kv_len;
+            kn_rope(d->q + (size_t)i * q_len, c->n_head, hd, b[i].pos, c->rope_base);
+            kn_rope(ki, c->n_head_kv, hd, b[i].pos, c->rope_base);
+            kv_store(d->kv, l, b[i].seq, b[i].pos, ki, d->v + (size_t)i * kv_len);
+        }
+
+        /* Every entry's K/V is in the cache now, so an entry attends to the
+         * earlier entries of its sequence in this same batch too. */
+        attn_task t = { d, b, n, l };
+        threadpool_run(d->tp, attn_worker, &t);
+
+        /* Output projection and residual. */
+        kn_matmul(d->tp, L->wo, d->att, n, d->xb);
+        if (L->bo)
+            kn_add_bias(d->xb, L->bo, n, E);
+        for (size_t j = 0; j < (size_t)n * E; j++)
+            d->x[j] += d->xb[j];
+
+        /* Feed-forward block: pre-norm, SwiGLU, down projection, residual. */
+        for (int i = 0; i < n; i++)
+            kn_rms_norm(d->x + (size_t)i * E, L->ffn_norm, E, c->rms_eps, d->xb + (size_t)i * E);
+        kn_matmul(d->tp, L->ffn_gate, d->xb, n, d->gate);
+        kn_matmul(d->tp, L->ffn_up, d->xb, n, d->up);
+        kn_swiglu(d->gate, d->up, (int64_t)n * c->n_ff);
+        kn_matmul(d->tp, L->ffn_down, d->gate, n, d->xb);
+        for (size_t j = 0; j < (size_t)n * E; j++)
+            d->x[j] += d->xb[j];
+    }
+
+    /* Output block: final norm and LM head, only for the rows that want logits. */
+    int n_out = 0;
+    for (int i = 0; i < n; i++)
+        if (b[i].logits)
+            kn_rms_norm(d->x + (size_t)i * E, w->output_norm, E, c->rms_eps, d->xo + (size_t)n_out++ * E);
+    if (n_out > 0)
+        kn_matmul(d->tp, w->output, d->xo, n_out, d->logits);
+    d->n_logits = n_out;
+    return 0;
+}

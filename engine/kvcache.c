@@ -1,0 +1,206 @@
+/*
+ * kvcache.c — block pool, free list and per-sequence block tables.
+ *
+ * Layout of the pool, per layer and per kind (K, V):
+ *   data[kind][layer][block][slot][row_len]   (elements of the cache type)
+ * so one block of one layer is contiguous, and a sequence's position p lives
+ * in block table[seq][p / block_size], slot p % block_size.
+ */
+#include "kvcache.h"
+
+#include "tensor.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct kv_cache {
+    kv_params p;
+    size_t elem_size;      /* 2 (F16) or 4 (F32) */
+    size_t row_bytes;      /* row_len * elem_size */
+    size_t layer_bytes;    /* n_blocks * block_size * row_bytes */
+    unsigned char *k;      /* [n_layer][n_blocks][block_size][row_len] */
+    unsigned char *v;      /* same */
+    int *free_list;        /* [n_blocks] stack of free block ids */
+    int n_free;
+    int *tables;           /* [max_seqs][max_blocks_per_seq] block ids */
+    int *n_seq_blocks;     /* [max_seqs] blocks held, -1 when the sequence is closed */
+    int max_blocks_per_seq;
+};
+
+static float half_table[65536];
+static pthread_once_t half_once = PTHREAD_ONCE_INIT;
+
+static void half_table_init(void)
+{
+    for (uint32_t i = 0; i < 65536; i++)
+        half_table[i] = fp16_to_f32((uint16_t)i);
+}
+
+const float *kv_half_table(void)
+{
+    pthread_once(&half_once, half_table_init);
+    return half_table;
+}
+
+int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
+{
+    kv_cache *kv = NULL;
+    int rc;
+    *out = NULL;
+    if (p->n_layer < 1 || p->row_len < 1 || p->block_size < 1 || p->n_blocks < 1 ||
+        p->max_seqs < 1 || p->max_seq_len < 1 || (p->type != KV_F16 && p->type != KV_F32))
+        return err_set(err, GLIMPSE_EINVAL, "kv cache: invalid parameters");
+    kv_half_table();
+
+    kv = calloc(1, sizeof *kv);
+    if (!kv)
+        goto oom;
+    kv->p = *p;
+    kv->elem_size = p->type == KV_F16 ? 2 : 4;
+    kv->max_blocks_per_seq = (p->max_seq_len + p->block_size - 1) / p->block_size;
+    size_t total;
+    if (!size_mul((size_t)p->row_len, kv->elem_size, &kv->row_bytes) ||
+        !size_mul(kv->row_bytes, (size_t)p->block_size, &kv->layer_bytes) ||
+        !size_mul(kv->layer_bytes, (size_t)p->n_blocks, &kv->layer_bytes) ||
+        !size_mul(kv->layer_bytes, (size_t)p->n_layer, &total)) {
+        rc = err_set(err, GLIMPSE_ELIMIT, "kv cache: size overflows");
+        goto fail;
+    }
+    kv->k = malloc(total);
+    kv->v = malloc(total);
+    kv->free_list = malloc((size_t)p->n_blocks * sizeof *kv->free_list);
+    kv->tables = malloc((size_t)p->max_seqs * (size_t)kv->max_blocks_per_seq * sizeof *kv->tables);
+    kv->n_seq_blocks = malloc((size_t)p->max_seqs * sizeof *kv->n_seq_blocks);
+    if (!kv->k || !kv->v || !kv->free_list || !kv->tables || !kv->n_seq_blocks)
+        goto oom;
+    /* Hand out low block ids first: a lone sequence then gets a contiguous,
+     * ascending run, which keeps its rows in order in memory. */
+    for (int i = 0; i < p->n_blocks; i++)
+        kv->free_list[i] = p->n_blocks - 1 - i;
+    kv->n_free = p->n_blocks;
+    for (int s = 0; s < p->max_seqs; s++)
+        kv->n_seq_blocks[s] = -1;
+    *out = kv;
+    return 0;
+
+oom:
+    rc = err_set(err, GLIMPSE_ENOMEM, "kv cache: out of memory (%d layers, %d blocks of %d x %d)",
+                 p->n_layer, p->n_blocks, p->block_size, p->row_len);
+fail:
+    kv_cache_free(kv);
+    return rc;
+}
+
+void kv_cache_free(kv_cache *kv)
+{
+    if (!kv)
+        return;
+    free(kv->k);
+    free(kv->v);
+    free(kv->free_list);
+    free(kv->tables);
+    free(kv->n_seq_blocks);
+    free(kv);
+}
+
+const kv_params *kv_cache_params(const kv_cache *kv) { return &kv->p; }
+
+int kv_cache_free_blocks(const kv_cache *kv) { return kv->n_free; }
+
+int kv_seq_open(kv_cache *kv, int *seq, glimpse_err *err)
+{
+    for (int s = 0; s < kv->p.max_seqs; s++) {
+        if (kv->n_seq_blocks[s] < 0) {
+            kv->n_seq_blocks[s] = 0;
+            *seq = s;
+            return 0;
+        }
+    }
+    return err_set(err, GLIMPSE_ELIMIT, "kv cache: all %d sequences are in use", kv->p.max_seqs);
+}
+
+void kv_seq_close(kv_cache *kv, int seq)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] < 0)
+        return;
+    kv_seq_truncate(kv, seq, 0);
+    kv->n_seq_blocks[seq] = -1;
+}
+
+int kv_seq_reserve(kv_cache *kv, int seq, int64_t n_pos, glimpse_err *err)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] < 0)
+        return err_set(err, GLIMPSE_EINVAL, "kv cache: sequence %d is not open", seq);
+    if (n_pos < 0 || n_pos > (int64_t)kv->max_blocks_per_seq * kv->p.block_size)
+        return err_set(err, GLIMPSE_ELIMIT, "kv cache: %lld positions exceed the context of %d",
+                       (long long)n_pos, kv->p.max_seq_len);
+    int need = (int)((n_pos + kv->p.block_size - 1) / kv->p.block_size);
+    int have = kv->n_seq_blocks[seq];
+    if (need <= have)
+        return 0;
+    if (need - have > kv->n_free)
+        return err_set(err, GLIMPSE_ELIMIT, "kv cache: %d more blocks needed, %d free",
+                       need - have, kv->n_free);
+    int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
+    for (int b = have; b < need; b++)
+        table[b] = kv->free_list[--kv->n_free];
+    kv->n_seq_blocks[seq] = need;
+    return 0;
+}
+
+void kv_seq_truncate(kv_cache *kv, int seq, int64_t n_pos)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] < 0 || n_pos < 0)
+        return;
+    int keep = (int)((n_pos + kv->p.block_size - 1) / kv->p.block_size);
+    int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
+    /* Push in reverse so that the next reserve takes them back in order. */
+    for (int b = kv->n_seq_blocks[seq] - 1; b >= keep; b--)
+        kv->free_list[kv->n_free++] = table[b];
+    if (keep < kv->n_seq_blocks[seq])
+        kv->n_seq_blocks[seq] = keep;
+}
+
+int64_t kv_seq_capacity(const kv_cache *kv, int seq)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] < 0)
+        return 0;
+    return (int64_t)kv->n_seq_blocks[seq] * kv->p.block_size;
+}
+
+/* Byte offset of (layer, seq, pos) inside k or v. */
+static size_t row_offset(const kv_cache *kv, int layer, int seq, int64_t pos)
+{
+    const int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
+    int block = table[pos / kv->p.block_size];
+    size_t slot = (size_t)block * (size_t)kv->p.block_size + (size_t)(pos % kv->p.block_size);
+    return (size_t)layer * kv->layer_bytes + slot * kv->row_bytes;
+}
+
+void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v)
+{
+    size_t off = row_offset(kv, layer, seq, pos);
+    int n = kv->p.row_len;
+    if (kv->p.type == KV_F32) {
+        memcpy(kv->k + off, k, kv->row_bytes);
+        memcpy(kv->v + off, v, kv->row_bytes);
+        return;
+    }
+    uint16_t *kh = (uint16_t *)(void *)(kv->k + off);
+    uint16_t *vh = (uint16_t *)(void *)(kv->v + off);
+    for (int i = 0; i < n; i++) {
+        kh[i] = f32_to_fp16(k[i]);
+        vh[i] = f32_to_fp16(v[i]);
+    }
+}
+
+const void *kv_k_row(const kv_cache *kv, int layer, int seq, int64_t pos)
+{
+    return kv->k + row_offset(kv, layer, seq, pos);
+}
+
+const void *kv_v_row(const kv_cache *kv, int layer, int seq, int64_t pos)
+{
+    return kv->v + row_offset(kv, layer, seq, pos);
+}
