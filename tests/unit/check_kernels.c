@@ -1,0 +1,570 @@
+/*
+ * check_kernels.c — thread pool and kernels.
+ *
+ * Independent references: the matmul is checked against dequantize_row (quant.c)
+ * followed by a double-precision dot, within a bound derived from the
+ * activation quantisation error; RoPE, norms, softmax and activations against
+ * double-precision formulas; every SIMD kernel against the scalar reference
+ * on random inputs of awkward sizes. Quantised weights are random block bytes
+ * with sane scales, so every bit pattern of the quants is exercised.
+ */
+#include "testutil.h"
+
+#include "kernels/kernels_impl.h"
+
+#include <math.h>
+#include <stdatomic.h>
+
+/* ---- random data ---------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_u64(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545f4914f6cdd1dull;
+}
+
+/* Uniform in [lo, hi). */
+static float rng_f(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
+}
+
+static float *random_f32(int64_t n, float lo, float hi)
+{
+    float *v = malloc((size_t)n * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = rng_f(lo, hi);
+    return v;
+}
+
+/* Where the half-precision scales of each block live, so that random block
+ * bytes can be given finite, model-like scales (everything else stays random). */
+static const struct {
+    int type;
+    int n_half;
+    int off[2];
+    float lo[2], hi[2];
+} scale_fields[] = {
+    { DTYPE_Q4_0, 1, { 0 }, { 0.001f }, { 0.02f } },
+    { DTYPE_Q4_1, 2, { 0, 2 }, { 0.001f, -0.1f }, { 0.02f, 0.1f } },
+    { DTYPE_Q5_0, 1, { 0 }, { 0.001f }, { 0.02f } },
+    { DTYPE_Q5_1, 2, { 0, 2 }, { 0.001f, -0.1f }, { 0.02f, 0.1f } },
+    { DTYPE_Q8_0, 1, { 0 }, { 0.0001f }, { 0.002f } },
+    { DTYPE_Q4_K, 2, { 0, 2 }, { 0.0001f, 0.0001f }, { 0.001f, 0.001f } },
+    { DTYPE_Q5_K, 2, { 0, 2 }, { 0.0001f, 0.0001f }, { 0.001f, 0.001f } },
+    { DTYPE_Q6_K, 1, { offsetof(block_q6_K, d) }, { 0.0001f }, { 0.001f } },
+};
+
+/* Random weight matrix of n rows of k elements of type; owned, free(). */
+static void *random_weights(int type, int64_t k, int64_t n, tensor *t)
+{
+    const dtype_info *info = dtype_get(type);
+    ck_assert_ptr_nonnull(info);
+    size_t row = dtype_row_size(type, k), len = row * (size_t)n;
+    uint8_t *data = malloc(len);
+    ck_assert_ptr_nonnull(data);
+    if (type == DTYPE_F32) {
+        for (int64_t i = 0; i < k * n; i++)
+            ((float *)data)[i] = rng_f(-1.0f, 1.0f);
+    } else if (type == DTYPE_F16 || type == DTYPE_BF16) {
+        for (int64_t i = 0; i < k * n; i++) {
+            float f = rng_f(-1.0f, 1.0f);
+            ((uint16_t *)data)[i] = type == DTYPE_F16 ? f32_to_fp16(f) : f32_to_bf16(f);
+        }
+    } else {
+        for (size_t i = 0; i < len; i++)
+            data[i] = (uint8_t)rng_u64();
+        size_t nb = len / (size_t)info->type_size;
+        for (size_t f = 0; f < sizeof scale_fields / sizeof scale_fields[0]; f++) {
+            if (scale_fields[f].type != type)
+                continue;
+            for (size_t b = 0; b < nb; b++)
+                for (int h = 0; h < scale_fields[f].n_half; h++) {
+                    uint16_t v = f32_to_fp16(rng_f(scale_fields[f].lo[h], scale_fields[f].hi[h]));
+                    memcpy(data + b * (size_t)info->type_size + scale_fields[f].off[h], &v, 2);
+                }
+        }
+    }
+    *t = (tensor){ .name = "w", .type = type, .n_dims = 2, .ne = { k, n, 1, 1 }, .data = data, .nbytes = len };
+    return data;
+}
+
+static const int weight_types[] = {
+    DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0,
+    DTYPE_Q5_1, DTYPE_Q8_0, DTYPE_Q4_K, DTYPE_Q5_K, DTYPE_Q6_K,
+};
+#define N_WEIGHT_TYPES (int)(sizeof weight_types / sizeof weight_types[0])
+
+/* A row width that is an odd multiple of the type's block (exercises tails). */
+static int64_t odd_k(int type, int mult)
+{
+    int block = dtype_get(type)->block_size;
+    if (kn_act_of(type) == KN_ACT_Q8_K)
+        block = QK_K;
+    else if (block == 1)
+        block = 32;
+    return (int64_t)block * mult + (dtype_get(type)->block_size == 1 ? 3 : 0);
+}
+
+/* ---- thread pool ------------------------------------------------------------------ */
+
+typedef struct count_job {
+    atomic_int calls[8];
+    atomic_int bad_nth;
+    int expect_nth;
+} count_job;
+
+static void count_fn(void *arg, int ith, int nth)
+{
+    count_job *j = arg;
+    if (nth != j->expect_nth || ith < 0 || ith >= nth)
+        atomic_fetch_add(&j->bad_nth, 1);
+    else
+        atomic_fetch_add(&j->calls[ith], 1);
+}
+
+START_TEST(test_threadpool_runs_each_part_once)
+{
+    for (int n = 1; n <= 4; n++) {
+        threadpool *tp;
+        glimpse_err err;
+        ck_assert_int_eq(threadpool_create(n, &tp, &err), 0);
+        ck_assert_int_eq(threadpool_size(tp), n);
+        count_job j = { .expect_nth = n };
+        for (int r = 0; r < 2000; r++) {
+            for (int i = 0; i < 8; i++)
+                atomic_store(&j.calls[i], 0);
+            threadpool_run(tp, count_fn, &j);
+            for (int i = 0; i < n; i++)
+                ck_assert_msg(atomic_load(&j.calls[i]) == 1, "n=%d run %d: part %d ran %d times", n, r,
+                              i, atomic_load(&j.calls[i]));
+        }
+        ck_assert_int_eq(atomic_load(&j.bad_nth), 0);
+        threadpool_free(tp);
+    }
+}
+END_TEST
+
+/* Runs with a pause between them let the workers fall asleep on the condvar,
+ * so both the spinning and the sleeping hand-offs are exercised. */
+START_TEST(test_threadpool_wakes_sleeping_workers)
+{
+    threadpool *tp;
+    ck_assert_int_eq(threadpool_create(3, &tp, NULL), 0);
+    count_job j = { .expect_nth = 3 };
+    for (int r = 0; r < 20; r++) {
+        for (int i = 0; i < 3; i++)
+            atomic_store(&j.calls[i], 0);
+        threadpool_run(tp, count_fn, &j);
+        for (int i = 0; i < 3; i++)
+            ck_assert_int_eq(atomic_load(&j.calls[i]), 1);
+        usleep(2000);
+    }
+    threadpool_free(tp);
+}
+END_TEST
+
+START_TEST(test_threadpool_null_and_errors)
+{
+    count_job j = { .expect_nth = 1 };
+    threadpool_run(NULL, count_fn, &j);
+    ck_assert_int_eq(atomic_load(&j.calls[0]), 1);
+    ck_assert_int_eq(threadpool_size(NULL), 1);
+
+    threadpool *tp = (threadpool *)&j;
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(threadpool_create(0, &tp, &err), GLIMPSE_EINVAL);
+    ck_assert_ptr_null(tp);
+    ck_assert_int_eq(err.code, GLIMPSE_EINVAL);
+    ck_assert_int_eq(threadpool_create(100000, &tp, NULL), GLIMPSE_EINVAL);
+    threadpool_free(NULL);
+}
+END_TEST
+
+START_TEST(test_threadpool_split_covers_range)
+{
+    for (int64_t n = 0; n < 40; n++)
+        for (int nth = 1; nth <= 9; nth++) {
+            int64_t expect = 0;
+            for (int ith = 0; ith < nth; ith++) {
+                int64_t lo, hi;
+                threadpool_split(n, ith, nth, &lo, &hi);
+                ck_assert_int_eq(lo, expect);
+                ck_assert(hi >= lo && hi - lo <= n / nth + 1);
+                expect = hi;
+            }
+            ck_assert_int_eq(expect, n);
+        }
+}
+END_TEST
+
+/* ---- matmul vs dequantise-then-dot ---------------------------------------------- */
+
+/* Largest |error| that converting x to the activation format of wtype can
+ * introduce into one element, times a little slack: Q8 blocks round to
+ * d/2 (d = amax/127) plus the half rounding of d for Q8_0/Q8_1 (127·d·2^-11);
+ * F16 / BF16 round each value relatively. */
+static void act_error_bound(int wtype, const float *x, int64_t k, double *e /* [k] */)
+{
+    int act = kn_act_of(wtype);
+    int block = act == KN_ACT_Q8_K ? QK_K : 32;
+    for (int64_t i = 0; i < k; i++) {
+        switch (act) {
+        case KN_ACT_F32: e[i] = fabs(x[i]) * 1e-7; break;
+        case KN_ACT_F16: e[i] = fabs(x[i]) * ldexp(1.0, -11) + 6e-8; break;
+        case KN_ACT_BF16: e[i] = fabs(x[i]) * ldexp(1.0, -8); break;
+        default: {
+            int64_t b0 = i / block * block;
+            double amax = 0.0;
+            for (int64_t j = b0; j < b0 + block; j++)
+                amax = fmax(amax, fabs(x[j]));
+            double d = amax / 127.0;
+            e[i] = d * (act == KN_ACT_Q8_K ? 0.501 : 0.501 + 127.0 * ldexp(1.0, -11));
+        }
+        }
+    }
+}
+
+/* Checks y [n_tok][n] from a matmul against dequantised weights and exact x. */
+static void check_against_dequant(const tensor *w, const float *x, int64_t n_tok, const float *y)
+{
+    const int64_t k = w->ne[0], n = w->ne[1];
+    float *wrow = malloc((size_t)k * sizeof *wrow);
+    double *e = malloc((size_t)k * sizeof *e);
+    for (int64_t t = 0; t < n_tok; t++) {
+        act_error_bound(w->type, x + t * k, k, e);
+        for (int64_t o = 0; o < n; o++) {
+            dequantize_row(w->type, tensor_row(w, o), wrow, k);
+            double exact = 0.0, mag = 0.0, bound = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                exact += (double)wrow[i] * x[t * k + i];
+                mag += fabs((double)wrow[i] * x[t * k + i]);
+                bound += fabs((double)wrow[i]) * e[i];
+            }
+            /* Q8_1's s = half(d·Σq) adds up to 2^-11 of |m·Σ x| per block. */
+            if (kn_act_of(w->type) == KN_ACT_Q8_1)
+                bound += mag * ldexp(1.0, -10) + 1e-3 * bound;
+            double tol = bound + 1e-5 * mag + 1e-6;
+            ck_assert_msg(fabs(y[t * n + o] - exact) <= tol,
+                          "%s k=%lld t=%lld o=%lld: got %.9g, exact %.9g, tol %.3g",
+                          dtype_get(w->type)->name, (long long)k, (long long)t, (long long)o,
+                          y[t * n + o], exact, tol);
+        }
+    }
+    free(e);
+    free(wrow);
+}
+
+START_TEST(test_matmul_ref_vs_dequant)
+{
+    kernels_init();
+    ck_assert_int_eq(kernels_reserve(17 * 256 * 5, NULL), 0);
+    const int type = weight_types[_i];
+    for (int mult = 1; mult <= 5; mult += 2) {
+        const int64_t k = odd_k(type, mult), n = 7, n_tok = 3;
+        tensor w;
+        void *wd = random_weights(type, k, n, &w);
+        float *x = random_f32(n_tok * k, -2.0f, 2.0f);
+        float *y = malloc((size_t)(n_tok * n) * sizeof *y);
+        kn_matmul_impl(&kn_ref_impl, NULL, &w, x, n_tok, y);
+        check_against_dequant(&w, x, n_tok, y);
+        free(y);
+        free(x);
+        free(wd);
+    }
+}
+END_TEST
+
+/* The dispatcher's answer for every thread count, token count and chunking is
+ * the same bits as one scalar thread: the split never changes the arithmetic. */
+START_TEST(test_matmul_threads_and_chunks)
+{
+    kernels_init();
+    const int type = weight_types[_i];
+    const int64_t k = odd_k(type, 3), n = 13;
+    /* Scratch for 5 tokens only: 17 tokens take four passes. */
+    ck_assert_int_eq(kernels_reserve(5 * k, NULL), 0);
+    tensor w;
+    void *wd = random_weights(type, k, n, &w);
+    float *x = random_f32(17 * k, -1.0f, 1.0f);
+    float *y1 = malloc(17 * (size_t)n * sizeof *y1), *y = malloc(17 * (size_t)n * sizeof *y);
+    for (int64_t t = 0; t < 17; t++)
+        kn_matmul_impl(&kn_ref_impl, NULL, &w, x + t * k, 1, y1 + t * n);
+    for (int nt = 1; nt <= 4; nt++) {
+        threadpool *tp;
+        ck_assert_int_eq(threadpool_create(nt, &tp, NULL), 0);
+        for (int64_t n_tok = 1; n_tok <= 17; n_tok += 4) {
+            memset(y, 0, 17 * (size_t)n * sizeof *y);
+            kn_matmul_impl(&kn_ref_impl, tp, &w, x, n_tok, y);
+            ck_assert_mem_eq(y, y1, (size_t)(n_tok * n) * sizeof *y);
+        }
+        threadpool_free(tp);
+    }
+    free(y);
+    free(y1);
+    free(x);
+    free(wd);
+}
+END_TEST
+
+START_TEST(test_matmul_supports)
+{
+    ck_assert(kn_matmul_supports(DTYPE_F32, 3));
+    ck_assert(kn_matmul_supports(DTYPE_Q4_0, 64));
+    ck_assert(!kn_matmul_supports(DTYPE_Q4_0, 48));
+    ck_assert(!kn_matmul_supports(DTYPE_Q4_K, 576));
+    ck_assert(kn_matmul_supports(DTYPE_Q6_K, 768));
+    ck_assert(!kn_matmul_supports(DTYPE_Q8_K, 256)); /* activations only */
+    ck_assert(!kn_matmul_supports(DTYPE_F16, 0));
+    ck_assert(!kn_matmul_supports(99, 32));
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(kernels_reserve(-1, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(kernels_reserve(INT64_MAX, &err), GLIMPSE_ENOMEM);
+}
+END_TEST
+
+/* Q8_1 is Q8_0 plus s = half(d·Σq): same d and quants as H1's Q8_0. */
+START_TEST(test_q8_1_matches_q8_0)
+{
+    const int64_t k = 32 * 9;
+    float *x = random_f32(k, -3.0f, 3.0f);
+    for (int i = 0; i < 32; i++)
+        x[64 + i] = 0.0f; /* an all-zero block: d = 0, no division by zero */
+    block_q8_0 q0[9];
+    block_q8_1 q1[9];
+    quantize_row_q8_0(x, q0, k);
+    kn_ref_impl.from_float[KN_ACT_Q8_1](x, q1, k);
+    for (int b = 0; b < 9; b++) {
+        ck_assert_uint_eq(q0[b].d, q1[b].d);
+        ck_assert_mem_eq(q0[b].qs, q1[b].qs, 32);
+        int sum = 0;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            sum += q1[b].qs[j];
+            amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        }
+        ck_assert_uint_eq(q1[b].s, f32_to_fp16((float)sum * (amax / 127.0f)));
+    }
+    free(x);
+}
+END_TEST
+
+/* ---- per-row kernels vs formulas ---------------------------------------------- */
+
+static double gelu_d(double x)
+{
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+static double gelu_quick_d(double x)
+{
+    return x / (1.0 + exp(-1.702 * x));
+}
+
+START_TEST(test_rms_norm)
+{
+    const int64_t n = 577;
+    float *x = random_f32(n, -4.0f, 4.0f), *w = random_f32(n, -1.0f, 1.0f);
+    float *y = malloc((size_t)n * sizeof *y);
+    kn_ref_impl.rms_norm(x, w, n, 1e-5f, y);
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    double scale = 1.0 / sqrt(ss / (double)n + 1e-5);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_double_eq_tol(y[i], x[i] * scale * w[i], 1e-6 * (1.0 + fabs(x[i] * scale)));
+    /* in place */
+    kn_ref_impl.rms_norm(x, w, n, 1e-5f, x);
+    ck_assert_mem_eq(x, y, (size_t)n * sizeof *y);
+    free(y);
+    free(w);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_layer_norm)
+{
+    const int64_t n = 769;
+    float *x = random_f32(n, -3.0f, 5.0f), *w = random_f32(n, -1.0f, 1.0f), *b = random_f32(n, -1.0f, 1.0f);
+    float *y = malloc((size_t)n * sizeof *y);
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        mean += x[i];
+    mean /= (double)n;
+    for (int64_t i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= (double)n;
+    double scale = 1.0 / sqrt(var + 1e-6);
+    kn_ref_impl.layer_norm(x, w, b, n, 1e-6f, y);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_double_eq_tol(y[i], (x[i] - mean) * scale * w[i] + b[i], 1e-5);
+    kn_ref_impl.layer_norm(x, NULL, NULL, n, 1e-6f, y);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_double_eq_tol(y[i], (x[i] - mean) * scale, 1e-5);
+    free(y);
+    free(b);
+    free(w);
+    free(x);
+}
+END_TEST
+
+/* Rotates x in double with the given per-pair angles. */
+static void rope_double(const float *x, float *out, int n_heads, int d, const double *theta)
+{
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < d / 2; i++) {
+            double a = x[h * d + 2 * i], b = x[h * d + 2 * i + 1];
+            out[h * d + 2 * i] = (float)(a * cos(theta[i]) - b * sin(theta[i]));
+            out[h * d + 2 * i + 1] = (float)(a * sin(theta[i]) + b * cos(theta[i]));
+        }
+}
+
+START_TEST(test_rope)
+{
+    const int n_heads = 3, d = 64;
+    const float base = 100000.0f;
+    double theta[32];
+    float *x = random_f32(n_heads * d, -1.0f, 1.0f);
+    float y[3 * 64], expect[3 * 64];
+    /* Positions where f32 angle rounding is below 1e-5: the exact formula. */
+    for (int64_t pos = 0; pos <= 40; pos += 7) {
+        for (int i = 0; i < d / 2; i++)
+            theta[i] = (double)pos * pow(base, -2.0 * i / d);
+        memcpy(y, x, sizeof y);
+        kn_ref_impl.rope(y, n_heads, d, pos, base);
+        rope_double(x, expect, n_heads, d, theta);
+        for (int i = 0; i < n_heads * d; i++)
+            ck_assert_double_eq_tol(y[i], expect[i], 1e-5);
+    }
+    /* Far positions: the angles must be ggml's f32 running product (spec
+     * §2.4), which drifts ~1e-3 rad from the exact formula by pos 8000. */
+    const int64_t pos = 8000;
+    float th = (float)pos, ts = powf(base, -2.0f / (float)d);
+    for (int i = 0; i < d / 2; i++, th *= ts)
+        theta[i] = th;
+    memcpy(y, x, sizeof y);
+    kn_ref_impl.rope(y, n_heads, d, pos, base);
+    rope_double(x, expect, n_heads, d, theta);
+    for (int i = 0; i < n_heads * d; i++)
+        ck_assert_double_eq_tol(y[i], expect[i], 1e-5);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_softmax_swiglu_dot)
+{
+    const int64_t n = 1001;
+    float *x = random_f32(n, -20.0f, 20.0f), *u = random_f32(n, -2.0f, 2.0f);
+    float *y = malloc((size_t)n * sizeof *y);
+    memcpy(y, x, (size_t)n * sizeof *y);
+    kn_ref_impl.softmax(y, n);
+    double max = -INFINITY, sum = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        max = fmax(max, x[i]);
+    for (int64_t i = 0; i < n; i++)
+        sum += exp(x[i] - max);
+    for (int64_t i = 0; i < n; i++)
+        /* x - max rounds in f32 (up to 2e-6 at |x| ~ 40): relative 1e-5. */
+        ck_assert_double_eq_tol(y[i], exp(x[i] - max) / sum, 1e-5 * (exp(x[i] - max) / sum));
+
+    memcpy(y, x, (size_t)n * sizeof *y);
+    kn_ref_impl.swiglu(y, u, n);
+    for (int64_t i = 0; i < n; i++) {
+        double s = x[i] / (1.0 + exp(-(double)x[i])) * u[i];
+        ck_assert_double_eq_tol(y[i], s, 1e-6 * fabs(s) + 1e-30);
+    }
+
+    double dot = 0.0, mag = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        dot += (double)x[i] * u[i];
+        mag += fabs((double)x[i] * u[i]);
+    }
+    ck_assert_double_eq_tol(kn_ref_impl.dot_f32(x, u, n), dot, 1e-7 * mag);
+
+    float bias[5] = { 1, 2, 3, 4, 5 }, m[2][5] = { { 0 }, { 10, 10, 10, 10, 10 } };
+    kn_ref_impl.add_bias(&m[0][0], bias, 2, 5);
+    for (int i = 0; i < 5; i++) {
+        ck_assert_float_eq(m[0][i], bias[i]);
+        ck_assert_float_eq(m[1][i], 10 + bias[i]);
+    }
+    free(y);
+    free(u);
+    free(x);
+}
+END_TEST
+
+/* The table GELUs equal the formula at the half-rounded input, rounded to half
+ * (ggml's tables), and tanh-GELU passes through outside (-10, 10). The table
+ * is built from the f32 formula, whose 1 + tanh cancels for x << 0: allow
+ * 2 ulp of 1 times |x|/2 on top of the half rounding. */
+START_TEST(test_gelu_tables)
+{
+    kernels_init();
+    const int64_t n = 4000;
+    float *x = random_f32(n, -12.0f, 12.0f);
+    x[0] = -10.0f;
+    x[1] = 10.0f;
+    x[2] = 0.0f;
+    x[3] = -9.99f;
+    float *g = malloc((size_t)n * sizeof *g), *q = malloc((size_t)n * sizeof *q);
+    memcpy(g, x, (size_t)n * sizeof *g);
+    memcpy(q, x, (size_t)n * sizeof *q);
+    kn_ref_impl.gelu(g, n);
+    kn_ref_impl.gelu_quick(q, n);
+    for (int64_t i = 0; i < n; i++) {
+        double xh = fp16_to_f32(f32_to_fp16(x[i]));
+        if (x[i] <= -10.0f) {
+            ck_assert_float_eq(g[i], 0.0f);
+        } else if (x[i] >= 10.0f) {
+            ck_assert_float_eq(g[i], x[i]);
+        } else {
+            double e = gelu_d(xh);
+            ck_assert_msg(fabs(g[i] - e) <= fabs(e) * ldexp(1.0, -11) * 1.01 + 6e-8 + fabs(xh) * 1.2e-7,
+                          "gelu(%g) = %g, expected %g", x[i], g[i], e);
+            ck_assert_float_eq(fp16_to_f32(f32_to_fp16(g[i])), g[i]);
+        }
+        double eq = gelu_quick_d(xh);
+        ck_assert_msg(fabs(q[i] - eq) <= fabs(eq) * ldexp(1.0, -11) * 1.01 + 6e-8 + fabs(xh) * 1.2e-7,
+                      "gelu_quick(%g) = %g, expected %g", x[i], q[i], eq);
+    }
+    free(q);
+    free(g);
+    free(x);
+}
+END_TEST
+
+Suite *kernels_suite(void);
+
+Suite *kernels_suite(void)
+{
+    Suite *s = suite_create("kernels");
+    TCase *tc = tcase_create("threadpool");
+    tcase_add_test(tc, test_threadpool_runs_each_part_once);
+    tcase_add_test(tc, test_threadpool_wakes_sleeping_workers);
+    tcase_add_test(tc, test_threadpool_null_and_errors);
+    tcase_add_test(tc, test_threadpool_split_covers_range);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("reference");
+    tcase_add_loop_test(tc, test_matmul_ref_vs_dequant, 0, N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_matmul_threads_and_chunks, 0, N_WEIGHT_TYPES);
+    tcase_add_test(tc, test_matmul_supports);
+    tcase_add_test(tc, test_q8_1_matches_q8_0);
+    tcase_add_test(tc, test_rms_norm);
+    tcase_add_test(tc, test_layer_norm);
+    tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_softmax_swiglu_dot);
+    tcase_add_test(tc, test_gelu_tables);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(kernels_suite());
+}
