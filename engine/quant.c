@@ -67,7 +67,7 @@ uint16_t f32_to_fp16(float f)
     uint32_t ax = x & 0x7fffffffu;
 
     if (ax > 0x7f800000u) /* NaN: quieted, top payload bits kept (F16C) */
-        return sign | 0x7e00 | (uint16_t)(ax >> 13);
+        return sign | 0x7e00 | (uint16_t)((ax >> 13) & 0x3ff);
     if (ax >= 0x477ff000u) /* >= 65520 rounds past the largest half, 65504 */
         return sign | 0x7c00;
     if (ax >= 0x38800000u) {
@@ -385,13 +385,15 @@ static const dtype_info dtype_table[] = {
     [DTYPE_F16] = { "f16", 1, 2, DTYPE_F16, true, to_float_f16, from_float_f16 },
     [DTYPE_BF16] = { "bf16", 1, 2, DTYPE_BF16, true, to_float_bf16, from_float_bf16 },
     [DTYPE_Q4_0] = { "q4_0", QK4_0, sizeof(block_q4_0), DTYPE_Q8_0, true, to_float_q4_0, NULL },
-    [DTYPE_Q4_1] = { "q4_1", QK4_1, sizeof(block_q4_1), DTYPE_Q8_0, true, to_float_q4_1, NULL },
+    [DTYPE_Q4_1] = { "q4_1", QK4_1, sizeof(block_q4_1), DTYPE_Q8_1, true, to_float_q4_1, NULL },
     [DTYPE_Q5_0] = { "q5_0", QK5_0, sizeof(block_q5_0), DTYPE_Q8_0, true, to_float_q5_0, NULL },
-    [DTYPE_Q5_1] = { "q5_1", QK5_1, sizeof(block_q5_1), DTYPE_Q8_0, true, to_float_q5_1, NULL },
+    [DTYPE_Q5_1] = { "q5_1", QK5_1, sizeof(block_q5_1), DTYPE_Q8_1, true, to_float_q5_1, NULL },
     [DTYPE_Q8_0] = { "q8_0", QK8_0, sizeof(block_q8_0), DTYPE_Q8_0, true, to_float_q8_0, from_float_q8_0 },
     [DTYPE_Q4_K] = { "q4_K", QK_K, sizeof(block_q4_K), DTYPE_Q8_K, true, to_float_q4_K, NULL },
     [DTYPE_Q5_K] = { "q5_K", QK_K, sizeof(block_q5_K), DTYPE_Q8_K, true, to_float_q5_K, NULL },
     [DTYPE_Q6_K] = { "q6_K", QK_K, sizeof(block_q6_K), DTYPE_Q8_K, true, to_float_q6_K, NULL },
+    /* d, s (halves) and 32 int8: kernels/ quantises to it, nothing dequantises it */
+    [DTYPE_Q8_1] = { "q8_1", 32, 36, DTYPE_Q8_1, false, NULL, NULL },
     [DTYPE_Q8_K] = { "q8_K", QK_K, sizeof(block_q8_K), DTYPE_Q8_K, false, to_float_q8_K, from_float_q8_K },
 };
 
@@ -413,6 +415,6 @@ size_t dtype_row_size(int type, int64_t n)
 void dequantize_row(int type, const void *src, float *dst, int64_t n)
 {
     const dtype_info *ti = dtype_get(type);
-    assert(ti && n % ti->block_size == 0);
+    assert(ti && ti->to_float && n % ti->block_size == 0);
     ti->to_float(src, dst, n);
 }

@@ -23,6 +23,7 @@ enum dtype {
     DTYPE_Q5_0 = 6,
     DTYPE_Q5_1 = 7,
     DTYPE_Q8_0 = 8,
+    DTYPE_Q8_1 = 9,  /* activations only (Q4_1/Q5_1 matmul); layout in kernels/ */
     DTYPE_Q4_K = 12,
     DTYPE_Q5_K = 13,
     DTYPE_Q6_K = 14,
@@ -107,7 +108,7 @@ typedef struct dtype_info {
     int type_size;       /* bytes per block */
     int vec_dot_type;    /* what activations are converted to for matmul (llama.cpp CPU rule) */
     bool is_weight;      /* may be the type of a tensor in a file we load */
-    dtype_to_float_fn to_float;      /* n a multiple of block_size */
+    dtype_to_float_fn to_float;      /* n a multiple of block_size; NULL for Q8_1 */
     dtype_from_float_fn from_float;  /* NULL unless some type uses this as vec_dot_type */
 } dtype_info;
 
@@ -150,7 +151,8 @@ uint16_t f32_to_bf16(float f);        /* round to nearest even, NaN kept quiet *
 /* ---- rows ------------------------------------------------------------------ */
 
 /* Dequantises n elements (a multiple of the type's block size) from src to
- * f32, bit-exact with ggml's dequantize_row_*. type must be known. */
+ * f32, bit-exact with ggml's dequantize_row_*. type must be a weight type
+ * or Q8_K. */
 void dequantize_row(int type, const void *src, float *dst, int64_t n);
 
 /* Activation quantisation exactly as llama.cpp's reference CPU code
