@@ -1,0 +1,114 @@
+/*
+ * fusion.c — the Fusion Block's projectors (spec §4.4 idefics3, §6 mlp).
+ *
+ * idefics3: pixel shuffle groups each s×s block of ViT rows into one token
+ *   (dy outer, dx middle, channel inner, like HF's Idefics3Connector and
+ *   ggml's build_patch_merge_permute), then a linear map without bias.
+ * mlp: rows 1 .. n_pos-1 of the ViT output (llama.cpp's gather, which keeps the
+ *   class token — appended last — and drops patch 0), mm.0 + bias, GELU (tanh),
+ *   mm.2 + bias.
+ */
+#include "fusion.h"
+
+#include "kernels/kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int projector_load(const gguf_file *f, vision_hparams *hp, projector *pj, glimpse_err *err)
+{
+    const int64_t C = hp->n_embd;
+    int rc;
+    memset(pj, 0, sizeof *pj);
+    pj->type = hp->projector;
+    if (hp->projector == PROJECTOR_IDEFICS3) {
+        const int64_t s = hp->scale_factor;
+        const tensor *fc = gguf_find_tensor(f, "mm.model.fc.weight");
+        if (!fc)
+            return err_set(err, GLIMPSE_EFORMAT, "mmproj: tensor 'mm.model.fc.weight' is missing");
+        if ((rc = vision_find_tensor(f, "mm.model.fc.weight", C * s * s, fc->ne[1], false, &pj->fc, err)))
+            return rc;
+        hp->n_embd_text = (int)fc->ne[1];
+        hp->n_tokens_out = hp->n_patches / (int)(s * s);
+        return 0;
+    }
+    const tensor *mm0 = gguf_find_tensor(f, "mm.0.weight");
+    const tensor *mm2 = gguf_find_tensor(f, "mm.2.weight");
+    if (!mm0 || !mm2)
+        return err_set(err, GLIMPSE_EFORMAT, "mmproj: the mlp projector needs mm.0.weight and mm.2.weight");
+    const int64_t n_mid = mm0->ne[1], n_out = mm2->ne[1];
+    if ((rc = vision_find_tensor(f, "mm.0.weight", C, n_mid, false, &pj->mm0, err)) ||
+        (rc = vision_find_tensor(f, "mm.2.weight", n_mid, n_out, false, &pj->mm2, err)) ||
+        (rc = vision_load_vec(f, "mm.0.bias", n_mid, true, &pj->mm0_b, err)) ||
+        (rc = vision_load_vec(f, "mm.2.bias", n_out, true, &pj->mm2_b, err))) {
+        projector_free(pj);
+        return rc;
+    }
+    hp->n_embd_text = (int)n_out;
+    hp->n_tokens_out = hp->n_patches;
+    return 0;
+}
+
+void projector_free(projector *pj)
+{
+    if (!pj)
+        return;
+    free(pj->mm0_b);
+    free(pj->mm2_b);
+    pj->mm0_b = pj->mm2_b = NULL;
+}
+
+size_t projector_scratch_size(const projector *pj, const vision_hparams *hp)
+{
+    if (pj->type == PROJECTOR_IDEFICS3)
+        return (size_t)hp->n_patches * (size_t)hp->n_embd; /* the shuffled rows */
+    return (size_t)hp->n_patches * (size_t)pj->mm0->ne[1];  /* the hidden layer */
+}
+
+/* f[T][c + C*(dx + s*dy)] = x[(s*Y + dy)*side + s*X + dx][c], T = Y*(side/s) + X */
+static void pixel_shuffle(const vision_hparams *hp, const float *x, float *f)
+{
+    const int side = hp->image_size / hp->patch_size, s = hp->scale_factor, C = hp->n_embd;
+    const int out_side = side / s;
+    for (int Y = 0; Y < out_side; Y++)
+        for (int X = 0; X < out_side; X++) {
+            float *dst = f + (size_t)(Y * out_side + X) * C * s * s;
+            for (int dy = 0; dy < s; dy++)
+                for (int dx = 0; dx < s; dx++) {
+                    const float *src = x + (size_t)((s * Y + dy) * side + s * X + dx) * C;
+                    memcpy(dst + (size_t)C * (dx + s * dy), src, (size_t)C * sizeof(float));
+                }
+        }
+}
+
+typedef struct gelu_task {
+    float *x;
+    int64_t n;
+} gelu_task;
+
+static void gelu_part(void *arg, int ith, int nth)
+{
+    const gelu_task *t = arg;
+    int64_t lo, hi;
+    threadpool_split(t->n, ith, nth, &lo, &hi);
+    kn_gelu(t->x + lo, hi - lo);
+}
+
+void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp, const float *x,
+                   float *scratch, float *out)
+{
+    if (pj->type == PROJECTOR_IDEFICS3) {
+        pixel_shuffle(hp, x, scratch);
+        kn_matmul(tp, pj->fc, scratch, hp->n_tokens_out, out);
+        return;
+    }
+    const int64_t n = hp->n_patches, n_mid = pj->mm0->ne[1];
+    kn_matmul(tp, pj->mm0, x + hp->n_embd, n, scratch);
+    if (pj->mm0_b)
+        kn_add_bias(scratch, pj->mm0_b, n, n_mid);
+    gelu_task g = { scratch, n * n_mid };
+    threadpool_run(tp, gelu_part, &g);
+    kn_matmul(tp, pj->mm2, scratch, n, out);
+    if (pj->mm2_b)
+        kn_add_bias(out, pj->mm2_b, n, pj->mm2->ne[1]);
+}
