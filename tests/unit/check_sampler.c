@@ -1,0 +1,928 @@
+/*
+ * check_sampler.c — the sampler against independent references.
+ *
+ * Exact checks: PRNG known answers (published xoshiro256** / splitmix64
+ * vectors), greedy = argmax, penalties by hand, logprobs against a long-double
+ * log-softmax, stop-string tables. Statistical checks: 10 000+ draws per case
+ * from a fixed seed; no draw may fall outside the set the reference chain
+ * keeps, and Pearson's chi-square against the reference probabilities must
+ * stay under the 1e-6 quantile. Each statistical case also shows that the
+ * same draws reject a plausible wrong distribution, so the check has power.
+ * The reference here sorts the whole vocabulary and works in probability
+ * space; the sampler selects partially and works in logit space.
+ */
+#include "sampler.h"
+#include "testutil.h"
+
+#include <math.h>
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* Test inputs come from their own generator, not the one under test. */
+static uint64_t test_rand_state;
+
+static double test_uniform(void)
+{
+    uint64_t z = (test_rand_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) / 9007199254740992.0;
+}
+
+/* logits [n] uniform in [lo, hi). */
+static void random_logits(float *logits, int n, double lo, double hi, uint64_t seed)
+{
+    test_rand_state = seed;
+    for (int i = 0; i < n; i++)
+        logits[i] = (float)(lo + (hi - lo) * test_uniform());
+}
+
+static glimpse_sampling params_plain(void)
+{
+    glimpse_sampling p;
+    glimpse_sampling_default(&p);
+    p.penalty_last_n = 0; /* the statistical cases draw i.i.d. from fixed logits */
+    p.seed = 1234;
+    return p;
+}
+
+/* Draws n_draws tokens from logits [n] into counts [n] (zeroed here). */
+static void draw_counts(const glimpse_sampling *p, const float *logits, int n, int n_draws, int *counts)
+{
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(sampler_create(p, n, &s, &err), 0);
+    ck_assert_int_eq(sampler_scratch_create(n, &sc, &err), 0);
+    memset(counts, 0, (size_t)n * sizeof *counts);
+    for (int i = 0; i < n_draws; i++) {
+        sample_result r;
+        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, &err), 0);
+        ck_assert(r.token >= 0 && r.token < n);
+        counts[r.token]++;
+    }
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+
+static const float *sort_logits; /* qsort has no context argument */
+
+static int by_logit_desc(const void *a, const void *b)
+{
+    int i = *(const int *)a, j = *(const int *)b;
+    if (sort_logits[i] != sort_logits[j])
+        return sort_logits[i] > sort_logits[j] ? -1 : 1;
+    return i - j;
+}
+
+/* Reference chain without penalties, by the stages' definitions: sort the
+ * whole vocabulary, cut top-k, cut where the probability mass first reaches
+ * top_p, keep p >= min_p * p_max, then softmax(logit / T) over what is left.
+ * Fills prob [n] (0 outside the kept set). */
+static void ref_chain(const float *logits, int n, const glimpse_sampling *p, double *prob)
+{
+    int *idx = malloc((size_t)n * sizeof *idx);
+    ck_assert_ptr_nonnull(idx);
+    for (int i = 0; i < n; i++)
+        idx[i] = i;
+    sort_logits = logits;
+    qsort(idx, (size_t)n, sizeof *idx, by_logit_desc);
+    double lmax = logits[idx[0]];
+    int kept = n;
+    if (p->top_k > 0 && p->top_k < kept)
+        kept = p->top_k;
+    if (p->top_p < 1.0f) {
+        double z = 0.0, cum = 0.0;
+        for (int i = 0; i < kept; i++)
+            z += exp(logits[idx[i]] - lmax);
+        for (int i = 0; i < kept; i++) {
+            cum += exp(logits[idx[i]] - lmax) / z;
+            if (cum >= p->top_p) {
+                kept = i + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        int i = 1;
+        while (i < kept && exp(logits[idx[i]] - lmax) >= p->min_p)
+            i++;
+        kept = i;
+    }
+    double z = 0.0;
+    memset(prob, 0, (size_t)n * sizeof *prob);
+    for (int i = 0; i < kept; i++) {
+        prob[idx[i]] = exp((logits[idx[i]] - lmax) / p->temperature);
+        z += prob[idx[i]];
+    }
+    for (int i = 0; i < kept; i++)
+        prob[idx[i]] /= z;
+    free(idx);
+}
+
+/* Pearson's chi-square of counts [n] against prob [n]; *df gets the degrees
+ * of freedom. Returns INFINITY when a token with probability 0 was drawn. */
+static double chi_square(const int *counts, const double *prob, int n, int n_draws, int *df)
+{
+    double x = 0.0;
+    int support = 0;
+    for (int i = 0; i < n; i++) {
+        if (prob[i] == 0.0) {
+            x = counts[i] != 0 ? INFINITY : x;
+            continue;
+        }
+        support++;
+        double e = prob[i] * n_draws;
+        x += (counts[i] - e) * (counts[i] - e) / e;
+    }
+    *df = support - 1;
+    return x;
+}
+
+/* Upper 1e-6 quantile of chi-square with df degrees of freedom
+ * (Wilson–Hilferty; z = 4.753 is the normal 1e-6 quantile). */
+static double chi2_bound(int df)
+{
+    double a = 2.0 / (9.0 * df);
+    double c = 1.0 - a + 4.753 * sqrt(a);
+    return df * c * c * c;
+}
+
+/* Asserts that counts fit prob and reject wrong [n] (a plausible mistake). */
+static void assert_fits(const int *counts, const double *prob, const double *wrong, int n, int n_draws)
+{
+    int df = 0, df_wrong = 0;
+    double x = chi_square(counts, prob, n, n_draws, &df);
+    ck_assert_msg(df >= 1, "degenerate case: one token kept");
+    ck_assert_msg(x != INFINITY, "a token outside the kept set was drawn");
+    ck_assert_msg(x < chi2_bound(df), "chi-square %.1f over bound %.1f (df %d)", x, chi2_bound(df), df);
+    double xw = chi_square(counts, wrong, n, n_draws, &df_wrong);
+    ck_assert_msg(!(xw < chi2_bound(df_wrong > 0 ? df_wrong : 1)),
+                  "the wrong distribution fits too (chi-square %.1f): the case has no power", xw);
+}
+
+/* ---- random numbers ------------------------------------------------------ */
+
+START_TEST(test_rng_known_answers)
+{
+    /* splitmix64 from seed 0: the values in Vigna's splitmix64.c reference. */
+    rng r;
+    rng_seed(&r, 0);
+    ck_assert_uint_eq(r.s[0], 0xe220a8397b1dcdafull);
+    ck_assert_uint_eq(r.s[1], 0x6e789e6aa1b965f4ull);
+    ck_assert_uint_eq(r.s[2], 0x06c45d188009454full);
+    ck_assert_uint_eq(r.s[3], 0xf88bb8a8724c81ecull);
+    /* xoshiro256** from state {1, 2, 3, 4}: the published first outputs. */
+    r = (rng){ { 1, 2, 3, 4 } };
+    static const uint64_t want[] = { 11520u, 0u, 1509978240u, 1215971899390074240ull };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_uint_eq(rng_next(&r), want[i]);
+    /* Uniform doubles stay in [0, 1). */
+    rng_seed(&r, 99);
+    for (int i = 0; i < 100000; i++) {
+        double u = rng_uniform(&r);
+        ck_assert(u >= 0.0 && u < 1.0);
+    }
+}
+END_TEST
+
+/* ---- greedy -------------------------------------------------------------- */
+
+START_TEST(test_greedy_is_argmax)
+{
+    enum { N = 3000 };
+    static float logits[N];
+    glimpse_sampling p = params_plain();
+    p.temperature = 0.0f;
+    /* The filters never change a greedy choice; set them to make sure. */
+    p.top_k = 3;
+    p.top_p = 0.1f;
+    p.min_p = 0.5f;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    for (uint64_t trial = 0; trial < 50; trial++) {
+        random_logits(logits, N, -20.0, 20.0, 100 + trial);
+        int want = 0;
+        for (int i = 1; i < N; i++)
+            if (logits[i] > logits[want])
+                want = i;
+        sample_result r;
+        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+        ck_assert_int_eq(r.token, want);
+    }
+    /* Ties go to the lowest id, wherever the tie sits. */
+    random_logits(logits, N, -5.0, 5.0, 7);
+    logits[2900] = 9.0f;
+    logits[1234] = 9.0f;
+    logits[2999] = 9.0f;
+    sample_result r;
+    ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+    ck_assert_int_eq(r.token, 1234);
+    /* All equal: token 0. */
+    for (int i = 0; i < N; i++)
+        logits[i] = -1.5f;
+    ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+    ck_assert_int_eq(r.token, 0);
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+END_TEST
+
+/* ---- filters: support and distribution ------------------------------------ */
+
+START_TEST(test_top_k)
+{
+    enum { N = 300, DRAWS = 10000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N];
+    random_logits(logits, N, -3.0, 3.0, 11);
+    glimpse_sampling p = params_plain();
+    for (int k = 1; k <= 40; k += 13) {
+        p.top_k = k;
+        draw_counts(&p, logits, N, DRAWS, counts);
+        ref_chain(logits, N, &p, prob);
+        int df;
+        ck_assert_msg(chi_square(counts, prob, N, DRAWS, &df) != INFINITY, "top-%d drew outside the k best", k);
+        if (k == 1)
+            continue;
+        /* Wrong: the k best at equal odds. */
+        for (int i = 0; i < N; i++)
+            wrong[i] = prob[i] > 0.0 ? 1.0 / k : 0.0;
+        assert_fits(counts, prob, wrong, N, DRAWS);
+    }
+}
+END_TEST
+
+START_TEST(test_top_p)
+{
+    enum { N = 200, DRAWS = 10000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N], full[N];
+    random_logits(logits, N, -4.0, 4.0, 21);
+    glimpse_sampling p = params_plain();
+    glimpse_sampling nofilter = p;
+    ref_chain(logits, N, &nofilter, full);
+    static const float ps[] = { 0.3f, 0.6f, 0.9f };
+    for (size_t c = 0; c < sizeof ps / sizeof ps[0]; c++) {
+        p.top_p = ps[c];
+        draw_counts(&p, logits, N, DRAWS, counts);
+        ref_chain(logits, N, &p, prob);
+        /* Wrong: the nucleus's tokens at their unrenormalised probability
+         * (their mass then falls short of 1, as when the cut is off by one). */
+        for (int i = 0; i < N; i++)
+            wrong[i] = prob[i] > 0.0 ? full[i] : 0.0;
+        double mass = 0.0;
+        for (int i = 0; i < N; i++)
+            mass += wrong[i];
+        ck_assert(mass >= ps[c]);
+        /* Normalise the mistake to the nucleus minus its last token, so it
+         * is a real distribution: a cut one token short. */
+        int last = -1;
+        for (int i = 0; i < N; i++)
+            if (prob[i] > 0.0 && (last < 0 || logits[i] < logits[last]))
+                last = i;
+        wrong[last] = 0.0;
+        mass -= full[last];
+        for (int i = 0; i < N; i++)
+            wrong[i] /= mass;
+        assert_fits(counts, prob, wrong, N, DRAWS);
+    }
+}
+END_TEST
+
+/* A nearly flat distribution: the nucleus is wider than the sampler's first
+ * sorted chunk (256), so the fallback that sorts the rest must run. */
+START_TEST(test_top_p_wide_nucleus)
+{
+    enum { N = 1200, DRAWS = 15000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N];
+    random_logits(logits, N, 0.0, 0.5, 31);
+    glimpse_sampling p = params_plain();
+    p.top_p = 0.5f;
+    draw_counts(&p, logits, N, DRAWS, counts);
+    ref_chain(logits, N, &p, prob);
+    int n_nucleus = 0, n_drawn = 0;
+    for (int i = 0; i < N; i++) {
+        n_nucleus += prob[i] > 0.0;
+        n_drawn += counts[i] > 0;
+    }
+    ck_assert_int_gt(n_nucleus, 500);
+    ck_assert_int_gt(n_drawn, 500);
+    /* Wrong: the nucleus stopped at the first 256 tokens. */
+    int *idx = malloc(N * sizeof *idx);
+    ck_assert_ptr_nonnull(idx);
+    for (int i = 0; i < N; i++)
+        idx[i] = i;
+    sort_logits = logits;
+    qsort(idx, N, sizeof *idx, by_logit_desc);
+    double z = 0.0;
+    memset(wrong, 0, sizeof wrong);
+    for (int i = 0; i < 256; i++)
+        z += wrong[idx[i]] = exp(logits[idx[i]]);
+    for (int i = 0; i < 256; i++)
+        wrong[idx[i]] /= z;
+    free(idx);
+    assert_fits(counts, prob, wrong, N, DRAWS);
+}
+END_TEST
+
+START_TEST(test_min_p)
+{
+    enum { N = 250, DRAWS = 10000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N];
+    random_logits(logits, N, -4.0, 4.0, 41);
+    glimpse_sampling p = params_plain();
+    static const float mps[] = { 0.05f, 0.2f, 0.6f };
+    for (size_t c = 0; c < sizeof mps / sizeof mps[0]; c++) {
+        p.min_p = mps[c];
+        draw_counts(&p, logits, N, DRAWS, counts);
+        ref_chain(logits, N, &p, prob);
+        /* Wrong: no filter at all. */
+        glimpse_sampling q = params_plain();
+        ref_chain(logits, N, &q, wrong);
+        assert_fits(counts, prob, wrong, N, DRAWS);
+    }
+}
+END_TEST
+
+START_TEST(test_temperature)
+{
+    enum { N = 30, DRAWS = 10000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N];
+    random_logits(logits, N, -2.0, 2.0, 51);
+    glimpse_sampling p = params_plain();
+    glimpse_sampling t1 = p;
+    ref_chain(logits, N, &t1, wrong); /* wrong: temperature ignored */
+    static const float temps[] = { 0.5f, 0.8f, 1.5f, 3.0f };
+    for (size_t c = 0; c < sizeof temps / sizeof temps[0]; c++) {
+        p.temperature = temps[c];
+        draw_counts(&p, logits, N, DRAWS, counts);
+        ref_chain(logits, N, &p, prob);
+        assert_fits(counts, prob, wrong, N, DRAWS);
+    }
+    /* At temperature 1, the plain softmax; wrong: a temperature of 1.3. */
+    p.temperature = 1.0f;
+    draw_counts(&p, logits, N, DRAWS, counts);
+    ref_chain(logits, N, &p, prob);
+    glimpse_sampling hot = p;
+    hot.temperature = 1.3f;
+    ref_chain(logits, N, &hot, wrong);
+    assert_fits(counts, prob, wrong, N, DRAWS);
+}
+END_TEST
+
+/* Every stage at once: the order matters (min-p after top-p, temperature
+ * last), and the wrong distribution applies temperature first. */
+START_TEST(test_chain_order)
+{
+    enum { N = 1000, DRAWS = 20000 };
+    static float logits[N];
+    static int counts[N];
+    static double prob[N], wrong[N];
+    random_logits(logits, N, -6.0, 6.0, 61);
+    glimpse_sampling p = params_plain();
+    p.top_k = 60;
+    p.top_p = 0.8f;
+    p.min_p = 0.03f;
+    p.temperature = 2.0f;
+    draw_counts(&p, logits, N, DRAWS, counts);
+    ref_chain(logits, N, &p, prob);
+    /* Temperature first means filtering the scaled logits at T = 1. */
+    static float scaled[N];
+    for (int i = 0; i < N; i++)
+        scaled[i] = logits[i] / p.temperature;
+    glimpse_sampling q = p;
+    q.temperature = 1.0f;
+    ref_chain(scaled, N, &q, wrong);
+    assert_fits(counts, prob, wrong, N, DRAWS);
+}
+END_TEST
+
+/* Masked tokens (-inf) are never drawn, even with no filter at all. */
+START_TEST(test_masked_tokens)
+{
+    enum { N = 64, DRAWS = 10000 };
+    static float logits[N];
+    static int counts[N];
+    for (int i = 0; i < N; i++)
+        logits[i] = i % 3 == 0 ? 0.25f * (float)(i % 5) : -INFINITY;
+    glimpse_sampling p = params_plain();
+    draw_counts(&p, logits, N, DRAWS, counts);
+    for (int i = 0; i < N; i++)
+        if (i % 3 != 0)
+            ck_assert_int_eq(counts[i], 0);
+}
+END_TEST
+
+/* ---- seeds ----------------------------------------------------------------- */
+
+static void draw_sequence(uint64_t seed, const float *logits, int n, int32_t *tokens, int n_tokens)
+{
+    glimpse_sampling p = params_plain();
+    p.seed = seed;
+    p.top_k = 100;
+    p.top_p = 0.95f;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_create(&p, n, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(n, &sc, NULL), 0);
+    for (int i = 0; i < n_tokens; i++) {
+        sample_result r;
+        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+        tokens[i] = r.token;
+    }
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+
+START_TEST(test_seed_repeats)
+{
+    enum { N = 500, T = 1000 };
+    static float logits[N];
+    static int32_t a[T], b[T], c[T];
+    random_logits(logits, N, -3.0, 3.0, 71);
+    draw_sequence(42, logits, N, a, T);
+    draw_sequence(42, logits, N, b, T);
+    draw_sequence(43, logits, N, c, T);
+    ck_assert_mem_eq(a, b, sizeof a);
+    int same = 0;
+    for (int i = 0; i < T; i++)
+        same += a[i] == c[i];
+    /* Independent draws agree at a rate of sum p^2, far below 1. */
+    ck_assert_int_lt(same, T / 2);
+}
+END_TEST
+
+/* ---- penalties ------------------------------------------------------------- */
+
+START_TEST(test_penalties_exact)
+{
+    enum { N = 8 };
+    static const float base[N] = { 2.0f, -1.0f, 0.5f, -3.0f, 4.0f, 0.0f, 1.0f, -0.5f };
+    glimpse_sampling p = params_plain();
+    p.repetition_penalty = 1.5f;
+    p.frequency_penalty = 0.25f;
+    p.presence_penalty = 0.5f;
+    p.penalty_last_n = 64;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    static const int32_t history[] = { 0, 1, 1, 4, 3, 3, 3, 5 };
+    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
+        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
+    float x[N];
+    memcpy(x, base, sizeof x);
+    sampler_penalize(s, sc, x);
+    /* Positive logits are divided, non-positive ones multiplied; then
+     * count * frequency + presence is subtracted. */
+    ck_assert_float_eq_tol(x[0], 2.0f / 1.5f - (1 * 0.25f + 0.5f), 1e-6f);
+    ck_assert_float_eq_tol(x[1], -1.0f * 1.5f - (2 * 0.25f + 0.5f), 1e-6f);
+    ck_assert_float_eq(x[2], 0.5f);
+    ck_assert_float_eq_tol(x[3], -3.0f * 1.5f - (3 * 0.25f + 0.5f), 1e-6f);
+    ck_assert_float_eq_tol(x[4], 4.0f / 1.5f - (1 * 0.25f + 0.5f), 1e-6f);
+    ck_assert_float_eq_tol(x[5], 0.0f - (1 * 0.25f + 0.5f), 1e-6f);
+    ck_assert_float_eq(x[6], 1.0f);
+    ck_assert_float_eq(x[7], -0.5f);
+    /* A second call gives the same (the count table was left clean). */
+    float y[N];
+    memcpy(y, base, sizeof y);
+    sampler_penalize(s, sc, y);
+    ck_assert_mem_eq(x, y, sizeof x);
+    sampler_free(s);
+
+    /* The window keeps only the last 3 tokens, across ring wrap-around:
+     * history 0 1 1 4 3 3 3 5 -> window 3 3 5. */
+    p.penalty_last_n = 3;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
+        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
+    memcpy(x, base, sizeof x);
+    sampler_penalize(s, sc, x);
+    for (int i = 0; i < N; i++) {
+        if (i == 3)
+            ck_assert_float_eq_tol(x[3], -3.0f * 1.5f - (2 * 0.25f + 0.5f), 1e-6f);
+        else if (i == 5)
+            ck_assert_float_eq_tol(x[5], 0.0f - (1 * 0.25f + 0.5f), 1e-6f);
+        else
+            ck_assert_float_eq(x[i], base[i]);
+    }
+    sampler_free(s);
+
+    /* Window 0 turns every penalty off. */
+    p.penalty_last_n = 0;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
+        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
+    memcpy(x, base, sizeof x);
+    sampler_penalize(s, sc, x);
+    ck_assert_mem_eq(x, base, sizeof x);
+    sampler_free(s);
+    sampler_scratch_free(sc);
+}
+END_TEST
+
+/* sampler_sample records its own tokens: a greedy sampler with a repetition
+ * penalty alternates between two close logits. */
+START_TEST(test_penalty_feedback)
+{
+    static const float logits[3] = { 1.0f, 0.9f, -2.0f };
+    glimpse_sampling p = params_plain();
+    p.temperature = 0.0f;
+    p.repetition_penalty = 2.0f;
+    p.penalty_last_n = 1;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_create(&p, 3, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(3, &sc, NULL), 0);
+    static const int32_t want[] = { 0, 1, 0, 1, 0 };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        sample_result r;
+        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+        ck_assert_int_eq(r.token, want[i]);
+    }
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+END_TEST
+
+/* ---- logprobs -------------------------------------------------------------- */
+
+START_TEST(test_logprobs)
+{
+    enum { N = 5000 };
+    static float logits[N];
+    random_logits(logits, N, -15.0, 15.0, 81);
+    logits[10] = logits[4000] = 16.0f; /* a tie at the top: lower id first */
+    logits[77] = -INFINITY;
+    long double m = -INFINITY, z = 0.0L;
+    for (int i = 0; i < N; i++)
+        m = logits[i] > m ? logits[i] : m;
+    for (int i = 0; i < N; i++)
+        z += expl((long double)logits[i] - m);
+    long double lse = m + logl(z);
+
+    glimpse_sampling p = params_plain();
+    p.n_top_logprobs = GLIMPSE_MAX_TOP_LOGPROBS;
+    /* Logprobs are the model's: the same whatever penalties and temperature. */
+    p.temperature = 0.4f;
+    p.top_k = 5;
+    p.repetition_penalty = 3.0f;
+    p.presence_penalty = 1.0f;
+    p.penalty_last_n = 16;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    ck_assert_int_eq(sampler_accept(s, 10, NULL), 0);
+    int32_t order[N];
+    for (int i = 0; i < N; i++)
+        order[i] = i;
+    sort_logits = logits;
+    qsort(order, N, sizeof *order, by_logit_desc);
+    for (int step = 0; step < 20; step++) {
+        sample_result r;
+        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+        ck_assert_double_eq_tol(r.logprob, (double)(logits[r.token] - lse), 1e-5);
+        ck_assert_int_eq(r.n_top, GLIMPSE_MAX_TOP_LOGPROBS);
+        for (int i = 0; i < r.n_top; i++) {
+            ck_assert_int_eq(r.top[i].id, order[i]);
+            ck_assert_double_eq_tol(r.top[i].logprob, (double)(logits[order[i]] - lse), 1e-5);
+        }
+    }
+    ck_assert_int_eq(order[0], 10);
+    ck_assert_int_eq(order[1], 4000);
+    sampler_scratch_free(sc);
+    sampler_free(s);
+
+    /* Fewer tokens than asked for: all of them, a masked one at -inf. */
+    const float small[3] = { 0.0f, -INFINITY, 1.0f };
+    ck_assert_int_eq(sampler_create(&p, 3, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(3, &sc, NULL), 0);
+    sample_result r;
+    ck_assert_int_eq(sampler_sample(s, sc, small, &r, NULL), 0);
+    ck_assert_int_eq(r.n_top, 3);
+    ck_assert_int_eq(r.top[0].id, 2);
+    ck_assert_int_eq(r.top[1].id, 0);
+    ck_assert_int_eq(r.top[2].id, 1);
+    ck_assert_double_eq_tol(r.top[0].logprob, -log1p(exp(-1.0)), 1e-6);
+    ck_assert(isinf(r.top[2].logprob) && r.top[2].logprob < 0);
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+END_TEST
+
+/* ---- bad input --------------------------------------------------------------- */
+
+START_TEST(test_bad_params)
+{
+    glimpse_sampling bad[12];
+    int codes[12];
+    int n = 0;
+    glimpse_sampling ok = params_plain();
+    bad[n] = ok, bad[n].temperature = -0.5f, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].temperature = NAN, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].temperature = INFINITY, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].top_k = -1, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].top_p = 1.5f, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].top_p = NAN, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].min_p = -0.1f, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].repetition_penalty = 0.0f, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].frequency_penalty = NAN, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].penalty_last_n = -1, codes[n++] = GLIMPSE_EINVAL;
+    bad[n] = ok, bad[n].penalty_last_n = SAMPLER_MAX_PENALTY_WINDOW + 1, codes[n++] = GLIMPSE_ELIMIT;
+    bad[n] = ok, bad[n].n_top_logprobs = GLIMPSE_MAX_TOP_LOGPROBS + 1, codes[n++] = GLIMPSE_EINVAL;
+    for (int i = 0; i < n; i++) {
+        sampler *s = (sampler *)&ok; /* must be reset to NULL on failure */
+        glimpse_err err = { 0 };
+        ck_assert_int_eq(sampler_create(&bad[i], 10, &s, &err), codes[i]);
+        ck_assert_ptr_null(s);
+        ck_assert_int_eq(err.code, codes[i]);
+        ck_assert(strlen(err.msg) > 0);
+    }
+    sampler *s = NULL;
+    ck_assert_int_eq(sampler_create(&ok, 0, &s, NULL), GLIMPSE_EINVAL);
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_scratch_create(-3, &sc, NULL), GLIMPSE_EINVAL);
+    ck_assert_ptr_null(sc);
+    sampler_free(NULL);
+    sampler_scratch_free(NULL);
+}
+END_TEST
+
+START_TEST(test_bad_logits)
+{
+    enum { N = 16 };
+    float logits[N];
+    glimpse_sampling p = params_plain();
+    p.penalty_last_n = 4;
+    sampler *s = NULL;
+    sampler_scratch *sc = NULL, *sc_other = NULL;
+    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N + 1, &sc_other, NULL), 0);
+    sample_result r;
+    glimpse_err err = { 0 };
+
+    random_logits(logits, N, -1.0, 1.0, 91);
+    ck_assert_int_eq(sampler_sample(s, sc_other, logits, &r, &err), GLIMPSE_EINVAL);
+    logits[5] = NAN;
+    ck_assert_int_eq(sampler_sample(s, sc, logits, &r, &err), GLIMPSE_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "NaN"));
+    logits[5] = INFINITY;
+    ck_assert_int_eq(sampler_sample(s, sc, logits, &r, &err), GLIMPSE_EINVAL);
+    for (int i = 0; i < N; i++)
+        logits[i] = -INFINITY;
+    ck_assert_int_eq(sampler_sample(s, sc, logits, &r, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(sampler_accept(s, N, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(sampler_accept(s, -1, &err), GLIMPSE_EINVAL);
+
+    /* Huge logits and a tiny temperature: still a valid, finite choice. */
+    random_logits(logits, N, -1.0, 1.0, 92);
+    logits[3] = 3e38f;
+    logits[4] = -3e38f;
+    glimpse_sampling q = params_plain();
+    q.temperature = 1e-30f;
+    q.repetition_penalty = 1e-30f;
+    q.penalty_last_n = 4;
+    sampler *t = NULL;
+    ck_assert_int_eq(sampler_create(&q, N, &t, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(sampler_sample(t, sc, logits, &r, NULL), 0);
+        ck_assert_int_eq(r.token, 3);
+    }
+    sampler_free(t);
+    sampler_scratch_free(sc_other);
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+END_TEST
+
+/* ---- stop rules ---------------------------------------------------------------- */
+
+/* A table case: pieces are pushed one by one (token ids 100, 101, ...); each
+ * push must release exactly want[i] and the last one finish with `finish`.
+ * Pieces are placed right before a guard page, so over-reads fault. */
+typedef struct stop_case {
+    const char *name;
+    const char *stops[STOP_MAX_STRINGS];
+    const char *pieces[8];
+    const char *want[8];
+    int32_t eog_at; /* index of a piece pushed as the end-of-generation token, or -1 */
+    int64_t max_tokens;
+    int finish;
+} stop_case;
+
+static const stop_case stop_cases[] = {
+    { "no stop strings", { NULL }, { "Hel", "lo", " world" }, { "Hel", "lo", " world" }, -1, 0,
+      GLIMPSE_FINISH_NONE },
+    { "match across pieces", { "END" }, { "abcE", "N", "Dxyz" }, { "abc", "", "" }, -1, 0,
+      GLIMPSE_FINISH_STOP },
+    { "partial prefix then mismatch is released", { "END" }, { "abE", "Nx", "E" }, { "ab", "ENx", "" }, -1,
+      0, GLIMPSE_FINISH_NONE },
+    { "stop at the very start", { "Hi" }, { "Hi there" }, { "" }, -1, 0, GLIMPSE_FINISH_STOP },
+    { "stop string split over three pieces at the start", { "<end>" }, { "<", "en", "d>" }, { "", "", "" },
+      -1, 0, GLIMPSE_FINISH_STOP },
+    { "overlapping stops: earliest end wins", { "abcd", "bc" }, { "xab", "cd" }, { "x", "a" }, -1, 0,
+      GLIMPSE_FINISH_STOP },
+    { "same end: the longer stop cuts earlier", { "c", "abc" }, { "xxab", "c" }, { "xx", "" }, -1, 0,
+      GLIMPSE_FINISH_STOP },
+    { "self-overlapping stop", { "aab" }, { "a", "a", "a", "b" }, { "", "", "a", "" }, -1, 0,
+      GLIMPSE_FINISH_STOP },
+    { "second of several stops", { "###", "\n\n", "User:" }, { "ok.\n", "Us", "er: hi" }, { "ok.", "\n", "" },
+      -1, 0, GLIMPSE_FINISH_STOP },
+    { "text after the stop in the same piece is dropped", { "." }, { "one. two. three" }, { "one" }, -1, 0,
+      GLIMPSE_FINISH_STOP },
+    { "multibyte stop split inside its character", { "\xC3\xA9" }, { "caf\xC3", "\xA9!" }, { "caf", "" }, -1,
+      0, GLIMPSE_FINISH_STOP },
+    { "UTF-8 character split across pieces is held", { NULL }, { "\xE2\x82", "\xAC ok", "\xF0\x9F", "\x98",
+      "\x80" }, { "", "\xE2\x82\xAC ok", "", "", "\xF0\x9F\x98\x80" }, -1, 0, GLIMPSE_FINISH_NONE },
+    { "multibyte stop prefix then a different character", { "\xE2\x82\xAC" }, { "\xE2\x82", "\xA2" },
+      { "", "\xE2\x82\xA2" }, -1, 0, GLIMPSE_FINISH_NONE },
+    { "end-of-generation releases held text", { "END" }, { "ab", "E", "<eos>" }, { "ab", "", "E" }, 2, 0,
+      GLIMPSE_FINISH_STOP },
+    { "max_tokens releases held text", { "END" }, { "a", "bE" }, { "a", "bE" }, -1, 2,
+      GLIMPSE_FINISH_LENGTH },
+    { "a stop on the last allowed token is a stop", { "END" }, { "a", "END" }, { "a", "" }, -1, 2,
+      GLIMPSE_FINISH_STOP },
+};
+
+START_TEST(test_stop_table)
+{
+    const stop_case *c = &stop_cases[_i];
+    const char *stops[STOP_MAX_STRINGS];
+    size_t lens[STOP_MAX_STRINGS];
+    int n_stops = 0;
+    while (n_stops < STOP_MAX_STRINGS && c->stops[n_stops]) {
+        stops[n_stops] = c->stops[n_stops];
+        lens[n_stops] = strlen(c->stops[n_stops]);
+        n_stops++;
+    }
+    const int32_t eog[2] = { 7, c->eog_at >= 0 ? 100 + c->eog_at : 8 };
+    stop_matcher m;
+    ck_assert_int_eq(stop_init(&m, stops, lens, n_stops, eog, 2, c->max_tokens, NULL), 0);
+    int finish = GLIMPSE_FINISH_NONE;
+    for (int i = 0; c->pieces[i]; i++) {
+        ck_assert_msg(finish == GLIMPSE_FINISH_NONE, "%s: finished before piece %d", c->name, i);
+        size_t len = strlen(c->pieces[i]);
+        char *piece = guarded_copy(c->pieces[i], len);
+        ck_assert_ptr_nonnull(piece);
+        char out[64 + STOP_HOLD_MAX];
+        size_t out_len = 0;
+        finish = stop_push(&m, 100 + i, piece, len, out, sizeof out, &out_len, NULL);
+        guarded_free(piece, len);
+        ck_assert_msg(finish >= 0, "%s: piece %d failed", c->name, i);
+        ck_assert_msg(out_len == strlen(c->want[i]) && memcmp(out, c->want[i], out_len) == 0,
+                      "%s: piece %d released \"%.*s\", want \"%s\"", c->name, i, (int)out_len, out, c->want[i]);
+    }
+    ck_assert_msg(finish == c->finish, "%s: finish %d, want %d", c->name, finish, c->finish);
+    if (finish != GLIMPSE_FINISH_NONE) {
+        char out[STOP_HOLD_MAX + 8];
+        size_t out_len = 99;
+        ck_assert_int_eq(stop_push(&m, 5, "x", 1, out, sizeof out, &out_len, NULL), GLIMPSE_EINVAL);
+        ck_assert_uint_eq(out_len, 0);
+    }
+}
+END_TEST
+
+/* Reference: the text up to the earliest-ending stop occurrence (longer stop
+ * first on a tie), by brute force over the whole text. */
+static size_t ref_stop_cut(const char *text, size_t len, const char *const *stops, int n_stops)
+{
+    for (size_t end = 1; end <= len; end++) {
+        size_t best = len + 1;
+        for (int k = 0; k < n_stops; k++) {
+            size_t n = strlen(stops[k]);
+            if (n <= end && memcmp(text + end - n, stops[k], n) == 0 && end - n < best)
+                best = end - n;
+        }
+        if (best <= len)
+            return best;
+    }
+    return len;
+}
+
+/* Whatever the split into pieces, the released text is the same and is the
+ * reference's cut. Random text over a small alphabet makes near-misses common. */
+START_TEST(test_stop_any_split)
+{
+    static const char *const stops[] = { "abca", "cab", "bb", "aaa" };
+    size_t lens[4];
+    for (int k = 0; k < 4; k++)
+        lens[k] = strlen(stops[k]);
+    test_rand_state = 2024;
+    for (int trial = 0; trial < 2000; trial++) {
+        char text[64];
+        size_t len = 1 + (size_t)(test_uniform() * 40);
+        for (size_t i = 0; i < len; i++)
+            text[i] = "abc"[(int)(test_uniform() * 3)];
+        int n_stops = 1 + (int)(test_uniform() * 4);
+        size_t want = ref_stop_cut(text, len, stops, n_stops);
+        stop_matcher m;
+        ck_assert_int_eq(stop_init(&m, (const char *const *)stops, lens, n_stops, NULL, 0, 0, NULL), 0);
+        char got[64 + STOP_HOLD_MAX];
+        size_t got_len = 0, at = 0;
+        int finish = GLIMPSE_FINISH_NONE;
+        while (at < len && finish == GLIMPSE_FINISH_NONE) {
+            size_t n = 1 + (size_t)(test_uniform() * 5);
+            n = n > len - at ? len - at : n;
+            char out[8 + STOP_HOLD_MAX];
+            size_t out_len;
+            finish = stop_push(&m, 1, text + at, n, out, sizeof out, &out_len, NULL);
+            ck_assert_int_ge(finish, 0);
+            memcpy(got + got_len, out, out_len);
+            got_len += out_len;
+            at += n;
+        }
+        if (finish == GLIMPSE_FINISH_NONE) {
+            size_t out_len;
+            stop_flush(&m, got + got_len, &out_len);
+            got_len += out_len;
+        }
+        ck_assert_msg(got_len == want && memcmp(got, text, want) == 0, "trial %d: \"%.*s\" released %zu, want %zu",
+                      trial, (int)len, text, got_len, want);
+        ck_assert_int_eq(finish, want < len ? GLIMPSE_FINISH_STOP : GLIMPSE_FINISH_NONE);
+    }
+}
+END_TEST
+
+START_TEST(test_stop_limits)
+{
+    stop_matcher m;
+    glimpse_err err = { 0 };
+    const char *five[5] = { "a", "b", "c", "d", "e" };
+    size_t five_lens[5] = { 1, 1, 1, 1, 1 };
+    ck_assert_int_eq(stop_init(&m, five, five_lens, 5, NULL, 0, 0, &err), GLIMPSE_ELIMIT);
+    size_t zero = 0;
+    ck_assert_int_eq(stop_init(&m, five, &zero, 1, NULL, 0, 0, &err), GLIMPSE_EINVAL);
+    char longest[STOP_MAX_LEN + 1];
+    memset(longest, 'z', sizeof longest);
+    const char *one[1] = { longest };
+    size_t too_long = STOP_MAX_LEN + 1, max_len = STOP_MAX_LEN;
+    ck_assert_int_eq(stop_init(&m, one, &too_long, 1, NULL, 0, 0, &err), GLIMPSE_ELIMIT);
+    ck_assert_int_eq(stop_init(&m, NULL, NULL, 0, NULL, 0, -1, &err), GLIMPSE_EINVAL);
+    int32_t eog[STOP_MAX_EOG + 1] = { 0 };
+    ck_assert_int_eq(stop_init(&m, NULL, NULL, 0, eog, STOP_MAX_EOG + 1, 0, &err), GLIMPSE_ELIMIT);
+
+    /* The longest stop string is held whole and matched across many pieces;
+     * an output buffer without room for the held text is refused. */
+    ck_assert_int_eq(stop_init(&m, one, &max_len, 1, NULL, 0, 0, &err), 0);
+    char out[STOP_HOLD_MAX + 16];
+    size_t out_len;
+    ck_assert_int_eq(stop_push(&m, 1, "ok ", 3, out, 3 + STOP_HOLD_MAX - 1, &out_len, &err), GLIMPSE_ELIMIT);
+    ck_assert_int_eq(stop_push(&m, 1, "ok ", 3, out, sizeof out, &out_len, &err), GLIMPSE_FINISH_NONE);
+    ck_assert_uint_eq(out_len, 3);
+    for (int i = 0; i < STOP_MAX_LEN - 1; i++) {
+        ck_assert_int_eq(stop_push(&m, 1, "z", 1, out, sizeof out, &out_len, &err), GLIMPSE_FINISH_NONE);
+        ck_assert_uint_eq(out_len, 0);
+    }
+    ck_assert_uint_eq(m.held_len, STOP_HOLD_MAX);
+    /* The first new z completes the stop string; the second is dropped. */
+    ck_assert_int_eq(stop_push(&m, 1, "zz", 2, out, sizeof out, &out_len, &err), GLIMPSE_FINISH_STOP);
+    ck_assert_uint_eq(out_len, 0);
+}
+END_TEST
+
+static Suite *sampler_suite(void)
+{
+    Suite *s = suite_create("sampler");
+    TCase *tc = tcase_create("sampling");
+    tcase_add_test(tc, test_rng_known_answers);
+    tcase_add_test(tc, test_greedy_is_argmax);
+    tcase_add_test(tc, test_top_k);
+    tcase_add_test(tc, test_top_p);
+    tcase_add_test(tc, test_top_p_wide_nucleus);
+    tcase_add_test(tc, test_min_p);
+    tcase_add_test(tc, test_temperature);
+    tcase_add_test(tc, test_chain_order);
+    tcase_add_test(tc, test_masked_tokens);
+    tcase_add_test(tc, test_seed_repeats);
+    tcase_add_test(tc, test_penalties_exact);
+    tcase_add_test(tc, test_penalty_feedback);
+    tcase_add_test(tc, test_logprobs);
+    tcase_add_test(tc, test_bad_params);
+    tcase_add_test(tc, test_bad_logits);
+    suite_add_tcase(s, tc);
+    TCase *ts = tcase_create("stop");
+    tcase_add_loop_test(ts, test_stop_table, 0, (int)(sizeof stop_cases / sizeof stop_cases[0]));
+    tcase_add_test(ts, test_stop_any_split);
+    tcase_add_test(ts, test_stop_limits);
+    suite_add_tcase(s, ts);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(sampler_suite());
+}
