@@ -16,6 +16,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,8 +74,13 @@ bool kn_matmul_supports(int wtype, int64_t k)
 
 void kernels_init(void)
 {
+    const char *env = getenv("GLIMPSE_KERNELS");
+    const kn_impl *simd = kn_avx2_impl();
     kn_ref_init_tables();
-    active = &kn_ref_impl;
+    if ((env && strcmp(env, "scalar") == 0) || !simd)
+        active = &kn_ref_impl;
+    else
+        active = simd;
 }
 
 const char *kernels_isa(void)
@@ -85,7 +91,8 @@ const char *kernels_isa(void)
 int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 {
     size_t need;
-    if (max_act_elems < 0 || !size_mul((size_t)max_act_elems, ACT_MAX_BYTES_PER_ELEM, &need))
+    if (max_act_elems < 0 || !size_mul((size_t)max_act_elems, ACT_MAX_BYTES_PER_ELEM, &need) ||
+        need > PTRDIFF_MAX)
         return err_set(err, GLIMPSE_EINVAL, "activation scratch of %lld elements is too large",
                        (long long)max_act_elems);
     if (need <= scratch_len)

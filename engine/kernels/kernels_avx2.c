@@ -1,0 +1,432 @@
+/*
+ * kernels_avx2.c — AVX2 + FMA + F16C versions of the hot kernels: the matmul
+ * dot products of every weight type, the Q8_0/Q8_1/F16 activation
+ * conversions, and the f32 dot. Everything else stays the scalar reference.
+ *
+ * Only the functions marked TARGET use AVX2 instructions; kn_avx2_impl checks
+ * the CPU before handing them out, so the file is safe to link everywhere.
+ *
+ * Numerics vs the reference (tests/unit/check_kernels.c holds them to it):
+ *   - quantised dots: the integer block sums are exact, but the per-block
+ *     float terms are accumulated in 8 lanes and added at the end, so results
+ *     differ from the reference by float rounding only (~1e-6 relative);
+ *   - Q8_0/Q8_1 activation quantisation is llama.cpp's x86 variant
+ *     (ggml-cpu/arch/x86/quants.c), which is what the oracle runs on this
+ *     hardware: multiply by 127/amax and round half to even, where the
+ *     reference divides by d and rounds half away from zero; a quant can
+ *     differ by 1 in rare near-ties, d is identical;
+ *   - F16 conversion is F16C's round-to-nearest-even, identical to f32_to_fp16.
+ */
+#include "kernels_impl.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("avx2,fma,f16c")))
+
+/* ---- helpers -------------------------------------------------------------------- */
+
+TARGET static inline float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+TARGET static inline int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Products of 32 signed bytes, summed in adjacent pairs to 16 int16 lanes.
+ * maddubs wants one unsigned operand: move x's sign onto y. No lane can
+ * saturate: |x| <= 128 and |y| <= 127 (activations never hold -128). */
+TARGET static inline __m256i mul_pairs_i8(__m256i x, __m256i y)
+{
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* Σ x·y over 32 signed bytes as 8 int32 lanes. */
+TARGET static inline __m256i dot_i8(__m256i x, __m256i y)
+{
+    return _mm256_madd_epi16(mul_pairs_i8(x, y), _mm256_set1_epi16(1));
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..15) in
+ * the lower half, high nibbles (elements 16..31) in the upper half. */
+TARGET static inline __m256i unpack_nibbles(const uint8_t *qs)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    __m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(b, _mm256_set1_epi8(15));
+}
+
+/* The 32 bits of a Q5 qh field as 32 bytes: 0x10 where bit j is set. */
+TARGET static inline __m256i qh_bits_to_0x10(const uint8_t *qh)
+{
+    uint32_t bits;
+    memcpy(&bits, qh, sizeof bits);
+    /* byte j of the result looks at qh byte j/8 and tests bit j%8 */
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201ll);
+    __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), pick);
+    __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(rep, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+/* ---- activation conversion ------------------------------------------------------ */
+
+/* One 32-value block the x86 llama.cpp way: stores half(d) and the quants,
+ * returns the f32 d = amax/127 and Σq (for Q8_1's s). */
+TARGET static inline float quant_block_q8(const float *x, uint16_t *d_out, int8_t *qs, int *sum)
+{
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float max = _mm_cvtss_f32(m);
+    const float d = max / 127.0f;
+    *d_out = f32_to_fp16(d);
+    const __m256 id = _mm256_set1_ps(max != 0.0f ? 127.0f / max : 0.0f);
+    __m256i q[4];
+    for (int i = 0; i < 4; i++)
+        q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], id),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    *sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    /* The packs work per 128-bit half; the permute puts the dwords back in order. */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, p);
+    return d;
+}
+
+TARGET static void from_float_q8_0(const float *x, void *dst, int64_t n)
+{
+    block_q8_0 *y = dst;
+    int sum;
+    for (int64_t b = 0; b < n / 32; b++)
+        quant_block_q8(x + 32 * b, &y[b].d, y[b].qs, &sum);
+}
+
+TARGET static void from_float_q8_1(const float *x, void *dst, int64_t n)
+{
+    block_q8_1 *y = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        int sum;
+        const float d = quant_block_q8(x + 32 * b, &y[b].d, y[b].qs, &sum);
+        y[b].s = f32_to_fp16(d * (float)sum);
+    }
+}
+
+TARGET static void from_float_f16(const float *x, void *dst, int64_t n)
+{
+    uint16_t *h = dst;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        h[i] = f32_to_fp16(x[i]);
+}
+
+/* ---- float dots ---------------------------------------------------------------- */
+
+TARGET static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int r = 0; r < 4; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * r), _mm256_loadu_ps(b + i + 8 * r), acc[r]);
+    for (; i + 8 <= n; i += 8)
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+TARGET static float vec_dot_f32(int64_t n, const void *w, const void *a)
+{
+    return dot_f32(w, a, n);
+}
+
+/* 8 halves or bfloats at p as f32. */
+TARGET static inline __m256 load_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+TARGET static inline __m256 load_bf16(const uint16_t *p)
+{
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+#define DEFINE_VEC_DOT_HALF(name, load, to_f32)                                                   \
+    TARGET static float name(int64_t n, const void *w, const void *a)                             \
+    {                                                                                             \
+        const uint16_t *x = w, *y = a;                                                            \
+        __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),          \
+                          _mm256_setzero_ps() };                                                  \
+        int64_t i = 0;                                                                            \
+        for (; i + 32 <= n; i += 32)                                                              \
+            for (int r = 0; r < 4; r++)                                                           \
+                acc[r] = _mm256_fmadd_ps(load(x + i + 8 * r), load(y + i + 8 * r), acc[r]);       \
+        for (; i + 8 <= n; i += 8)                                                                \
+            acc[0] = _mm256_fmadd_ps(load(x + i), load(y + i), acc[0]);                           \
+        float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))); \
+        for (; i < n; i++)                                                                        \
+            sum += to_f32(x[i]) * to_f32(y[i]);                                                   \
+        return sum;                                                                               \
+    }
+
+DEFINE_VEC_DOT_HALF(vec_dot_f16, load_f16, fp16_to_f32)
+DEFINE_VEC_DOT_HALF(vec_dot_bf16, load_bf16, bf16_to_f32)
+
+/* ---- 32-element quant blocks ------------------------------------------------------ */
+
+/* acc += dx·dy · (int lanes of one block) */
+TARGET static inline __m256 acc_block(__m256 acc, uint16_t dx, uint16_t dy, __m256i isum)
+{
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(dx) * fp16_to_f32(dy));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc);
+}
+
+TARGET static float vec_dot_q8_0(int64_t n, const void *w, const void *a)
+{
+    const block_q8_0 *x = w, *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i qx = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
+        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    }
+    return hsum_ps(acc);
+}
+
+TARGET static float vec_dot_q4_0(int64_t n, const void *w, const void *a)
+{
+    const block_q4_0 *x = w;
+    const block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i qx = _mm256_sub_epi8(unpack_nibbles(x[b].qs), _mm256_set1_epi8(8));
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
+        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    }
+    return hsum_ps(acc);
+}
+
+TARGET static float vec_dot_q5_0(int64_t n, const void *w, const void *a)
+{
+    const block_q5_0 *x = w;
+    const block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i qx = _mm256_or_si256(unpack_nibbles(x[b].qs), qh_bits_to_0x10(x[b].qh));
+        qx = _mm256_sub_epi8(qx, _mm256_set1_epi8(16));
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
+        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    }
+    return hsum_ps(acc);
+}
+
+/* Q4_1/Q5_1: unsigned quants (< 32) go straight into maddubs; the minimum
+ * contributes m·s per block, s = d_y·Σq_y precomputed by the Q8_1 quantiser. */
+TARGET static inline __m256i dot_u5_i8(__m256i qx, const int8_t *qs)
+{
+    __m256i p = _mm256_maddubs_epi16(qx, _mm256_loadu_si256((const __m256i *)qs));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+TARGET static float vec_dot_q4_1(int64_t n, const void *w, const void *a)
+{
+    const block_q4_1 *x = w;
+    const block_q8_1 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(unpack_nibbles(x[b].qs), y[b].qs));
+        mins += fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
+    }
+    return hsum_ps(acc) + mins;
+}
+
+TARGET static float vec_dot_q5_1(int64_t n, const void *w, const void *a)
+{
+    const block_q5_1 *x = w;
+    const block_q8_1 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i qx = _mm256_or_si256(unpack_nibbles(x[b].qs), qh_bits_to_0x10(x[b].qh));
+        acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(qx, y[b].qs));
+        mins += fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
+    }
+    return hsum_ps(acc) + mins;
+}
+
+/* ---- K-quants ---------------------------------------------------------------------- */
+
+/* The 6-bit scales and mins of the 8 sub-blocks (see quant.c). */
+static inline void unpack_scales_k4(const uint8_t *s, int sc[8], int m[8])
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+/* Σ over the 16 bsums of min(j/2)·bsum: the min term of a Q4_K/Q5_K block. */
+static inline int k4_min_sum(const block_q8_K *y, const int m[8])
+{
+    int s = 0;
+    for (int j = 0; j < QK_K / 16; j++)
+        s += y->bsums[j] * m[j / 2];
+    return s;
+}
+
+/* Q4_K and Q5_K: 4 groups of 64; in group g, 32 bytes of qs give sub-block 2g
+ * (low nibbles) and 2g+1 (high nibbles). qh (Q5_K) adds 16 where bit 2g /
+ * 2g+1 of qh[l] is set. Unsigned quants <= 31 times int8 fit maddubs. */
+TARGET static inline float dot_q45_K(int64_t n, const uint8_t *base, size_t block_len, size_t qs_off,
+                                     bool has_qh, const block_q8_K *y)
+{
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < n / QK_K; b++, y++) {
+        const uint8_t *blk = base + (size_t)b * block_len;
+        uint16_t dh, dminh;
+        memcpy(&dh, blk, 2);
+        memcpy(&dminh, blk + 2, 2);
+        int sc[8], mn[8];
+        unpack_scales_k4(blk + 4, sc, mn);
+        const uint8_t *qs = blk + qs_off;
+        __m256i qhv = has_qh ? _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)))
+                             : _mm256_setzero_si256();
+        __m256i isum = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+            __m256i lo = _mm256_and_si256(raw, low4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            if (has_qh) {
+                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g)));
+                const __m256i b1 = _mm256_set1_epi8((char)(2 << (2 * g)));
+                const __m256i v16 = _mm256_set1_epi8(16);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qhv, b0), b0), v16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qhv, b1), b1), v16));
+            }
+            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g)));
+            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g + 32)));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16((short)sc[2 * g])));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16((short)sc[2 * g + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(dh) * y->d), _mm256_cvtepi32_ps(isum), acc);
+        mins -= fp16_to_f32(dminh) * y->d * (float)k4_min_sum(y, mn);
+    }
+    return hsum_ps(acc) + mins;
+}
+
+TARGET static float vec_dot_q4_K(int64_t n, const void *w, const void *a)
+{
+    return dot_q45_K(n, w, sizeof(block_q4_K), offsetof(block_q4_K, qs), false, a);
+}
+
+TARGET static float vec_dot_q5_K(int64_t n, const void *w, const void *a)
+{
+    return dot_q45_K(n, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, a);
+}
+
+/* Q6_K: per half of 128, ql[0..63] and qh[0..31] give four vectors of 32
+ * quants (elements l, l+32, l+64, l+96), each spanning two 16-element scale
+ * groups: the lower 128 bits of the pair sums take one scale, the upper the next. */
+TARGET static float vec_dot_q6_K(int64_t n, const void *w, const void *a)
+{
+    const block_q6_K *x = w;
+    const block_q8_K *y = a;
+    const __m256i low4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i isum = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h;
+            __m256i qa = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(x[b].qh + 32 * h));
+            __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(qa, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), hi2)),
+                _mm256_or_si256(_mm256_and_si256(qb, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), hi2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low4), _mm256_and_si256(qh, hi2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2)),
+            };
+            for (int v = 0; v < 4; v++) {
+                const int e0 = 128 * h + 32 * v; /* first element of this vector */
+                __m256i qy = _mm256_loadu_si256((const __m256i *)(y[b].qs + e0));
+                __m256i p = mul_pairs_i8(_mm256_sub_epi8(q[v], off), qy);
+                __m256i s = _mm256_set_m128i(_mm_set1_epi16(x[b].scales[e0 / 16 + 1]),
+                                             _mm_set1_epi16(x[b].scales[e0 / 16]));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- the table -------------------------------------------------------------------- */
+
+static kn_impl avx2_impl;
+
+const kn_impl *kn_avx2_impl(void)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+        return NULL;
+    if (avx2_impl.isa)
+        return &avx2_impl;
+    kn_impl t = kn_ref_impl;
+    t.isa = "avx2";
+    t.from_float[KN_ACT_F16] = from_float_f16;
+    t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
+    t.from_float[KN_ACT_Q8_1] = from_float_q8_1;
+    t.vec_dot[DTYPE_F32] = vec_dot_f32;
+    t.vec_dot[DTYPE_F16] = vec_dot_f16;
+    t.vec_dot[DTYPE_BF16] = vec_dot_bf16;
+    t.vec_dot[DTYPE_Q4_0] = vec_dot_q4_0;
+    t.vec_dot[DTYPE_Q4_1] = vec_dot_q4_1;
+    t.vec_dot[DTYPE_Q5_0] = vec_dot_q5_0;
+    t.vec_dot[DTYPE_Q5_1] = vec_dot_q5_1;
+    t.vec_dot[DTYPE_Q8_0] = vec_dot_q8_0;
+    t.vec_dot[DTYPE_Q4_K] = vec_dot_q4_K;
+    t.vec_dot[DTYPE_Q5_K] = vec_dot_q5_K;
+    t.vec_dot[DTYPE_Q6_K] = vec_dot_q6_K;
+    t.dot_f32 = dot_f32;
+    avx2_impl = t;
+    return &avx2_impl;
+}
+
+#else /* not x86-64 GCC/Clang */
+
+const kn_impl *kn_avx2_impl(void)
+{
+    return NULL;
+}
+
+#endif
