@@ -11,7 +11,9 @@
 #include "fusion.h"
 
 #include "kernels/kernels.h"
+#include "tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,4 +113,75 @@ void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp
     kn_matmul(tp, pj->mm2, scratch, n, out);
     if (pj->mm2_b)
         kn_add_bias(out, pj->mm2_b, n, pj->mm2->ne[1]);
+}
+
+/* ---- splicing ---------------------------------------------------------------- */
+
+typedef struct layout {
+    prompt_pos *out;
+    size_t cap, n;
+} layout;
+
+static void put(layout *l, int32_t token, int32_t image, int32_t row)
+{
+    if (l->n < l->cap)
+        l->out[l->n] = (prompt_pos){ token, image, row };
+    l->n++;
+}
+
+static void put_embeddings(layout *l, int image, int tile, int n_tokens_out)
+{
+    for (int i = 0; i < n_tokens_out; i++)
+        put(l, -1, image, tile * n_tokens_out + i);
+}
+
+/* mtmd's lookup_token: the first id whose piece (specials rendered) is text. */
+static int lookup(const tokenizer *tok, const char *text, int32_t *id, glimpse_err *err)
+{
+    *id = tokenizer_find(tok, text, strlen(text));
+    if (*id < 0)
+        return err_set(err, GLIMPSE_EUNSUPPORTED,
+                       "the vocabulary has no token '%s', which idefics3 images need", text);
+    return 0;
+}
+
+int fusion_image_layout(const tokenizer *tok, const vision_hparams *hp, int grid_x, int grid_y, int image,
+                        prompt_pos *out, size_t cap, size_t *n, glimpse_err *err)
+{
+    layout l = { out, cap, 0 };
+    const int n_out = hp->n_tokens_out;
+    int rc;
+
+    if (hp->projector != PROJECTOR_IDEFICS3) {
+        put_embeddings(&l, image, 0, n_out);
+    } else {
+        int32_t nl, nlnl, fake, global;
+        if ((rc = lookup(tok, "\n", &nl, err)) || (rc = lookup(tok, "\n\n", &nlnl, err)) ||
+            (rc = lookup(tok, "<fake_token_around_image>", &fake, err)) ||
+            (rc = lookup(tok, "<global-img>", &global, err)))
+            return rc;
+        for (int r = 0; r < grid_y; r++) {
+            for (int c = 0; c < grid_x; c++) {
+                char text[64];
+                int32_t ids[64];
+                size_t n_ids;
+                int len = snprintf(text, sizeof text, "<fake_token_around_image><row_%d_col_%d>", r + 1, c + 1);
+                rc = tokenizer_encode(tok, text, (size_t)len, false, true, ids, 64, &n_ids, err);
+                if (rc)
+                    return rc;
+                for (size_t i = 0; i < n_ids; i++)
+                    put(&l, ids[i], -1, 0);
+                put_embeddings(&l, image, r * grid_x + c, n_out);
+            }
+            if (r + 1 < grid_y)
+                put(&l, nl, -1, 0);
+        }
+        put(&l, nlnl, -1, 0);
+        put(&l, fake, -1, 0);
+        put(&l, global, -1, 0);
+        put_embeddings(&l, image, grid_x * grid_y, n_out);
+        put(&l, fake, -1, 0);
+    }
+    *n = l.n;
+    return l.n > cap ? GLIMPSE_ELIMIT : 0;
 }

@@ -46,4 +46,29 @@ size_t projector_scratch_size(const projector *pj, const vision_hparams *hp);
 void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp,
                    const float *x, float *scratch, float *out);
 
+/* ---- splicing: where an image's embeddings go in the token sequence ------- */
+
+struct tokenizer;
+
+/* One position of a prompt: a token, or one embedding row of an image. */
+typedef struct prompt_pos {
+    int32_t token;  /* token id, when image < 0 */
+    int32_t image;  /* index of the request's image, or -1 */
+    int32_t row;    /* row of that image's embeddings: tile * n_tokens_out + i */
+} prompt_pos;
+
+/* The positions one image occupies, exactly as llama.cpp's mtmd lays them
+ * out (spec §5.3). idefics3, with grid_y rows × grid_x columns of slices:
+ *   for each row r, column c: "<fake_token_around_image><row_r_col_c>" (text,
+ *   tokenized with specials), then the slice's n_tokens_out embeddings; "\n"
+ *   after every row but the last; then "\n\n", <fake_token_around_image>,
+ *   <global-img>, the overview's embeddings, <fake_token_around_image>.
+ * Embedding rows follow image.h's tile order (slices row-major, overview
+ * last). mlp: just the n_tokens_out embeddings of the one tile.
+ * Writes up to cap positions to out and the full count to *n; returns 0, or
+ * GLIMPSE_ELIMIT when cap was too small (call again with *n), or
+ * GLIMPSE_EUNSUPPORTED when the vocabulary lacks a wrapper token. Any thread. */
+int fusion_image_layout(const struct tokenizer *tok, const vision_hparams *hp, int grid_x, int grid_y,
+                        int image, prompt_pos *out, size_t cap, size_t *n, glimpse_err *err);
+
 #endif /* GLIMPSE_FUSION_H */

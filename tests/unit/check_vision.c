@@ -7,6 +7,8 @@
 
 #include "fusion.h"
 #include "gguf.h"
+#include "image.h"
+#include "tokenizer.h"
 #include "kernels/kernels.h"
 #include "vision.h"
 
@@ -137,6 +139,69 @@ START_TEST(test_rejects_text_model)
 }
 END_TEST
 
+/* The piece of a layout position, or "<emb i:r>" for an image row. */
+static const char *pos_str(const tokenizer *tok, const prompt_pos *p, char *buf, size_t cap)
+{
+    if (p->image >= 0) {
+        snprintf(buf, cap, "<emb %d:%d>", p->image, p->row);
+        return buf;
+    }
+    size_t len;
+    const char *piece = tokenizer_piece(tok, p->token, true, &len);
+    snprintf(buf, cap, "%.*s", (int)len, piece);
+    return buf;
+}
+
+/* Spec §5.3 for a 3-column, 2-row grid with 2 embeddings per tile, written
+ * out by hand, and the count against image.h's independent formula. */
+START_TEST(test_idefics3_layout)
+{
+    static const char *want[] = {
+        "<fake_token_around_image>", "<row_1_col_1>", "<emb 5:0>", "<emb 5:1>",
+        "<fake_token_around_image>", "<row_1_col_2>", "<emb 5:2>", "<emb 5:3>",
+        "<fake_token_around_image>", "<row_1_col_3>", "<emb 5:4>", "<emb 5:5>",
+        "\n",
+        "<fake_token_around_image>", "<row_2_col_1>", "<emb 5:6>", "<emb 5:7>",
+        "<fake_token_around_image>", "<row_2_col_2>", "<emb 5:8>", "<emb 5:9>",
+        "<fake_token_around_image>", "<row_2_col_3>", "<emb 5:10>", "<emb 5:11>",
+        "\n\n", "<fake_token_around_image>", "<global-img>", "<emb 5:12>", "<emb 5:13>",
+        "<fake_token_around_image>",
+    };
+    const size_t n_want = sizeof want / sizeof want[0];
+    glimpse_err err = { 0 };
+    gguf_file *f = NULL;
+    tokenizer *tok = NULL;
+    ck_assert_msg(gguf_open(fixture_path("vocab.gguf"), &f, &err) == 0, "%s", err.msg);
+    ck_assert_msg(tokenizer_load(f, &tok, &err) == 0, "%s", err.msg);
+    vision_hparams hp = { .projector = PROJECTOR_IDEFICS3, .n_tokens_out = 2 };
+
+    prompt_pos pos[64];
+    size_t n = 0;
+    ck_assert_int_eq(fusion_image_layout(tok, &hp, 3, 2, 5, pos, 4, &n, &err), GLIMPSE_ELIMIT);
+    ck_assert_uint_eq(n, n_want);
+    ck_assert_int_eq(fusion_image_layout(tok, &hp, 3, 2, 5, pos, 64, &n, &err), 0);
+    ck_assert_uint_eq(n, n_want);
+    ck_assert_uint_eq(n, image_idefics3_n_tokens(3, 2, 2));
+    for (size_t i = 0; i < n; i++) {
+        char buf[64];
+        ck_assert_msg(!strcmp(pos_str(tok, &pos[i], buf, sizeof buf), want[i]), "position %zu: '%s', want '%s'", i,
+                      buf, want[i]);
+    }
+    /* a 1×1 grid (the shapes demo model): one slice, no row break */
+    ck_assert_int_eq(fusion_image_layout(tok, &hp, 1, 1, 0, pos, 64, &n, &err), 0);
+    ck_assert_uint_eq(n, image_idefics3_n_tokens(1, 1, 2));
+
+    /* mlp: the embeddings alone */
+    vision_hparams mlp = { .projector = PROJECTOR_MLP, .n_tokens_out = 7 };
+    ck_assert_int_eq(fusion_image_layout(tok, &mlp, 0, 0, 1, pos, 64, &n, &err), 0);
+    ck_assert_uint_eq(n, 7);
+    for (size_t i = 0; i < n; i++)
+        ck_assert(pos[i].image == 1 && pos[i].row == (int)i);
+    tokenizer_free(tok);
+    gguf_close(f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("vision");
@@ -146,6 +211,7 @@ int main(void)
     tcase_add_test(tc, test_idefics3_f16);
     tcase_add_test(tc, test_mlp_f32);
     tcase_add_test(tc, test_rejects_text_model);
+    tcase_add_test(tc, test_idefics3_layout);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
