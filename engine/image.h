@@ -7,7 +7,9 @@
  *  - JPEG (libjpeg-turbo): baseline, progressive, arithmetic-coded, grayscale,
  *    RGB, CMYK and YCCK (Adobe-inverted CMYK handled). 12- and 16-bit JPEGs are
  *    GLIMPSE_EUNSUPPORTED. The EXIF orientation tag (all 8 values) is applied,
- *    so the pixels come out the way a photo viewer shows them.
+ *    so the pixels come out the way a photo viewer shows them (llama.cpp's
+ *    stb_image ignores it, so a phone photo taken upright reaches llama.cpp's
+ *    model on its side and ours the right way up).
  *  - PNG (libpng): every colour type and bit depth, palettes with tRNS,
  *    interlaced. 16-bit samples keep their high byte (what libpng's strip_16,
  *    stb_image and PIL do). gAMA, sBIT, bKGD and colour-profile chunks are
