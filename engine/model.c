@@ -7,8 +7,10 @@
 #include "decoder.h"
 #include "kernels/kernels.h"
 #include "kvcache.h"
+#include "sampler.h"
 #include "template.h"
 #include "threadpool.h"
+#include "tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,4 +316,178 @@ void text_model_release(text_model *m)
         return;
     free(m->w.layers);
     m->w.layers = NULL;
+}
+
+/* ============================================================================
+ * glimpse_model
+ * ========================================================================== */
+
+#define DEFAULT_CTX_MAX 4096
+#define DEFAULT_BATCH 256
+#define KV_BLOCK 16
+#define MAX_THREADS 256
+
+void glimpse_model_params_default(glimpse_model_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->kv_type = GLIMPSE_KV_F16;
+}
+
+static int check_params(const glimpse_model_params *p, glimpse_err *err)
+{
+    if (!p || !p->model_path || !p->model_path[0])
+        return err_set(err, GLIMPSE_EINVAL, "model: no model path given");
+    if (p->mmproj_path)
+        return err_set(err, GLIMPSE_EUNSUPPORTED, "model: vision projectors (--mmproj) are not supported yet");
+    if (p->n_threads < 0 || p->n_threads > MAX_THREADS)
+        return err_set(err, GLIMPSE_EINVAL, "model: %d threads is out of range [0, %d]", p->n_threads, MAX_THREADS);
+    if (p->n_ctx < 0 || p->n_ctx > (int)HPARAM_MAX)
+        return err_set(err, GLIMPSE_EINVAL, "model: context size %d is out of range [0, %u]", p->n_ctx, HPARAM_MAX);
+    if (p->n_batch < 0 || p->n_batch > 65536)
+        return err_set(err, GLIMPSE_EINVAL, "model: batch size %d is out of range [0, 65536]", p->n_batch);
+    if (p->kv_type != GLIMPSE_KV_F16 && p->kv_type != GLIMPSE_KV_F32)
+        return err_set(err, GLIMPSE_EINVAL, "model: unknown KV cache type %d", p->kv_type);
+    return 0;
+}
+
+static void set_name(glimpse_model *m, const char *path)
+{
+    gguf_str s;
+    if (gguf_get_str(m->file, "general.name", &s, NULL) == 0 && s.len > 0) {
+        snprintf(m->name, sizeof m->name, "%.*s", (int)(s.len < sizeof m->name ? s.len : sizeof m->name - 1), s.ptr);
+        return;
+    }
+    const char *base = strrchr(path, '/');
+    snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+}
+
+int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimpse_err *err)
+{
+    glimpse_model *m = NULL;
+    int rc;
+    *out = NULL;
+    if ((rc = check_params(p, err)) < 0)
+        return rc;
+    double t0 = time_ms();
+    kernels_init();
+
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
+    m->seq = -1;
+    if ((rc = gguf_open(p->model_path, &m->file, err)) < 0)
+        goto fail;
+    if ((rc = text_model_load(m->file, &m->text, err)) < 0)
+        goto fail;
+    if ((rc = tokenizer_load(m->file, &m->tok, err)) < 0)
+        goto fail;
+    const text_config *c = &m->text.cfg;
+    if (tokenizer_n_vocab(m->tok) != c->n_vocab) {
+        rc = err_set(err, GLIMPSE_EFORMAT, "model: tokenizer has %d tokens, token_embd %d",
+                     tokenizer_n_vocab(m->tok), c->n_vocab);
+        goto fail;
+    }
+    gguf_str tmpl = { NULL, 0 };
+    rc = gguf_get_str(m->file, "tokenizer.chat_template", &tmpl, err);
+    if (rc < 0 && rc != GLIMPSE_ENOTFOUND)
+        goto fail;
+    m->tmpl = chat_template_detect(tmpl.ptr, tmpl.len);
+    set_name(m, p->model_path);
+
+    m->n_ctx = p->n_ctx ? p->n_ctx : (c->n_ctx_train < DEFAULT_CTX_MAX ? c->n_ctx_train : DEFAULT_CTX_MAX);
+    m->n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
+    if (m->n_batch > m->n_ctx)
+        m->n_batch = m->n_ctx;
+    if (p->n_threads > 0) {
+        m->n_threads = p->n_threads;
+    } else {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        m->n_threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
+    }
+    if ((rc = threadpool_create(m->n_threads, &m->tp, err)) < 0)
+        goto fail;
+
+    /* One sequence owns the whole pool for now; the pool is sized by
+     * positions, so a scheduler can later split it between sequences. */
+    kv_params kp = {
+        .n_layer = c->n_layer,
+        .row_len = c->n_head_kv * c->head_dim,
+        .type = p->kv_type == GLIMPSE_KV_F32 ? KV_F32 : KV_F16,
+        .block_size = KV_BLOCK,
+        .n_blocks = (m->n_ctx + KV_BLOCK - 1) / KV_BLOCK,
+        .max_seqs = 1,
+        .max_seq_len = m->n_ctx,
+    };
+    if ((rc = kv_cache_create(&kp, &m->kv, err)) < 0 ||
+        (rc = kv_seq_open(m->kv, &m->seq, err)) < 0 ||
+        (rc = kv_seq_reserve(m->kv, m->seq, m->n_ctx, err)) < 0 ||
+        (rc = decoder_create(&m->text, m->kv, m->tp, m->n_batch, 1, &m->dec, err)) < 0 ||
+        (rc = sampler_scratch_create(c->n_vocab, &m->scratch, err)) < 0)
+        goto fail;
+
+    /* Room for what one token can release: its piece (after UTF-8 repair)
+     * plus everything the stop matcher may have held back. */
+    m->piece_cap = detok_out_max(m->tok);
+    m->out_cap = m->piece_cap + STOP_HOLD_MAX;
+    m->ids = malloc((size_t)m->n_ctx * sizeof *m->ids);
+    m->batch = malloc((size_t)m->n_batch * sizeof *m->batch);
+    m->piece = malloc(m->piece_cap);
+    m->out = malloc(m->out_cap);
+    if (!m->ids || !m->batch || !m->piece || !m->out) {
+        rc = err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
+        goto fail;
+    }
+    if (pthread_mutex_init(&m->lock, NULL) != 0) {
+        rc = err_set(err, GLIMPSE_ENOMEM, "model: cannot create a mutex");
+        goto fail;
+    }
+    m->lock_ok = true;
+    m->load_ms = time_ms() - t0;
+    LOG_INFO("model: %s: %d layers, n_embd %d, vocab %d, context %d, %d threads, %s template, kernels %s, "
+             "loaded in %.0f ms", m->name, c->n_layer, c->n_embd, c->n_vocab, m->n_ctx, m->n_threads,
+             chat_template_name(m->tmpl), kernels_isa(), m->load_ms);
+    *out = m;
+    return 0;
+
+fail:
+    glimpse_model_free(m);
+    return rc;
+}
+
+void glimpse_model_free(glimpse_model *m)
+{
+    if (!m)
+        return;
+    if (m->lock_ok)
+        pthread_mutex_destroy(&m->lock);
+    free(m->ids);
+    free(m->batch);
+    free(m->piece);
+    free(m->out);
+    sampler_scratch_free(m->scratch);
+    decoder_free(m->dec);
+    kv_cache_free(m->kv);
+    threadpool_free(m->tp);
+    tokenizer_free(m->tok);
+    text_model_release(&m->text);
+    gguf_close(m->file);
+    free(m);
+}
+
+void glimpse_model_info_get(const glimpse_model *m, glimpse_model_info *out)
+{
+    const text_config *c = &m->text.cfg;
+    memset(out, 0, sizeof *out);
+    out->name = m->name;
+    out->chat_template = chat_template_name(m->tmpl);
+    out->n_vocab = c->n_vocab;
+    out->n_embd = c->n_embd;
+    out->n_layer = c->n_layer;
+    out->n_head = c->n_head;
+    out->n_head_kv = c->n_head_kv;
+    out->n_ctx_train = c->n_ctx_train;
+    out->n_ctx = m->n_ctx;
+    out->n_threads = m->n_threads;
+    out->has_vision = 0;
+    out->load_ms = m->load_ms;
 }

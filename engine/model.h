@@ -75,21 +75,32 @@ struct tokenizer;
 struct kv_cache;
 struct decoder;
 struct threadpool;
+struct sampler_scratch;
+struct dec_entry;
 
 struct glimpse_model {
-    gguf_file *file;             /* owned: the text GGUF mapping */
+    gguf_file *file;                 /* owned: the text GGUF mapping */
     text_model text;
-    struct tokenizer *tok;       /* owned */
-    struct threadpool *tp;       /* owned: the one compute pool */
-    struct kv_cache *kv;         /* owned */
-    struct decoder *dec;         /* owned */
-    int tmpl;                    /* enum chat_template (template.h) */
-    int seq;                     /* the KV sequence generation uses */
-    int n_ctx;                   /* positions the sequence may hold */
-    int n_batch;                 /* positions per forward pass */
-    char name[128];              /* general.name or the file's base name */
+    struct tokenizer *tok;           /* owned */
+    struct threadpool *tp;           /* owned: the one compute pool */
+    struct kv_cache *kv;             /* owned */
+    struct decoder *dec;             /* owned */
+    struct sampler_scratch *scratch; /* owned: sampling working memory [n_vocab] */
+    int tmpl;                        /* enum chat_template (template.h) */
+    int seq;                         /* the KV sequence generation uses */
+    int n_ctx;                       /* positions the sequence holds */
+    int n_batch;                     /* positions per forward pass */
+    int n_threads;
+    int32_t *ids;                    /* [n_ctx] the sequence's token ids */
+    struct dec_entry *batch;         /* [n_batch] entries of one pass */
+    char *piece;                     /* [piece_cap] one token's text from the detokenizer */
+    size_t piece_cap;
+    char *out;                       /* [out_cap] text released by one token (piece + held back) */
+    size_t out_cap;
+    char name[128];                  /* general.name or the file's base name */
     double load_ms;
-    pthread_mutex_t lock;        /* serialises glimpse_generate calls */
+    pthread_mutex_t lock;            /* serialises glimpse_generate calls */
+    bool lock_ok;                    /* lock was initialised */
 };
 
 #endif /* GLIMPSE_MODEL_H */
