@@ -29,6 +29,8 @@
 #define GGUF_DEFAULT_ALIGNMENT 32
 /* ggml's GGML_MAX_NAME (64) including the NUL: longer names fail in llama.cpp. */
 #define GGUF_MAX_NAME 64
+/* Alignment of tensor data in memory that tensor.h's readers need (f32). */
+#define WEIGHT_ALIGN 4
 
 /* Smallest encodings, used to bound counts by the bytes that remain before
  * allocating for them: a KV is a non-empty key (8+1), a type (4) and at
@@ -200,7 +202,7 @@ static int parse_header(cursor *c, gguf_file *f, int64_t *n_tensors, int64_t *n_
     if (f->version != 2 && f->version != 3)
         return err_set(c->err, f->version == 0 || (f->version & 0xffff) == 0 ? GLIMPSE_EFORMAT : GLIMPSE_EUNSUPPORTED,
                        "GGUF version %" PRIu32 " is not supported (only 2 and 3)%s", f->version,
-                       (f->version & 0xffff) == 0 ? "; the file may be big-endian" : "");
+                       f->version != 0 && (f->version & 0xffff) == 0 ? "; the file may be big-endian" : "");
     if ((rc = cur_read(c, "tensor count", n_tensors, sizeof *n_tensors)) ||
         (rc = cur_read(c, "key-value count", n_kv, sizeof *n_kv)))
         return rc;
@@ -352,8 +354,8 @@ static int parse_tensor_info(cursor *c, gguf_file *f, int64_t i, uint64_t *offse
                        n_dims);
     t->n_dims = (int)n_dims;
     uint64_t n_elems = 1;
+    t->ne[0] = t->ne[1] = t->ne[2] = t->ne[3] = 1;
     for (int j = 0; j < 4; j++) {
-        t->ne[j] = 1;
         if (j < t->n_dims && (rc = cur_read(c, "shape", &t->ne[j], sizeof t->ne[j])))
             return rc;
         if (t->ne[j] < 0)
@@ -414,6 +416,16 @@ static int place_tensors(cursor *c, gguf_file *f, const uint64_t *offsets)
         /* end <= file size, so the padded end cannot overflow */
         expected = (offsets[i] + t->nbytes + align - 1) & ~(uint64_t)(align - 1);
     }
+
+    /* Blocks and floats are read in place through typed pointers: only a
+     * file with general.alignment < 4 (or a misplaced caller buffer) can
+     * break this, and no writer produces one by default. Checked after the
+     * layout so that a malformed file is reported as such. */
+    for (int64_t i = 0; i < f->n_tensors; i++)
+        if ((uintptr_t)f->tensors[i].data % WEIGHT_ALIGN != 0)
+            return err_set(c->err, GLIMPSE_EUNSUPPORTED,
+                           "tensor '%s' data is not %d-byte aligned in memory (file alignment %zu)",
+                           f->tensors[i].name, WEIGHT_ALIGN, align);
     return 0;
 }
 

@@ -45,7 +45,9 @@ typedef struct gguf_str {
 int gguf_open(const char *path, gguf_file **out, glimpse_err *err);
 
 /* Same over a caller's buffer (tests, fuzzing). The buffer must outlive the
- * returned file; it is not copied. */
+ * returned file; it is not copied. Tensor data must land 4-byte aligned in
+ * memory (GLIMPSE_EUNSUPPORTED otherwise), as it does for any file with
+ * general.alignment >= 4 in a 4-aligned buffer. */
 int gguf_open_buffer(const void *data, size_t len, gguf_file **out, glimpse_err *err);
 
 void gguf_close(gguf_file *f);

@@ -150,9 +150,9 @@ uint16_t f32_to_bf16(float f);        /* round to nearest even, NaN kept quiet *
 
 /* ---- rows ------------------------------------------------------------------ */
 
-/* Dequantises n elements (a multiple of the type's block size) from src to
- * f32, bit-exact with ggml's dequantize_row_*. type must be a weight type
- * or Q8_K. */
+/* Dequantises n elements (a multiple of the type's block size) from src
+ * (4-byte aligned, as gguf guarantees for tensor data) to f32, bit-exact with
+ * ggml's dequantize_row_*. type must be a weight type or Q8_K. */
 void dequantize_row(int type, const void *src, float *dst, int64_t n);
 
 /* Activation quantisation exactly as llama.cpp's reference CPU code

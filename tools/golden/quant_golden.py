@@ -7,6 +7,10 @@ Writes into tests/data/quant/ (committed; regenerate only when adding a type):
   q8_0-quant.in / .raw   f32 activations and gguf.quants.quantize(..., Q8_0)
   q8_K-quant.in / .raw   f32 activations and a numpy transcription of ggml's
                          quantize_row_q8_K_ref (gguf-py has no Q8_K quantiser)
+  gguf-py.gguf           a GGUF v3 file written by gguf-py's GGUFWriter (alignment
+                         64): one KV of every value type and one [n/2, 2] tensor
+                         per type above holding that type's .raw blocks, for
+                         check_gguf's independent-writer test
 
 gguf-py is not vendored: point PYTHONPATH at a llama.cpp checkout, e.g.
   PYTHONPATH=/path/to/llama.cpp/gguf-py /usr/bin/python3 tools/golden/quant_golden.py tests/data/quant
@@ -15,8 +19,8 @@ import os
 import sys
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
-from gguf import quants
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V
+from gguf import GGUFWriter, quants
 
 # type name -> (ggml type, number of blocks, byte offsets of the half scales in a block)
 TYPES = {
@@ -87,13 +91,42 @@ def activations(rng, n):
     return x
 
 
+def write_gguf(path, raws):
+    """KVs and tensors that tests/unit/check_gguf.c (test_gguf_py_file) expects."""
+    w = GGUFWriter(path, "glimpse-test")  # also writes general.architecture
+    w.add_custom_alignment(64)
+    w.add_key_value("t.u8", 200, V.UINT8)
+    w.add_key_value("t.i8", -5, V.INT8)
+    w.add_key_value("t.u16", 60000, V.UINT16)
+    w.add_key_value("t.i16", -30000, V.INT16)
+    w.add_key_value("t.u32", 4000000000, V.UINT32)
+    w.add_key_value("t.i32", -2000000000, V.INT32)
+    w.add_key_value("t.f32", 1.5, V.FLOAT32)
+    w.add_key_value("t.bool", True, V.BOOL)
+    w.add_key_value("t.str", "h\u00e9llo", V.STRING)
+    w.add_key_value("t.u64", 0x123456789ABCDEF0, V.UINT64)
+    w.add_key_value("t.i64", -(1 << 40), V.INT64)
+    w.add_key_value("t.f64", 3.25, V.FLOAT64)
+    w.add_key_value("t.arr_i32", [1, -2, 3], V.ARRAY, V.INT32)
+    w.add_key_value("t.arr_str", ["a", "", "ccc"], V.ARRAY, V.STRING)
+    for name, raw in raws.items():
+        # a uint8 array's shape is in bytes: two rows of half the blocks each
+        w.add_tensor(name, raw.reshape(2, -1), raw_dtype=TYPES[name][0])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/data/quant"
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(20261127)
 
+    raws = {}
     for name, (qtype, n_blocks, scale_offsets) in TYPES.items():
         raw = random_blocks(rng, qtype, n_blocks, scale_offsets)
+        raws[name] = raw
         y = quants.dequantize(raw.reshape(-1), qtype).astype(np.float32)
         assert np.all(np.isfinite(y)), name
         with open(os.path.join(out_dir, name + ".raw"), "wb") as f:
@@ -112,6 +145,8 @@ def main():
         f.write(x.astype("<f4").tobytes())
     with open(os.path.join(out_dir, "q8_K-quant.raw"), "wb") as f:
         f.write(quantize_q8_K(x))
+
+    write_gguf(os.path.join(out_dir, "gguf-py.gguf"), raws)
 
 
 if __name__ == "__main__":
