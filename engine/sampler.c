@@ -2,9 +2,8 @@
  * sampler.c — next-token choice, logprobs, penalties and stop rules.
  *
  * One sampling step over a vocabulary of V tokens costs O(V) for the copy,
- * the log-sum-exp and the draw, plus O(V log k) for a top-k or top-p
- * selection (a bounded heap: the vocabulary is never fully sorted unless
- * top-p needs more than TOP_P_FIRST_CHUNK tokens to reach its mass).
+ * the log-sum-exp and the draw, O(V log k) for top-k (a bounded heap) and
+ * O(V) expected for top-p (a quickselect); the vocabulary is never sorted.
  */
 #include "sampler.h"
 
@@ -13,9 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* top-p first sorts only this many of the likeliest tokens; a nucleus larger
- * than that (a flat distribution) falls back to sorting the rest. */
-#define TOP_P_FIRST_CHUNK 256
+/* top-p's quickselect sorts a range this small instead of splitting it. */
+#define TOP_P_SMALL 32
 
 /* ======================================================================== */
 /* random numbers                                                            */
@@ -313,34 +311,67 @@ static float max_logit(const float *logit, const int32_t *cand, int32_t n, bool 
     return m;
 }
 
-/* Keeps the shortest best-first prefix whose probability mass reaches top_p.
- * Returns the new candidate count; the candidates end up sorted. */
-static int32_t filter_top_p(const float *logit, int32_t *cand, int32_t n, bool sorted, float top_p)
+/* Keeps the smallest set of best tokens whose probability mass reaches
+ * top_p, the token that crosses it included: llama.cpp's best-first prefix.
+ * Sorted candidates are walked; unsorted ones (the whole vocabulary) go
+ * through a quickselect on the mass, O(n) expected, so a wide nucleus costs
+ * no full sort. Returns the new count; the kept tokens are cand [0, count),
+ * sorted only if they were. sc->weight holds probabilities by token id here. */
+static int32_t filter_top_p(sampler_scratch *sc, int32_t n, bool sorted, float top_p)
 {
-    float lmax = max_logit(logit, cand, n, sorted);
+    const float *logit = sc->logit;
+    int32_t *cand = sc->cand;
+    double *w = sc->weight;
+    double lmax = max_logit(logit, cand, n, sorted);
     double z = 0.0;
-    for (int32_t i = 0; i < n; i++)
-        z += exp((double)logit[cand[i]] - lmax);
-    int32_t n_sorted = n;
-    if (!sorted) {
-        n_sorted = n < TOP_P_FIRST_CHUNK ? n : TOP_P_FIRST_CHUNK;
-        select_best(logit, cand, n, n_sorted);
-    }
-    double cum = 0.0;
     for (int32_t i = 0; i < n; i++) {
-        if (i == n_sorted) {
-            /* The nucleus is wider than the sorted chunk; every token left is
-             * worse than the chunk, so sorting the rest extends the order. */
-            sort_best_first(logit, cand + i, n - i);
-            n_sorted = n;
+        w[cand[i]] = exp((double)logit[cand[i]] - lmax);
+        z += w[cand[i]];
+    }
+    double need = (double)top_p * z;
+    double acc = 0.0;         /* mass of cand [0, lo): kept, each better than the rest */
+    int32_t lo = 0, hi = n;   /* the crossing token is in cand [lo, hi) */
+    /* Median-of-three pivots make a bad split rare; after 64 of them the
+     * range is sorted instead, which bounds the worst case by O(n log n). */
+    for (int rounds = 0; !sorted && hi - lo > TOP_P_SMALL && rounds < 64; rounds++) {
+        int32_t *a = &cand[lo], *b = &cand[lo + (hi - lo) / 2], *c = &cand[hi - 1], t;
+        if (better(logit, *b, *a))
+            t = *a, *a = *b, *b = t;
+        if (better(logit, *c, *b))
+            t = *b, *b = *c, *c = t;
+        if (better(logit, *b, *a))
+            t = *a, *a = *b, *b = t;
+        /* Now *b is the median: move it to hi - 1 and partition the rest. */
+        t = *b, *b = *c, *c = t;
+        int32_t pivot = cand[hi - 1], i = lo;
+        double mass = 0.0; /* of the tokens better than the pivot */
+        for (int32_t j = lo; j < hi - 1; j++) {
+            if (better(logit, cand[j], pivot)) {
+                mass += w[cand[j]];
+                t = cand[i], cand[i] = cand[j], cand[j] = t;
+                i++;
+            }
         }
-        cum += exp((double)logit[cand[i]] - lmax) / z;
-        if (cum >= top_p)
+        cand[hi - 1] = cand[i];
+        cand[i] = pivot;
+        if (i > lo && acc + mass >= need) {
+            hi = i;
+        } else if (acc + mass + w[pivot] >= need) {
+            return i + 1;
+        } else {
+            acc += mass + w[pivot];
+            lo = i + 1;
+        }
+    }
+    if (!sorted)
+        sort_best_first(logit, cand + lo, hi - lo);
+    for (int32_t i = lo; i < hi; i++) {
+        acc += w[cand[i]];
+        if (acc >= need)
             return i + 1;
     }
-    if (n_sorted < n)
-        sort_best_first(logit, cand + n_sorted, n - n_sorted);
-    return n;
+    /* Rounding kept the mass a hair short: keep the whole range. */
+    return hi;
 }
 
 /* Keeps the tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
@@ -456,10 +487,8 @@ int sampler_sample(sampler *s, sampler_scratch *sc, const float *logits, sample_
             n = p->top_k;
             sorted = true;
         }
-        if (p->top_p < 1.0f) {
-            n = filter_top_p(sc->logit, sc->cand, n, sorted, p->top_p);
-            sorted = true;
-        }
+        if (p->top_p < 1.0f)
+            n = filter_top_p(sc, n, sorted, p->top_p);
         if (p->min_p > 0.0f)
             n = filter_min_p(sc->logit, sc->cand, n, sorted, p->min_p);
         token = draw(sc, n, sorted, p->temperature, &s->rng);

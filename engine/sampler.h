@@ -97,9 +97,9 @@ int sampler_sample(sampler *s, sampler_scratch *sc, const float *logits, sample_
 
 /* ---- stop rules ---------------------------------------------------------- */
 
-#define STOP_MAX_STRINGS 4  /* OpenAI's limit on `stop` */
-#define STOP_MAX_LEN 128    /* bytes in one stop string */
-#define STOP_MAX_EOG 8      /* end-of-generation token ids */
+#define STOP_MAX_STRINGS GLIMPSE_MAX_STOP /* OpenAI's limit on `stop` */
+#define STOP_MAX_LEN GLIMPSE_MAX_STOP_LEN  /* bytes in one stop string */
+#define STOP_MAX_EOG 8                     /* end-of-generation token ids */
 /* Most bytes held back at once: a proper prefix of a stop string, or an
  * incomplete UTF-8 character (the longer of the two suffixes). */
 #define STOP_HOLD_MAX (STOP_MAX_LEN - 1)

@@ -162,6 +162,23 @@ static void assert_fits(const int *counts, const double *prob, const double *wro
                   "the wrong distribution fits too (chi-square %.1f): the case has no power", xw);
 }
 
+/* wrong [n]: the kept set of prob minus its least likely token, at the
+ * probabilities full [n] renormalised: a nucleus cut one token short. */
+static void one_token_short(const double *prob, const double *full, const float *logits, int n, double *wrong)
+{
+    int last = -1;
+    for (int i = 0; i < n; i++)
+        if (prob[i] > 0.0 && (last < 0 || logits[i] < logits[last]))
+            last = i;
+    double mass = 0.0;
+    for (int i = 0; i < n; i++) {
+        wrong[i] = prob[i] > 0.0 && i != last ? full[i] : 0.0;
+        mass += wrong[i];
+    }
+    for (int i = 0; i < n; i++)
+        wrong[i] /= mass;
+}
+
 /* ---- random numbers ------------------------------------------------------ */
 
 START_TEST(test_rng_known_answers)
@@ -272,37 +289,20 @@ START_TEST(test_top_p)
         p.top_p = ps[c];
         draw_counts(&p, logits, N, DRAWS, counts);
         ref_chain(logits, N, &p, prob);
-        /* Wrong: the nucleus's tokens at their unrenormalised probability
-         * (their mass then falls short of 1, as when the cut is off by one). */
-        for (int i = 0; i < N; i++)
-            wrong[i] = prob[i] > 0.0 ? full[i] : 0.0;
-        double mass = 0.0;
-        for (int i = 0; i < N; i++)
-            mass += wrong[i];
-        ck_assert(mass >= ps[c]);
-        /* Normalise the mistake to the nucleus minus its last token, so it
-         * is a real distribution: a cut one token short. */
-        int last = -1;
-        for (int i = 0; i < N; i++)
-            if (prob[i] > 0.0 && (last < 0 || logits[i] < logits[last]))
-                last = i;
-        wrong[last] = 0.0;
-        mass -= full[last];
-        for (int i = 0; i < N; i++)
-            wrong[i] /= mass;
+        one_token_short(prob, full, logits, N, wrong);
         assert_fits(counts, prob, wrong, N, DRAWS);
     }
 }
 END_TEST
 
-/* A nearly flat distribution: the nucleus is wider than the sampler's first
- * sorted chunk (256), so the fallback that sorts the rest must run. */
+/* A nearly flat distribution: a nucleus of hundreds of tokens, found by
+ * many rounds of the sampler's quickselect. */
 START_TEST(test_top_p_wide_nucleus)
 {
     enum { N = 1200, DRAWS = 15000 };
     static float logits[N];
     static int counts[N];
-    static double prob[N], wrong[N];
+    static double prob[N], wrong[N], full[N];
     random_logits(logits, N, 0.0, 0.5, 31);
     glimpse_sampling p = params_plain();
     p.top_p = 0.5f;
@@ -315,21 +315,44 @@ START_TEST(test_top_p_wide_nucleus)
     }
     ck_assert_int_gt(n_nucleus, 500);
     ck_assert_int_gt(n_drawn, 500);
-    /* Wrong: the nucleus stopped at the first 256 tokens. */
-    int *idx = malloc(N * sizeof *idx);
-    ck_assert_ptr_nonnull(idx);
-    for (int i = 0; i < N; i++)
-        idx[i] = i;
-    sort_logits = logits;
-    qsort(idx, N, sizeof *idx, by_logit_desc);
-    double z = 0.0;
-    memset(wrong, 0, sizeof wrong);
-    for (int i = 0; i < 256; i++)
-        z += wrong[idx[i]] = exp(logits[idx[i]]);
-    for (int i = 0; i < 256; i++)
-        wrong[idx[i]] /= z;
-    free(idx);
+    glimpse_sampling nofilter = params_plain();
+    ref_chain(logits, N, &nofilter, full);
+    one_token_short(prob, full, logits, N, wrong);
     assert_fits(counts, prob, wrong, N, DRAWS);
+}
+END_TEST
+
+/* Exact edges of top-p: the crossing token is kept, top_p 0 keeps the best
+ * token only, and among equal logits the lower ids come first. */
+START_TEST(test_top_p_edges)
+{
+    enum { N = 100, DRAWS = 2000 };
+    static float logits[N];
+    static int counts[N];
+    for (int i = 0; i < N; i++)
+        logits[i] = -INFINITY;
+    logits[40] = logf(0.5f);
+    logits[3] = logf(0.25f);
+    logits[77] = logf(0.125f);
+    logits[8] = logf(0.125f);
+    glimpse_sampling p = params_plain();
+    static const struct { float top_p; int n_kept; } cases[] = { { 0.0f, 1 }, { 0.4f, 1 }, { 0.6f, 2 }, { 0.8f, 3 } };
+    /* Kept sets, best first: 40, 3, then 8 before 77 (equal logits, lower id). */
+    static const int order[] = { 40, 3, 8, 77 };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        p.top_p = cases[c].top_p;
+        draw_counts(&p, logits, N, DRAWS, counts);
+        for (int k = 0; k < 4; k++)
+            ck_assert_msg((counts[order[k]] > 0) == (k < cases[c].n_kept), "top_p %g: token %d drawn %d times",
+                          cases[c].top_p, order[k], counts[order[k]]);
+    }
+    /* A flat vocabulary: the nucleus of mass 0.5 is exactly ids 0..49. */
+    for (int i = 0; i < N; i++)
+        logits[i] = 1.0f;
+    p.top_p = 0.5f;
+    draw_counts(&p, logits, N, 20 * DRAWS, counts);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg((counts[i] > 0) == (i < 50), "flat: token %d drawn %d times", i, counts[i]);
 }
 END_TEST
 
@@ -903,6 +926,7 @@ static Suite *sampler_suite(void)
     tcase_add_test(tc, test_top_k);
     tcase_add_test(tc, test_top_p);
     tcase_add_test(tc, test_top_p_wide_nucleus);
+    tcase_add_test(tc, test_top_p_edges);
     tcase_add_test(tc, test_min_p);
     tcase_add_test(tc, test_temperature);
     tcase_add_test(tc, test_chain_order);
