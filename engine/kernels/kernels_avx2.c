@@ -44,6 +44,13 @@ TARGET static inline int hsum_epi32(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
+/* Half to float in one instruction: the per-block scales are on the hot path
+ * and quant.c's portable fp16_to_f32 is an out-of-line call. */
+TARGET static inline float h2f(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
 /* Products of 32 signed bytes, summed in adjacent pairs to 16 int16 lanes.
  * maddubs wants one unsigned operand: move x's sign onto y. No lane can
  * saturate: |x| <= 128 and |y| <= 127 (activations never hold -128). */
@@ -99,7 +106,7 @@ TARGET static inline float quant_block_q8(const float *x, uint16_t *d_out, int8_
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     const float max = _mm_cvtss_f32(m);
     const float d = max / 127.0f;
-    *d_out = f32_to_fp16(d);
+    *d_out = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
     const __m256 id = _mm256_set1_ps(max != 0.0f ? 127.0f / max : 0.0f);
     __m256i q[4];
     for (int i = 0; i < 4; i++)
@@ -139,6 +146,29 @@ TARGET static void from_float_f16(const float *x, void *dst, int64_t n)
         _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++)
         h[i] = f32_to_fp16(x[i]);
+}
+
+/* Widening of F16/BF16 rows (the sgemm path's weight panels); other types
+ * go to quant.c. */
+TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
+{
+    const uint16_t *h = src;
+    int64_t i = 0;
+    if (type == DTYPE_F16) {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        for (; i < n; i++)
+            dst[i] = h2f(h[i]);
+    } else if (type == DTYPE_BF16) {
+        for (; i + 8 <= n; i += 8) {
+            __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
+            _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(u, 16));
+        }
+        for (; i < n; i++)
+            dst[i] = bf16_to_f32(h[i]);
+    } else {
+        dequantize_row(type, src, dst, n);
+    }
 }
 
 /* ---- float dots ---------------------------------------------------------------- */
@@ -193,7 +223,7 @@ TARGET static inline __m256 load_bf16(const uint16_t *p)
         return sum;                                                                               \
     }
 
-DEFINE_VEC_DOT_HALF(vec_dot_f16, load_f16, fp16_to_f32)
+DEFINE_VEC_DOT_HALF(vec_dot_f16, load_f16, h2f)
 DEFINE_VEC_DOT_HALF(vec_dot_bf16, load_bf16, bf16_to_f32)
 
 /* ---- 32-element quant blocks ------------------------------------------------------ */
@@ -201,7 +231,7 @@ DEFINE_VEC_DOT_HALF(vec_dot_bf16, load_bf16, bf16_to_f32)
 /* acc += dx·dy · (int lanes of one block) */
 TARGET static inline __m256 acc_block(__m256 acc, uint16_t dx, uint16_t dy, __m256i isum)
 {
-    const __m256 d = _mm256_set1_ps(fp16_to_f32(dx) * fp16_to_f32(dy));
+    const __m256 d = _mm256_set1_ps(h2f(dx) * h2f(dy));
     return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc);
 }
 
@@ -260,7 +290,7 @@ TARGET static float vec_dot_q4_1(int64_t n, const void *w, const void *a)
     float mins = 0.0f;
     for (int64_t b = 0; b < n / 32; b++) {
         acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(unpack_nibbles(x[b].qs), y[b].qs));
-        mins += fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
+        mins += h2f(x[b].m) * h2f(y[b].s);
     }
     return hsum_ps(acc) + mins;
 }
@@ -274,7 +304,7 @@ TARGET static float vec_dot_q5_1(int64_t n, const void *w, const void *a)
     for (int64_t b = 0; b < n / 32; b++) {
         __m256i qx = _mm256_or_si256(unpack_nibbles(x[b].qs), qh_bits_to_0x10(x[b].qh));
         acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(qx, y[b].qs));
-        mins += fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
+        mins += h2f(x[b].m) * h2f(y[b].s);
     }
     return hsum_ps(acc) + mins;
 }
@@ -337,8 +367,8 @@ TARGET static inline float dot_q45_K(int64_t n, const uint8_t *base, size_t bloc
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16((short)sc[2 * g])));
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16((short)sc[2 * g + 1])));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(dh) * y->d), _mm256_cvtepi32_ps(isum), acc);
-        mins -= fp16_to_f32(dminh) * y->d * (float)k4_min_sum(y, mn);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(dh) * y->d), _mm256_cvtepi32_ps(isum), acc);
+        mins -= h2f(dminh) * y->d * (float)k4_min_sum(y, mn);
     }
     return hsum_ps(acc) + mins;
 }
@@ -385,7 +415,7 @@ TARGET static float vec_dot_q6_K(int64_t n, const void *w, const void *a)
                 isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(x[b].d) * y[b].d), _mm256_cvtepi32_ps(isum), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * y[b].d), _mm256_cvtepi32_ps(isum), acc);
     }
     return hsum_ps(acc);
 }
@@ -403,6 +433,7 @@ const kn_impl *kn_avx2_impl(void)
         return &avx2_impl;
     kn_impl t = kn_ref_impl;
     t.isa = "avx2";
+    t.use_blas = true;
     t.from_float[KN_ACT_F16] = from_float_f16;
     t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
     t.from_float[KN_ACT_Q8_1] = from_float_q8_1;
@@ -417,6 +448,7 @@ const kn_impl *kn_avx2_impl(void)
     t.vec_dot[DTYPE_Q4_K] = vec_dot_q4_K;
     t.vec_dot[DTYPE_Q5_K] = vec_dot_q5_K;
     t.vec_dot[DTYPE_Q6_K] = vec_dot_q6_K;
+    t.to_f32 = to_f32;
     t.dot_f32 = dot_f32;
     avx2_impl = t;
     return &avx2_impl;

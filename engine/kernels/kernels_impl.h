@@ -44,8 +44,13 @@ typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 
 typedef struct kn_impl {
     const char *isa;
+    /* Large batches of F32/F16/BF16 weights go to OpenBLAS sgemm (kernels.c);
+     * off in the reference so that GLIMPSE_KERNELS=scalar is all scalar. */
+    bool use_blas;
     kn_from_float_fn from_float[KN_ACT_COUNT];  /* [KN_ACT_F32] unused */
     kn_vec_dot_fn vec_dot[KN_MAX_DTYPE];        /* NULL: not a weight type */
+    /* dequantize_row's contract; the sgemm path widens F16/BF16 with it. */
+    void (*to_f32)(int type, const void *src, float *dst, int64_t n);
     /* The per-row kernels of kernels.h, same contracts. */
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*rms_norm)(const float *x, const float *w, int64_t n, float eps, float *y);

@@ -449,6 +449,7 @@ const kn_impl kn_ref_impl = {
         [DTYPE_Q5_K] = vec_dot_q5_K,
         [DTYPE_Q6_K] = vec_dot_q6_K,
     },
+    .to_f32 = dequantize_row,
     .dot_f32 = dot_f32,
     .rms_norm = rms_norm,
     .layer_norm = layer_norm,
