@@ -252,6 +252,7 @@ typedef struct ask_state {
     buf text;          /* --json: all released text */
     buf tmp;           /* scratch for json_safe */
     cJSON *tokens;     /* --json: the tokens array */
+    int wrote;         /* text mode: something is on stdout */
     int oom;
 } ask_state;
 
@@ -261,6 +262,7 @@ static int on_token(const glimpse_token *t, void *user)
     if (!st->json) {
         fwrite(t->text, 1, t->text_len, stdout);
         fflush(stdout);
+        st->wrote |= t->text_len > 0;
         return 0;
     }
     buf_put(&st->text, t->text, t->text_len);
@@ -372,7 +374,7 @@ static int cmd_ask(int argc, char **argv)
     int rc = glimpse_generate(model, &req, &res, &err);
     int status = 0;
     if (rc < 0) {
-        if (!o.json)
+        if (st.wrote)
             putchar('\n');
         fprintf(stderr, "glimpse ask: %s\n", st.oom ? "out of memory" : err.msg);
         status = 1;
