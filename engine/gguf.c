@@ -75,6 +75,21 @@ typedef struct cursor {
     char where[160]; /* what is being read, for messages: "key 3 'general.name'" */
 } cursor;
 
+/* Sets c->where to "<kind> <i> '<name>'" with at most 64 bytes of the name
+ * and anything but printable ASCII shown as '?': names come from the file,
+ * and a hostile one must not put control characters into logs. */
+static void describe(cursor *c, const char *kind, int64_t i, const char *name, size_t len)
+{
+    char safe[65];
+    size_t n = len < sizeof safe - 1 ? len : sizeof safe - 1;
+    for (size_t k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)name[k];
+        safe[k] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    safe[n] = '\0';
+    snprintf(c->where, sizeof c->where, "%s %" PRId64 " '%s'%s", kind, i, safe, len > n ? "..." : "");
+}
+
 static size_t cur_remain(const cursor *c) { return c->len - c->pos; }
 
 static int truncated(cursor *c, const char *what, uint64_t need)
@@ -283,13 +298,11 @@ static int parse_kvs(cursor *c, gguf_file *f, int64_t n_kv)
             return rc;
         if (kv->key.len == 0)
             return err_set(c->err, GLIMPSE_EFORMAT, "key %" PRId64 " has an empty name", i);
-        snprintf(c->where, sizeof c->where, "key %" PRId64 " '%.*s'", i, (int)(kv->key.len > 100 ? 100 : kv->key.len),
-                 kv->key.ptr);
+        describe(c, "key", i, kv->key.ptr, (size_t)kv->key.len);
 
         size_t slot = hash_slot(f, f->kv_hash, f->kv_hash_cap, kv_name, kv->key.ptr, (size_t)kv->key.len);
         if (f->kv_hash[slot] != 0)
-            return err_set(c->err, GLIMPSE_EFORMAT, "duplicate %s (first at %" PRId64 ")", c->where,
-                           f->kv_hash[slot] - 1);
+            return err_set(c->err, GLIMPSE_EFORMAT, "%s duplicates key %" PRId64, c->where, f->kv_hash[slot] - 1);
         f->kv_hash[slot] = i + 1;
         f->n_kv = i + 1; /* from here on kv[i] is owned by f (its strs) */
 
@@ -338,19 +351,19 @@ static int parse_tensor_info(cursor *c, gguf_file *f, int64_t i, uint64_t *offse
     memcpy(f->names[i], name.ptr, (size_t)name.len);
     f->names[i][name.len] = '\0';
     t->name = f->names[i];
-    snprintf(c->where, sizeof c->where, "tensor '%s'", t->name);
+    describe(c, "tensor", i, t->name, (size_t)name.len);
 
     size_t slot = hash_slot(f, f->tensor_hash, f->tensor_hash_cap, tensor_name, t->name, (size_t)name.len);
     if (f->tensor_hash[slot] != 0)
-        return err_set(c->err, GLIMPSE_EFORMAT, "duplicate tensor name '%s' (tensors %" PRId64 " and %" PRId64 ")",
-                       t->name, f->tensor_hash[slot] - 1, i);
+        return err_set(c->err, GLIMPSE_EFORMAT, "%s duplicates the name of tensor %" PRId64, c->where,
+                       f->tensor_hash[slot] - 1);
     f->tensor_hash[slot] = i + 1;
 
     uint32_t n_dims;
     if ((rc = cur_read(c, "n_dims", &n_dims, sizeof n_dims)))
         return rc;
     if (n_dims < 1 || n_dims > 4)
-        return err_set(c->err, GLIMPSE_EFORMAT, "tensor '%s' has %" PRIu32 " dimensions, expected 1 to 4", t->name,
+        return err_set(c->err, GLIMPSE_EFORMAT, "%s has %" PRIu32 " dimensions, expected 1 to 4", c->where,
                        n_dims);
     t->n_dims = (int)n_dims;
     uint64_t n_elems = 1;
@@ -359,12 +372,12 @@ static int parse_tensor_info(cursor *c, gguf_file *f, int64_t i, uint64_t *offse
         if (j < t->n_dims && (rc = cur_read(c, "shape", &t->ne[j], sizeof t->ne[j])))
             return rc;
         if (t->ne[j] < 0)
-            return err_set(c->err, GLIMPSE_EFORMAT, "tensor '%s' dimension %d is negative (%" PRId64 ")", t->name, j,
+            return err_set(c->err, GLIMPSE_EFORMAT, "%s dimension %d is negative (%" PRId64 ")", c->where, j,
                            t->ne[j]);
         if (!u64_mul(n_elems, (uint64_t)t->ne[j], &n_elems) || n_elems > INT64_MAX)
             return err_set(c->err, GLIMPSE_EFORMAT,
-                           "tensor '%s' shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] overflows the element count",
-                           t->name, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
+                           "%s shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "] overflows the element count",
+                           c->where, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
     }
 
     int32_t type;
@@ -372,12 +385,12 @@ static int parse_tensor_info(cursor *c, gguf_file *f, int64_t i, uint64_t *offse
         return rc;
     const dtype_info *ti = dtype_get(type);
     if (!ti || !ti->is_weight)
-        return err_set(c->err, GLIMPSE_EUNSUPPORTED, "tensor '%s' has type id %" PRId32 "%s%s%s, which is not supported",
-                       t->name, type, ti ? " (" : "", ti ? ti->name : "", ti ? ")" : "");
+        return err_set(c->err, GLIMPSE_EUNSUPPORTED, "%s has type id %" PRId32 "%s%s%s, which is not supported",
+                       c->where, type, ti ? " (" : "", ti ? ti->name : "", ti ? ")" : "");
     t->type = type;
     if (t->ne[0] % ti->block_size != 0)
-        return err_set(c->err, GLIMPSE_EFORMAT, "tensor '%s' of type %s has rows of %" PRId64
-                       " elements, not a multiple of the block size %d", t->name, ti->name, t->ne[0], ti->block_size);
+        return err_set(c->err, GLIMPSE_EFORMAT, "%s of type %s has rows of %" PRId64
+                       " elements, not a multiple of the block size %d", c->where, ti->name, t->ne[0], ti->block_size);
 
     /* nbytes = (ne0/block)·type_size·ne1·ne2·ne3 */
     size_t nbytes = (size_t)ti->type_size;
@@ -385,7 +398,7 @@ static int parse_tensor_info(cursor *c, gguf_file *f, int64_t i, uint64_t *offse
     for (int j = 1; j < 4; j++)
         ok = ok && size_mul(nbytes, (size_t)t->ne[j], &nbytes);
     if (!ok)
-        return err_set(c->err, GLIMPSE_EFORMAT, "tensor '%s' byte size overflows", t->name);
+        return err_set(c->err, GLIMPSE_EFORMAT, "%s byte size overflows", c->where);
     t->nbytes = nbytes;
 
     return cur_read(c, "data offset", offset, sizeof *offset);
@@ -404,14 +417,15 @@ static int place_tensors(cursor *c, gguf_file *f, const uint64_t *offsets)
     uint64_t expected = 0;
     for (int64_t i = 0; i < f->n_tensors; i++) {
         tensor *t = &f->tensors[i];
+        describe(c, "tensor", i, t->name, strlen(t->name));
         if (offsets[i] != expected)
-            return err_set(c->err, GLIMPSE_EFORMAT, "tensor '%s' has offset %" PRIu64 ", expected %" PRIu64, t->name,
+            return err_set(c->err, GLIMPSE_EFORMAT, "%s has offset %" PRIu64 ", expected %" PRIu64, c->where,
                            offsets[i], expected);
         uint64_t start, end;
         if (!u64_add(data_start, offsets[i], &start) || !u64_add(start, t->nbytes, &end) || end > f->size)
             return err_set(c->err, GLIMPSE_EFORMAT,
-                           "tensor '%s' data (%zu bytes at offset %" PRIu64 ") extends past the end of the file (%zu bytes)",
-                           t->name, t->nbytes, offsets[i], f->size);
+                           "%s data (%zu bytes at offset %" PRIu64 ") extends past the end of the file (%zu bytes)",
+                           c->where, t->nbytes, offsets[i], f->size);
         t->data = f->base + start;
         /* end <= file size, so the padded end cannot overflow */
         expected = (offsets[i] + t->nbytes + align - 1) & ~(uint64_t)(align - 1);
@@ -421,11 +435,13 @@ static int place_tensors(cursor *c, gguf_file *f, const uint64_t *offsets)
      * file with general.alignment < 4 (or a misplaced caller buffer) can
      * break this, and no writer produces one by default. Checked after the
      * layout so that a malformed file is reported as such. */
-    for (int64_t i = 0; i < f->n_tensors; i++)
-        if ((uintptr_t)f->tensors[i].data % WEIGHT_ALIGN != 0)
-            return err_set(c->err, GLIMPSE_EUNSUPPORTED,
-                           "tensor '%s' data is not %d-byte aligned in memory (file alignment %zu)",
-                           f->tensors[i].name, WEIGHT_ALIGN, align);
+    for (int64_t i = 0; i < f->n_tensors; i++) {
+        if ((uintptr_t)f->tensors[i].data % WEIGHT_ALIGN != 0) {
+            describe(c, "tensor", i, f->tensors[i].name, strlen(f->tensors[i].name));
+            return err_set(c->err, GLIMPSE_EUNSUPPORTED, "%s data is not %d-byte aligned in memory (file alignment %zu)",
+                           c->where, WEIGHT_ALIGN, align);
+        }
+    }
     return 0;
 }
 

@@ -437,7 +437,7 @@ static const struct bad {
     { "array of arrays", M_ARR_I32_ETYPE, 0, 4, GGUF_VTYPE_ARRAY, GLIMPSE_EFORMAT, "array of arrays" },
     { "array element type 13", M_ARR_I32_ETYPE, 0, 4, 13, GLIMPSE_EFORMAT, "t.arr_i32" },
     { "array element type -7", M_ARR_I32_ETYPE, 0, 4, (uint32_t)-7, GLIMPSE_EFORMAT, "t.arr_i32" },
-    { "duplicate key", M_U8_KEY, 2, 1, 'i', GLIMPSE_EFORMAT, "duplicate key 2 't.i8'" },
+    { "duplicate key", M_U8_KEY, 2, 1, 'i', GLIMPSE_EFORMAT, "key 2 't.i8' duplicates key 1" },
     { "alignment of type i32", M_ALIGN_TYPE, 0, 4, GGUF_VTYPE_INT32, GLIMPSE_EFORMAT, "must be of type u32" },
     { "alignment of type f32", M_ALIGN_TYPE, 0, 4, GGUF_VTYPE_FLOAT32, GLIMPSE_EFORMAT, "general.alignment" },
     { "alignment 0", M_ALIGN_VAL, 0, 4, 0, GLIMPSE_EFORMAT, "power of two" },
@@ -465,7 +465,7 @@ static const struct bad {
     { "type 9 (q8_1)", M_T0_TYPE, 0, 4, 9, GLIMPSE_EUNSUPPORTED, "w.f32" },
     { "type 39", M_T0_TYPE, 0, 4, 39, GLIMPSE_EUNSUPPORTED, "type id 39" },
     { "type -1", M_T0_TYPE, 0, 4, (uint32_t)-1, GLIMPSE_EUNSUPPORTED, "type id -1" },
-    { "duplicate tensor name", M_T3_NAME, 3, 2, '3' | '2' << 8, GLIMPSE_EFORMAT, "duplicate tensor name 'w.f32'" },
+    { "duplicate tensor name", M_T3_NAME, 3, 2, '3' | '2' << 8, GLIMPSE_EFORMAT, "tensor 3 'w.f32' duplicates the name of tensor 0" },
     { "NUL in tensor name", M_T0_NAME, 1, 1, 0, GLIMPSE_EFORMAT, "NUL" },
     { "tensor name of 64 bytes", M_T0_NAME_LEN, 0, 8, 64, GLIMPSE_EFORMAT, "limit is 63" },
     { "tensor name past the end", M_T0_NAME_LEN, 0, 8, (uint64_t)1 << 50, GLIMPSE_EFORMAT, "truncated" },
@@ -484,6 +484,21 @@ START_TEST(test_malformed)
     ck_assert_int_eq(err.code, c->code);
     if (c->msg)
         ck_assert_msg(strstr(err.msg, c->msg), "%s: message \"%s\" lacks \"%s\"", c->what, err.msg, c->msg);
+    free(b.buf);
+}
+END_TEST
+
+/* Names reach messages (and so logs) with control and non-ASCII bytes masked. */
+START_TEST(test_names_masked_in_messages)
+{
+    builder b;
+    build(&b, 64, 3);
+    b.buf[b.mark[M_T0_NAME] + 1] = '\n';
+    b.buf[b.mark[M_T0_NAME] + 2] = 0xff;
+    memcpy(b.buf + b.mark[M_T0_TYPE], &(int32_t){ 10 }, 4);
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(open_guarded(b.buf, b.len, &err), GLIMPSE_EUNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "tensor 0 'w??32' has type id 10"), "%s", err.msg);
     free(b.buf);
 }
 END_TEST
@@ -652,6 +667,7 @@ static Suite *gguf_suite(void)
     tcase_add_test(tc, test_empty_file_ok);
     tcase_add_test(tc, test_misaligned_data_refused);
     tcase_add_loop_test(tc, test_malformed, 0, (int)(sizeof bad / sizeof bad[0]));
+    tcase_add_test(tc, test_names_masked_in_messages);
     tcase_add_loop_test(tc, test_truncated_everywhere, 0, n_variants);
     tcase_add_test(tc, test_random_corruption);
     tcase_add_test(tc, test_open_file);
