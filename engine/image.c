@@ -492,37 +492,74 @@ static inline float cubic(float pm1, float p0, float p1, float p2, float t)
     return p0 + a1 * t + a2 * t * t + a3 * t * t * t;
 }
 
-void image_resize_bicubic(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh)
+/* Horizontal cubic of source row r at every output column: the same value
+ * whichever output row asks for it, so it is computed once per row.
+ *   out: [dw][3] */
+static void bicubic_row(const uint8_t *src, int sw, int r, int dw, const int *xs, const float *dxs,
+                        float *out)
 {
+    const uint8_t *row = src + (size_t)r * sw * 3;
+    for (int j = 0; j < dw; j++) {
+        const int *x = xs + 4 * j;
+        for (int k = 0; k < 3; k++)
+            out[3 * j + k] = cubic(row[x[0] * 3 + k], row[x[1] * 3 + k], row[x[2] * 3 + k],
+                                   row[x[3] * 3 + k], dxs[j]);
+    }
+}
+
+/* llama.cpp's img_tool::resize_bicubic: src [sh][sw][3] → dst [dh][dw][3],
+ * no half-pixel offset, rounded and clamped. 0 or GLIMPSE_ENOMEM. */
+static int resize_bicubic(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh)
+{
+    /* Column taps, and four cached horizontal passes: output rows walk the
+     * source rows in order, so a row's four taps y-1..y+2 live in slots
+     * (row & 3) and an upscale reuses them for several output rows. */
+    int *xs = malloc(sizeof(int) * 4 * (size_t)dw);
+    float *dxs = malloc(sizeof(float) * (size_t)dw);
+    float *cache = malloc(sizeof(float) * 4 * 3 * (size_t)dw);
+    if (!xs || !dxs || !cache) {
+        free(xs);
+        free(dxs);
+        free(cache);
+        return GLIMPSE_ENOMEM;
+    }
+    int tag[4] = { -1, -1, -1, -1 };
     /* No half-pixel offset: output pixel j samples source x = j·sw/dw. */
     const float tx = (float)sw / (float)dw, ty = (float)sh / (float)dh;
+    for (int j = 0; j < dw; j++) {
+        const int x = (int)(tx * j);
+        dxs[j] = tx * j - x;
+        for (int t = 0; t < 4; t++)
+            xs[4 * j + t] = clampi(x - 1 + t, 0, sw - 1);
+    }
     for (int i = 0; i < dh; i++) {
         const int y = (int)(ty * i);
         const float dy = ty * i - y;
-        int rows[4];
-        for (int r = 0; r < 4; r++)
-            rows[r] = clampi(y - 1 + r, 0, sh - 1);
-        for (int j = 0; j < dw; j++) {
-            const int x = (int)(tx * j);
-            const float dx = tx * j - x;
-            const int xs[4] = { clampi(x - 1, 0, sw - 1), clampi(x, 0, sw - 1),
-                                clampi(x + 1, 0, sw - 1), clampi(x + 2, 0, sw - 1) };
-            for (int k = 0; k < 3; k++) {
-                float col[4];
-                for (int r = 0; r < 4; r++) {
-                    const uint8_t *row = src + (size_t)rows[r] * sw * 3 + k;
-                    col[r] = cubic(row[xs[0] * 3], row[xs[1] * 3], row[xs[2] * 3], row[xs[3] * 3], dx);
-                }
-                const float v = roundf(cubic(col[0], col[1], col[2], col[3], dy));
-                dst[((size_t)i * dw + j) * 3 + k] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+        const float *rows[4];
+        for (int t = 0; t < 4; t++) {
+            const int r = clampi(y - 1 + t, 0, sh - 1);
+            float *slot = cache + (size_t)(r & 3) * 3 * dw;
+            if (tag[r & 3] != r) {
+                bicubic_row(src, sw, r, dw, xs, dxs, slot);
+                tag[r & 3] = r;
             }
+            rows[t] = slot;
+        }
+        for (size_t e = 0; e < (size_t)dw * 3; e++) {
+            const float v = roundf(cubic(rows[0][e], rows[1][e], rows[2][e], rows[3][e], dy));
+            dst[(size_t)i * dw * 3 + e] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
         }
     }
+    free(xs);
+    free(dxs);
+    free(cache);
+    return 0;
 }
 
 static inline float lerpf(float s, float e, float t) { return s + (e - s) * t; }
 
-void image_resize_bilinear(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh)
+/* llama.cpp's img_tool::resize_bilinear: src [sh][sw][3] → dst [dh][dw][3]. */
+static void resize_bilinear(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh)
 {
     /* Corners map onto corners ((sw-1)/(dw-1)), and the result is truncated. */
     const float xr = dw > 1 ? (float)(sw - 1) / (dw - 1) : 0.0f;
@@ -548,24 +585,26 @@ void image_resize_bilinear(const uint8_t *src, int sw, int sh, uint8_t *dst, int
 /* img_tool::resize with PAD_CEIL: the largest aspect-preserving bicubic resize
  * that fits dw×dh (sides rounded up, f32 scale), centred on a canvas of pad.
  *   dst: [dh][dw][3] */
-static void resize_letterbox(const image_u8 *img, uint8_t *dst, int dw, int dh, const uint8_t pad[3],
-                             uint8_t *scratch)
+static int resize_letterbox(const image_u8 *img, uint8_t *dst, int dw, int dh, const uint8_t pad[3],
+                            uint8_t *scratch)
 {
     if (img->w == dw && img->h == dh) {
         memcpy(dst, img->data, (size_t)dw * dh * 3);
-        return;
+        return 0;
     }
     const float sw = (float)dw / img->w, sh = (float)dh / img->h;
     const float s = sw < sh ? sw : sh;
     int nw = (int)ceilf(img->w * s), nh = (int)ceilf(img->h * s);
     nw = nw < dw ? nw : dw;
     nh = nh < dh ? nh : dh;
-    image_resize_bicubic(img->data, img->w, img->h, scratch, nw, nh);
+    if (resize_bicubic(img->data, img->w, img->h, scratch, nw, nh))
+        return GLIMPSE_ENOMEM;
     for (size_t i = 0; i < (size_t)dw * dh; i++)
         memcpy(dst + 3 * i, pad, 3);
     const int ox = (dw - nw) / 2, oy = (dh - nh) / 2;
     for (int y = 0; y < nh; y++)
         memcpy(dst + ((size_t)(oy + y) * dw + ox) * 3, scratch + (size_t)y * nw * 3, (size_t)nw * 3);
+    return 0;
 }
 
 /* ======================================================================== */
@@ -665,12 +704,14 @@ int image_preprocess(const image_u8 *img, const image_pp_params *p, image_tiles 
         goto fail;
     }
 
+    static const uint8_t black[3] = { 0, 0, 0 };
+    if (resize_letterbox(img, canvas, rw, rh, p->mode == IMAGE_PP_FIXED ? p->pad_color : black, scratch)) {
+        rc = err_set(err, GLIMPSE_ENOMEM, "preprocess: out of memory resizing to %dx%d", rw, rh);
+        goto fail;
+    }
     if (p->mode == IMAGE_PP_FIXED) {
-        resize_letterbox(img, canvas, S, S, p->pad_color, scratch);
         normalize_tile(canvas, (size_t)S, S, p, out->data);
     } else {
-        static const uint8_t black[3] = { 0, 0, 0 };
-        resize_letterbox(img, canvas, rw, rh, black, scratch);
         for (int r = 0; r < gy; r++)
             for (int c = 0; c < gx; c++)
                 normalize_tile(canvas + ((size_t)r * S * rw + (size_t)c * S) * 3, (size_t)rw, S, p,
@@ -679,7 +720,7 @@ int image_preprocess(const image_u8 *img, const image_pp_params *p, image_tiles 
         if (img->w == S && img->h == S)
             memcpy(canvas, img->data, (size_t)S * S * 3);
         else
-            image_resize_bilinear(img->data, img->w, img->h, canvas, S, S);
+            resize_bilinear(img->data, img->w, img->h, canvas, S, S);
         normalize_tile(canvas, (size_t)S, S, p, out->data + (size_t)(n_tiles - 1) * tile_len);
     }
     out->size = S;

@@ -131,11 +131,4 @@ int image_preprocess(const image_u8 *img, const image_pp_params *p, image_tiles 
 /* Frees out->data and zeroes *t; accepts NULL. */
 void image_tiles_free(image_tiles *t);
 
-/* Low-level resamplers, exposed for the tests. src and dst are [h][w][3]
- * interleaved RGB8; dst must hold dw*dh*3 bytes and be distinct from src.
- * bicubic: llama.cpp's img_tool::resize_bicubic (no half-pixel offset, rounding).
- * bilinear: align-corners bilinear with truncation (img_tool::resize_bilinear). */
-void image_resize_bicubic(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh);
-void image_resize_bilinear(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh);
-
 #endif /* GLIMPSE_IMAGE_H */
