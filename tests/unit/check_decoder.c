@@ -20,6 +20,8 @@
 #include "kernels/kernels.h"
 #include "kvcache.h"
 #include "model.h"
+#include "template.h"
+#include "tokenizer.h"
 
 #include "testutil.h"
 
@@ -535,6 +537,233 @@ START_TEST(loader_reads_hparams)
 }
 END_TEST
 
+/* ---- generation through the public API --------------------------------------- */
+
+typedef struct collected {
+    int n_events;
+    int n_tokens;
+    int32_t ids[256];
+    char text[8192];
+    size_t text_len;
+    char pieces[8192];
+    size_t pieces_len;
+    int cancel_at;        /* return non-zero on this token event (1-based), 0 = never */
+    int bad_event;        /* an event broke a documented rule */
+} collected;
+
+static int collect(const glimpse_token *t, void *user)
+{
+    collected *c = user;
+    c->n_events++;
+    if (c->text_len + t->text_len < sizeof c->text) {
+        memcpy(c->text + c->text_len, t->text, t->text_len);
+        c->text_len += t->text_len;
+    }
+    if (t->id == GLIMPSE_TOKEN_NONE)
+        return 0;
+    if (t->logprob > 0 || (t->n_top > 0 && (t->top[0].logprob < t->logprob - 1e-6f)))
+        c->bad_event = 1;
+    for (int i = 1; i < t->n_top; i++)
+        if (t->top[i].logprob > t->top[i - 1].logprob)
+            c->bad_event = 1;
+    if (c->n_tokens < 256)
+        c->ids[c->n_tokens] = t->id;
+    c->n_tokens++;
+    if (c->pieces_len + t->piece_len < sizeof c->pieces) {
+        memcpy(c->pieces + c->pieces_len, t->piece, t->piece_len);
+        c->pieces_len += t->piece_len;
+    }
+    return c->cancel_at && c->n_tokens == c->cancel_at;
+}
+
+static glimpse_model *load_public(const char *fixture, int n_ctx)
+{
+    glimpse_model_params mp;
+    glimpse_model_params_default(&mp);
+    mp.model_path = fixture_path(fixture);
+    mp.n_threads = 2;
+    mp.n_ctx = n_ctx;
+    mp.n_batch = 5; /* several prefill chunks even for short prompts */
+    mp.kv_type = GLIMPSE_KV_F32;
+    glimpse_model *m = NULL;
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_model_load(&mp, &m, &err) == 0, "%s", err.msg);
+    return m;
+}
+
+static int generate(glimpse_model *m, const char *prompt, int max_tokens, const char *stop, collected *c,
+                    glimpse_result *res, glimpse_err *err)
+{
+    glimpse_request req;
+    glimpse_request_default(&req);
+    req.prompt = prompt;
+    req.max_tokens = max_tokens;
+    req.sampling.temperature = 0;
+    req.sampling.n_top_logprobs = 3;
+    req.stop[0] = stop;
+    req.on_token = collect;
+    req.user = c;
+    return glimpse_generate(m, &req, res, err);
+}
+
+/* The generation loop yields exactly the greedy ids of the decoder run by
+ * hand over the same prompt ids, with consistent events and counts. */
+START_TEST(generate_greedy_is_decoder_greedy)
+{
+    const char *prompt = "Hello there, how are you";
+    glimpse_model *m = load_public("tiny-f32.gguf", 128);
+    collected c = { 0 };
+    glimpse_result res;
+    glimpse_err err = { 0 };
+    ck_assert_msg(generate(m, prompt, 20, NULL, &c, &res, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.bad_event, 0);
+    ck_assert_int_eq(res.finish_reason, GLIMPSE_FINISH_LENGTH);
+    ck_assert_int_eq(res.completion_tokens, 20);
+    ck_assert_int_eq(c.n_tokens, 20);
+    ck_assert(res.prefill_ms >= 0 && res.decode_ms >= 0 && res.load_ms > 0);
+    /* With no stop strings every token's text reaches the reader. */
+    ck_assert_uint_eq(c.text_len, c.pieces_len);
+    ck_assert(!memcmp(c.text, c.pieces, c.text_len));
+
+    int32_t ids[64];
+    size_t n;
+    ck_assert_int_eq(tokenizer_encode(m->tok, prompt, strlen(prompt), true, true, ids, 64, &n, &err), 0);
+    ck_assert_int_eq(res.prompt_tokens, (int)n);
+    rig r;
+    rig_open(&r, "tiny-f32.gguf", KV_F32, 1);
+    run_tokens(&r, ids, (int)n, 0, NULL);
+    for (int i = 0; i < 20; i++) {
+        int32_t t = argmax(decoder_logits(r.d, 0), r.m.cfg.n_vocab);
+        ck_assert_msg(t == c.ids[i], "token %d: generate %d, decoder %d", i, c.ids[i], t);
+        run_tokens(&r, &t, 1, (int64_t)n + i, NULL);
+    }
+    rig_close(&r);
+
+    /* A second request on the same model gives the same answer (the cache
+     * and the sampler start afresh). */
+    collected c2 = { 0 };
+    ck_assert_int_eq(generate(m, prompt, 20, NULL, &c2, &res, &err), 0);
+    ck_assert(!memcmp(c.ids, c2.ids, sizeof(int32_t) * 20));
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(generate_stop_and_cancel)
+{
+    const char *prompt = "Hello there, how are you";
+    glimpse_model *m = load_public("tiny-f32.gguf", 128);
+    collected all = { 0 };
+    glimpse_result res;
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(generate(m, prompt, 24, NULL, &all, &res, &err), 0);
+    ck_assert_uint_gt(all.text_len, 12);
+
+    /* A stop string taken from the middle of the answer: the text ends right
+     * before its first occurrence. */
+    char stop[5];
+    size_t at = all.text_len / 2;
+    memcpy(stop, all.text + at, 4);
+    stop[4] = '\0';
+    size_t first = (size_t)((char *)memmem(all.text, all.text_len, stop, 4) - all.text);
+    collected c = { 0 };
+    ck_assert_int_eq(generate(m, prompt, 24, stop, &c, &res, &err), 0);
+    ck_assert_int_eq(res.finish_reason, GLIMPSE_FINISH_STOP);
+    ck_assert_uint_eq(c.text_len, first);
+    ck_assert(!memcmp(c.text, all.text, first));
+    ck_assert_int_lt(c.n_tokens, 24);
+
+    /* Cancelling from the callback stops at once with ECANCELED. */
+    collected k = { .cancel_at = 3 };
+    ck_assert_int_eq(generate(m, prompt, 24, NULL, &k, &res, &err), GLIMPSE_ECANCELED);
+    ck_assert_int_eq(k.n_tokens, 3);
+    ck_assert_int_eq(k.n_events, 3);
+    ck_assert_int_eq(res.completion_tokens, 3);
+    glimpse_model_free(m);
+}
+END_TEST
+
+/* The chat template of the file (SmolVLM's, from tests/data/tokenizer.json)
+ * is applied to messages. */
+START_TEST(generate_uses_chat_template)
+{
+    glimpse_model *m = load_public("tiny-f32.gguf", 128);
+    glimpse_model_info info;
+    glimpse_model_info_get(m, &info);
+    ck_assert_str_eq(info.chat_template, "smolvlm");
+    ck_assert_int_eq(info.n_ctx, 128);
+    ck_assert_int_eq(info.n_vocab, 4000);
+
+    const char *rendered = "<|im_start|>User: What is red?<end_of_utterance>\nAssistant:";
+    glimpse_part part = { GLIMPSE_PART_TEXT, "What is red?", 0 };
+    glimpse_message msg = { "user", &part, 1 };
+    glimpse_request req;
+    glimpse_request_default(&req);
+    req.messages = &msg;
+    req.n_messages = 1;
+    req.max_tokens = 8;
+    req.sampling.temperature = 0;
+    collected a = { 0 }, b = { 0 };
+    req.on_token = collect;
+    req.user = &a;
+    glimpse_result ra, rb;
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(glimpse_generate(m, &req, &ra, &err), 0);
+    ck_assert_int_eq(generate(m, rendered, 8, NULL, &b, &rb, &err), 0);
+    ck_assert_int_eq(ra.prompt_tokens, rb.prompt_tokens);
+    ck_assert(!memcmp(a.ids, b.ids, sizeof(int32_t) * 8));
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(generate_errors)
+{
+    glimpse_model *m = load_public("tiny-f32.gguf", 16);
+    glimpse_result res;
+    glimpse_err err = { 0 };
+    collected c = { 0 };
+    ck_assert_int_eq(generate(m, "", 4, NULL, &c, &res, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(generate(m, "one two three four five six seven eight nine ten eleven twelve thirteen", 4, NULL,
+                              &c, &res, &err), GLIMPSE_ELIMIT);
+    ck_assert_msg(strstr(err.msg, "context"), "%s", err.msg);
+    char long_stop[GLIMPSE_MAX_STOP_LEN + 2];
+    memset(long_stop, 'x', sizeof long_stop - 1);
+    long_stop[sizeof long_stop - 1] = '\0';
+    ck_assert_int_eq(generate(m, "Hi", 4, long_stop, &c, &res, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(c.n_events, 0);
+
+    /* The context bounds the answer: finish "length" when it is full. */
+    ck_assert_int_eq(generate(m, "Hi", 0, NULL, &c, &res, &err), 0);
+    ck_assert_int_eq(res.prompt_tokens + res.completion_tokens, 16);
+    ck_assert_int_eq(res.finish_reason, GLIMPSE_FINISH_LENGTH);
+
+    glimpse_request req;
+    glimpse_request_default(&req);
+    ck_assert_int_eq(glimpse_generate(m, &req, &res, &err), GLIMPSE_EINVAL); /* neither prompt nor messages */
+    glimpse_part img = { GLIMPSE_PART_IMAGE, NULL, 0 };
+    glimpse_message msg = { "user", &img, 1 };
+    req.messages = &msg;
+    req.n_messages = 1;
+    ck_assert_int_eq(glimpse_generate(m, &req, &res, &err), GLIMPSE_EUNSUPPORTED);
+    req.sampling.n_top_logprobs = GLIMPSE_MAX_TOP_LOGPROBS + 1;
+    ck_assert_int_eq(glimpse_generate(m, &req, &res, &err), GLIMPSE_EINVAL);
+    glimpse_model_free(m);
+
+    glimpse_model_params mp;
+    glimpse_model_params_default(&mp);
+    glimpse_model *none = (glimpse_model *)&mp;
+    ck_assert_int_eq(glimpse_model_load(&mp, &none, &err), GLIMPSE_EINVAL);
+    ck_assert_ptr_null(none);
+    mp.model_path = fixture_path("no-such-model.gguf");
+    ck_assert_int_eq(glimpse_model_load(&mp, &none, &err), GLIMPSE_EIO);
+    mp.model_path = fixture_path("vocab.gguf");
+    ck_assert_int_lt(glimpse_model_load(&mp, &none, &err), 0);
+    mp.model_path = fixture_path("tiny-mmproj.gguf");
+    ck_assert_int_eq(glimpse_model_load(&mp, &none, &err), GLIMPSE_EUNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "architecture 'clip'"), "%s", err.msg);
+    glimpse_model_free(NULL);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("decoder");
@@ -551,6 +780,12 @@ int main(void)
     tc = tcase_create("loader");
     tcase_add_loop_test(tc, loader_rejects_bad_models, 0, sizeof bad_edits / sizeof bad_edits[0]);
     tcase_add_test(tc, loader_reads_hparams);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("generate");
+    tcase_add_test(tc, generate_greedy_is_decoder_greedy);
+    tcase_add_test(tc, generate_stop_and_cancel);
+    tcase_add_test(tc, generate_uses_chat_template);
+    tcase_add_test(tc, generate_errors);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
