@@ -12,8 +12,12 @@ with --no-text or next to the text model:
         --image-size 64 --patch-size 16 --v-embd 32 --v-layer 2 --v-head 2 --v-ff 64 --scale-factor 2
 
 Weights are normal(0, 1/fan_in) so that activations stay O(1) through many
-layers; the token embedding is normal(0, 1) (the residual stream's scale), norm
-weights are 1 + N(0, 0.1²), biases N(0, 0.1²). Q/K rows are written as random
+layers; norm weights are 1 + N(0, 0.1²), biases N(0, 0.1²). The token
+embedding is N(0, 0.05²) (--embd-scale): with tied output a unit-variance
+embedding dominates the residual stream, every position's logits pick its own
+input token and greedy generation repeats one token forever. output_norm's
+weights are scaled by 1/embd_scale so the logits keep a spread of about
+sqrt(n_embd) (std ~16 for n_embd 256). Q/K rows are written as random
 rows directly in GGUF order (already "permuted", spec §2.3), which is what a
 reader applying normal (adjacent-pair) RoPE expects.
 
@@ -260,7 +264,7 @@ def parse_args(argv):
     ap.add_argument("--dtype", choices=MATRIX_TYPES, default="f32", help="type of every matrix")
     ap.add_argument("--dtype-embd", choices=MATRIX_TYPES, default=None,
                     help="type of token_embd/output (default: --dtype)")
-    ap.add_argument("--embd-scale", type=float, default=0.1, help="std of token_embd entries")
+    ap.add_argument("--embd-scale", type=float, default=0.05, help="std of token_embd entries")
     ap.add_argument("--bias", action="store_true", help="q/k/v/o biases (Qwen2-style)")
     ap.add_argument("--untied", action="store_true", help="write output.weight (default: tied)")
     ap.add_argument("--tokenizer", help="tokenizer JSON (team-notes format)")

@@ -8,11 +8,21 @@ as ggml), Q/K/V (+ optional biases), normal adjacent-pair RoPE on the GGUF
 (pre-permuted) Q/K rows with θ built as ggml does (θ_{i+1} = θ_i·powf(base,
 −2/d) in f32), GQA head h -> kv head h/(n_head/n_kv), causal softmax attention
 scaled by 1/sqrt(d), SwiGLU FFN, final norm and the output matrix (tied to
-token_embd when output.weight is absent). K/V and attention stay in float32;
-llama.cpp's F16 KV cache and activation quantisation are not emulated, so
-comparisons need a tolerance.
+token_embd when output.weight is absent). K/V and attention stay in float32
+(llama.cpp's default F16 KV cache is not emulated).
 
-    reference.py logits MODEL --tokens 1,2,3 -o OUT.logits
+By default every matmul multiplies float32 activations by the dequantised
+weights. --act-quant instead emulates llama.cpp's CPU matmul: activations are
+first converted to the weight type's vec_dot_type (Q8_0, Q8_1, Q8_K, F16 or
+BF16; see quantize_activations) and the products are summed in float64. Against
+llama.cpp with an F32 KV cache (oracle runs, see the fixture notes in
+Makefile.am) this matches to ~1e-6 relative until some activation lands within
+float noise of a rounding boundary: llama.cpp's own expf (SiLU, softmax) then
+flips one 8-bit step, and logits after that position differ by up to ~2% of
+their spread. Without --act-quant quantised models differ from llama.cpp by
+~2-4% of the logit spread everywhere.
+
+    reference.py logits MODEL --tokens 1,2,3 -o OUT.logits [--act-quant]
     reference.py greedy MODEL --tokens 1,2,3 -n 64 -o OUT.greedy [--logits-out OUT.logits]
 
 File formats (all little-endian; H5's C tests read them):
@@ -43,10 +53,89 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io  # noqa: E402
 
 
+# ggml-cpu.c type_traits_cpu[].vec_dot_type: what a matmul converts its f32
+# activations to before the dot products with a weight of each type.
+VEC_DOT_TYPE = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q4_0": "q8_0", "q5_0": "q8_0",
+                "q8_0": "q8_0", "q4_1": "q8_1", "q5_1": "q8_1", "q4_k": "q8_k",
+                "q5_k": "q8_k", "q6_k": "q8_k"}
+
+
+def quantize_activations(x, vdt):
+    """x float32 [n, k] -> (values the dot products see [n, k] float64, q8_1 sums or None).
+
+    Emulates llama.cpp's CPU activation conversion as its x86 (AVX/AVX2) build
+    runs it: Q8_0/Q8_1 per 32 values with d = amax/127 stored as half but
+    q = round-half-even(x·(127/amax)) (quantize_row_q8_0/q8_1 in
+    ggml-cpu/arch/x86/quants.c; the portable _ref functions of spec §1.4 use
+    roundf(x·(1/d)), which differs in rare ties), Q8_K per 256 values as
+    quantize_row_q8_K_ref (iscale = -127/max, nearest, d = 1/iscale in f32), or
+    rounding to f16/bf16. For Q8_1 it also returns s - d·Σq per block
+    [n, k/32]: ggml multiplies a weight block's min by s = half(d·Σq), not by
+    the exact sum.
+    """
+    xn = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
+    n, k = xn.shape
+    if vdt == "f32":
+        return torch.from_numpy(xn.astype(np.float64)), None
+    if vdt in ("f16", "bf16"):
+        return torch.from_numpy(gguf_io.dequantize(gguf_io.quantize(xn, vdt), vdt, xn.shape)
+                                .astype(np.float64)), None
+    if vdt in ("q8_0", "q8_1"):
+        xb = xn.reshape(n, k // 32, 32)
+        amax = np.abs(xb).max(axis=2)                                       # [n, k/32]
+        d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)  # as stored
+        with np.errstate(divide="ignore"):
+            iscale = np.where(amax != 0, np.float32(127) / amax, 0).astype(np.float32)
+        q = np.rint(xb * iscale[:, :, None]).astype(np.float64)             # ties to even
+        deq = torch.from_numpy((q * d[:, :, None]).reshape(n, k))
+        if vdt == "q8_0":
+            return deq, None
+        sq = q.sum(axis=2)
+        d32 = (amax / np.float32(127)).astype(np.float32)
+        s = (d32 * sq.astype(np.float32)).astype(np.float16).astype(np.float64)
+        return deq, torch.from_numpy(s - d * sq)
+    # q8_k
+    xb = xn.reshape(n, k // 256, 256)
+    idx = np.argmax(np.abs(xb), axis=2)
+    mx = np.take_along_axis(xb, idx[:, :, None], axis=2)[:, :, 0]         # signed max
+    with np.errstate(divide="ignore"):
+        iscale = np.where(mx != 0, np.float32(-127) / mx, 0).astype(np.float32)
+    q = np.minimum(127, np.rint(iscale[:, :, None] * xb))                   # nearest, ties to even
+    d = np.where(mx != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0).astype(np.float32)
+    return torch.from_numpy((q.astype(np.float64) * d[:, :, None].astype(np.float64)).reshape(n, k)), None
+
+
+class Matrix:
+    """A weight matrix [n_out, n_in] dequantised, with what activation emulation needs."""
+
+    def __init__(self, t, dtype):
+        self.dtype = t.dtype                                       # GGUF type, e.g. 'q8_0'
+        self.w = torch.from_numpy(t.array()).to(dtype)             # [n_out, n_in]
+        self.mins = None                                           # [n_out, n_in/32] for q4_1/q5_1
+        if t.dtype in ("q4_1", "q5_1"):
+            bsz = gguf_io.TENSOR_TYPES[t.dtype][2]
+            raw = np.frombuffer(t.raw, np.uint8).reshape(-1, bsz)
+            m = raw[:, 2:4].copy().view("<f2").astype(np.float64)
+            self.mins = torch.from_numpy(m.reshape(t.shape[0], -1))
+        self._w64 = None
+
+    def apply(self, x, act_quant):
+        """x [n, n_in] -> x·Wᵀ [n, n_out]; with act_quant as llama.cpp's CPU matmul sees it."""
+        if not act_quant:
+            return x @ self.w.T
+        if self._w64 is None:
+            self._w64 = self.w.double()
+        xq, q8_1_err = quantize_activations(x, VEC_DOT_TYPE[self.dtype])
+        y = xq @ self._w64.T
+        if q8_1_err is not None:
+            y = y + q8_1_err @ self.mins.T
+        return y.to(x.dtype)
+
+
 class Decoder:
     """The llama text decoder of one GGUF, with a growing float K/V cache."""
 
-    def __init__(self, path, dtype=torch.float32):
+    def __init__(self, path, dtype=torch.float32, act_quant=False):
         r = gguf_io.GGUFReader(path)
         if r.kv.get("general.architecture") != "llama":
             raise ValueError(f"{path}: not a llama model")
@@ -73,18 +162,27 @@ class Decoder:
                 return None
             return torch.from_numpy(t.array()).to(dtype)
 
-        self.tok_embd = get("token_embd.weight")                  # [n_vocab, n_embd]
+        def mat(name, required=True):
+            t = r.tensors.get(name)
+            if t is None and required:
+                raise ValueError(f"{path}: missing tensor {name}")
+            return None if t is None else Matrix(t, dtype)
+
+        self.tok_embd = mat("token_embd.weight")                  # [n_vocab, n_embd]
         self.layers = []
         for i in range(self.n_layer):
             b = f"blk.{i}."
-            self.layers.append({k: get(b + k, required=not k.endswith(".bias")) for k in (
-                "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias",
-                "attn_output.bias", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
-                "ffn_down.weight")})
+            L = {k: mat(b + k) for k in ("attn_q.weight", "attn_k.weight", "attn_v.weight",
+                                         "attn_output.weight", "ffn_gate.weight",
+                                         "ffn_up.weight", "ffn_down.weight")}
+            L.update({k: get(b + k) for k in ("attn_norm.weight", "ffn_norm.weight")})
+            L.update({k: get(b + k, required=False) for k in (
+                "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias")})
+            self.layers.append(L)
         self.out_norm = get("output_norm.weight")                 # [n_embd]
-        out = get("output.weight", required=False)
-        self.output = self.tok_embd if out is None else out       # [n_vocab, n_embd]
+        # tied embeddings when output.weight is absent (spec §2.2)
+        self.output = mat("output.weight", required=False) or self.tok_embd  # [n_vocab, n_embd]
+        self.act_quant = act_quant
         self.reset()
 
     def reset(self):
@@ -98,7 +196,7 @@ class Decoder:
         ids = torch.tensor(tokens, dtype=torch.long)
         if len(tokens) and (ids.min() < 0 or ids.max() >= self.n_vocab):
             raise ValueError("token id out of range")
-        return self.tok_embd[ids]
+        return self.tok_embd.w[ids]
 
     def rms_norm(self, x, w):
         # ggml: sum of squares in double, mean and 1/sqrt in float, then x·scale·w.
@@ -163,9 +261,8 @@ class Decoder:
         self.n_past = n_all
         return self._linear(self.rms_norm(x, self.out_norm), self.output, None)  # [n, n_vocab]
 
-    @staticmethod
-    def _linear(x, w, b):
-        y = x @ w.T
+    def _linear(self, x, m, b):
+        y = m.apply(x, self.act_quant)
         return y if b is None else y + b
 
     def greedy(self, prompt, n_gen):
@@ -208,12 +305,14 @@ def main(argv):
     ap.add_argument("-n", "--n-gen", type=int, default=64)
     ap.add_argument("--logits-out", help="greedy mode: also write the prompt's logits file")
     ap.add_argument("--f64", action="store_true", help="compute in float64")
+    ap.add_argument("--act-quant", action="store_true",
+                    help="emulate llama.cpp's CPU activation conversion before every matmul")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     tokens = [int(t) for t in a.tokens.split(",") if t.strip()]
     if not tokens:
         ap.error("--tokens is empty")
-    dec = Decoder(a.model, torch.float64 if a.f64 else torch.float32)
+    dec = Decoder(a.model, torch.float64 if a.f64 else torch.float32, a.act_quant)
     with torch.no_grad():
         if a.mode == "logits":
             write_logits(a.out, tokens, dec.forward(dec.embed(tokens)))
