@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jerror.h>
 #include <jpeglib.h>
+#include <jerror.h> /* after jpeglib.h: its message list depends on jconfig.h */
 #include <png.h>
 
 /* Most tiles one idefics3 image may produce; 64 slices of 512² already hold
@@ -198,15 +198,17 @@ static void jpeg_on_error(j_common_ptr cinfo)
 }
 
 /* libjpeg only warns when the data ends early (it pads with a fake EOI and
- * returns grey rows) or a segment is cut short; for us that is a truncated,
- * hence corrupt, upload. Other warnings (stray bytes between markers, which
- * cameras write) are tolerated. */
+ * returns grey rows), a segment is cut short or an entropy code is invalid;
+ * for us that is a truncated or damaged, hence corrupt, upload. Other
+ * warnings (stray bytes between markers, which cameras write; odd JFIF or
+ * progression parameters) are tolerated, as photo viewers do. */
 static void jpeg_on_message(j_common_ptr cinfo, int level)
 {
     if (level >= 0)
         return;
     int c = cinfo->err->msg_code;
-    if (c == JWRN_JPEG_EOF || c == JWRN_HIT_MARKER)
+    if (c == JWRN_JPEG_EOF || c == JWRN_HIT_MARKER || c == JWRN_HUFF_BAD_CODE ||
+        c == JWRN_ARITH_BAD_CODE)
         jpeg_fail(cinfo, GLIMPSE_EFORMAT);
     cinfo->err->num_warnings++;
 }
@@ -672,7 +674,7 @@ int image_preprocess(const image_u8 *img, const image_pp_params *p, image_tiles 
     memset(out, 0, sizeof *out);
     if (!img || !img->data || img->w <= 0 || img->h <= 0 || !p)
         return err_set(err, GLIMPSE_EINVAL, "preprocess: empty image or no parameters");
-    if (p->image_size <= 0 || p->image_size > 8192)
+    if (p->image_size <= 0 || p->image_size > 2048)
         return err_set(err, GLIMPSE_EINVAL, "preprocess: tile size %d out of range", p->image_size);
     for (int c = 0; c < 3; c++)
         if (!(p->std[c] != 0.0f) || !isfinite(p->std[c]) || !isfinite(p->mean[c]))

@@ -311,6 +311,46 @@ START_TEST(test_bad_crc)
 }
 END_TEST
 
+/* Single-byte damage anywhere: a clean result or a clean error, never a
+ * crash, an over-read or a leak (run under the sanitizer build). From the
+ * first IDAT on, every PNG byte is covered by a critical chunk's CRC, so
+ * damage there must be reported; in a JPEG most flips just change
+ * coefficients, which no decoder can notice. */
+START_TEST(test_bitflips)
+{
+    static const char *files[] = { "jpeg-turbo/testorig.jpg", "jpeg-turbo/testimgari.jpg",
+                                   "pngsuite/basi3p08.png", "pngsuite/basn6a16.png" };
+    int n_err = 0, n_cases = 0;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        size_t len;
+        uint8_t *d = read_file(image_path(files[i]), &len);
+        ck_assert_ptr_nonnull(d);
+        const uint8_t *idat = memmem(d, len, "IDAT", 4);
+        const size_t crc_from = idat ? (size_t)(idat - d) - 4 : len;
+        for (size_t at = 2; at < len; at += 1 + at / 40) {
+            for (int m = 0; m < 2; m++) {
+                const uint8_t mask = m ? 0xff : 0x10;
+                d[at] ^= mask;
+                image_u8 img;
+                glimpse_err err = { 0 };
+                int rc = decode_guarded(d, len, NULL, &img, &err);
+                ck_assert_msg(rc == 0 || rc == GLIMPSE_EFORMAT || rc == GLIMPSE_EUNSUPPORTED ||
+                              rc == GLIMPSE_ELIMIT, "%s flip at %zu: rc %d", files[i], at, rc);
+                ck_assert_msg(rc == 0 || err.msg[0], "%s flip at %zu: no message", files[i], at);
+                if (at >= crc_from)
+                    ck_assert_msg(rc == GLIMPSE_EFORMAT, "%s flip at %zu accepted", files[i], at);
+                n_err += rc != 0;
+                n_cases++;
+                image_u8_free(&img);
+                d[at] ^= mask;
+            }
+        }
+        free(d);
+    }
+    printf("check_image: %d single-byte corruptions, %d reported\n", n_cases, n_err);
+}
+END_TEST
+
 /* ---- CMYK / YCCK made with libjpeg's encoder ------------------------------ */
 
 /* Encodes true ink values (C,M,Y,K) as a 4-component JPEG: YCCK with the
@@ -635,6 +675,7 @@ static Suite *image_suite(void)
     tcase_add_test(tc, test_huge_and_empty_headers);
     tcase_add_test(tc, test_truncated);
     tcase_add_test(tc, test_bad_crc);
+    tcase_add_test(tc, test_bitflips);
     tcase_add_test(tc, test_cmyk_ycck);
     tcase_add_test(tc, test_threads);
     suite_add_tcase(s, tc);
