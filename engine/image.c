@@ -158,6 +158,14 @@ static void rgba_onto_white(uint8_t *px, size_t n_px)
     }
 }
 
+/* Releases the unused tail of a 4-byte-per-pixel buffer packed to RGB; keeps the
+ * old block if realloc declines (the pixels are already in place). */
+static uint8_t *shrink_to_rgb(uint8_t *px, size_t n_px)
+{
+    uint8_t *shrunk = realloc(px, n_px * 3);
+    return shrunk ? shrunk : px;
+}
+
 /* ======================================================================== */
 /* JPEG (libjpeg API of libjpeg-turbo)                                       */
 /* ======================================================================== */
@@ -297,8 +305,10 @@ static int decode_jpeg(const uint8_t *data, size_t len, const image_limits *lim,
         JSAMPROW row = px + cinfo.output_scanline * row_len;
         jpeg_read_scanlines(&cinfo, &row, 1);
     }
-    if (cmyk)
+    if (cmyk) {
         cmyk_to_rgb(px, w * h, cinfo.saw_Adobe_marker);
+        px = shrink_to_rgb(px, w * h);
+    }
     const int orientation = jpeg_orientation(&cinfo);
     jpeg_finish_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
@@ -338,7 +348,6 @@ static void png_on_error(png_structp png, png_const_charp msg)
 /* Warnings concern ancillary chunks libpng then skips (bad CRC, bad iCCP...). */
 static void png_on_warning(png_structp png, png_const_charp msg)
 {
-    (void)png;
     LOG_DEBUG("png: %s", msg);
 }
 
@@ -426,9 +435,7 @@ static int decode_png(const uint8_t *data, size_t len, const image_limits *lim, 
 
     if (n_ch == 4) {
         rgba_onto_white(px, (size_t)w * h);
-        uint8_t *shrunk = realloc(px, (size_t)w * h * 3);
-        if (shrunk)
-            px = shrunk;
+        px = shrink_to_rgb(px, (size_t)w * h);
     }
     out->w = (int)w;
     out->h = (int)h;
