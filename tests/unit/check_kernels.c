@@ -703,6 +703,207 @@ START_TEST(test_dispatch)
 }
 END_TEST
 
+/* ---- against ggml itself ------------------------------------------------------------ */
+
+/* tests/data/kernels/ggml-golden.txt holds ggml's CPU outputs (hex floats) for
+ * inputs regenerated here from each line's seed with the generators above;
+ * an FNV-1a hash of the inputs guards against the two drifting apart. */
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Reads n floats (hex or decimal) after *pos in line; false if short. */
+static bool read_floats(char **pos, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        char *end;
+        y[i] = strtof(*pos, &end);
+        if (end == *pos)
+            return false;
+        *pos = end;
+    }
+    return true;
+}
+
+typedef struct golden_stats {
+    int n_lines;
+    double worst[2];    /* worst |error| / tolerance per table (0 ref, 1 simd) */
+} golden_stats;
+
+static void check_close(const char *what, int table, const float *got, const float *want, int64_t n,
+                        const double *tol, golden_stats *st)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]);
+        ck_assert_msg(err <= tol[i], "%s (%s) [%lld]: got %a, ggml %a, tol %.3g", what,
+                      table ? "simd" : "ref", (long long)i, got[i], want[i], tol[i]);
+        if (tol[i] > 0)
+            st->worst[table] = fmax(st->worst[table], err / tol[i]);
+    }
+}
+
+static void golden_matmul(char *pos, const kn_impl *tables[2], golden_stats *st)
+{
+    int type;
+    long long k, n, n_tok;
+    unsigned long long seed, hash;
+    int used;
+    ck_assert(sscanf(pos, "%d %lld %lld %lld %llu %llx%n", &type, &k, &n, &n_tok, &seed, &hash, &used) == 6);
+    pos += used;
+    rng_state = seed;
+    tensor w;
+    void *wd = random_weights(type, k, n, &w);
+    float *x = random_f32(k * n_tok, -2.0f, 2.0f);
+    ck_assert_uint_eq(fnv1a(fnv1a(0xcbf29ce484222325ull, wd, w.nbytes), x, (size_t)(k * n_tok) * sizeof *x), hash);
+    float *want = malloc((size_t)(n * n_tok) * sizeof *want), *got = malloc((size_t)(n * n_tok) * sizeof *got);
+    double *tol = malloc((size_t)(n * n_tok) * sizeof *tol);
+    float *wrow = malloc((size_t)k * sizeof *wrow);
+    ck_assert(read_floats(&pos, want, n * n_tok));
+    /* ggml's y is [n_tok][n] like ours. Its x86 kernels add in another order
+     * (and it may take llamafile's tinyBLAS): allow f32 rounding of Σ|w·x|. */
+    for (long long t = 0; t < n_tok; t++)
+        for (long long o = 0; o < n; o++) {
+            dequantize_row(type, tensor_row(&w, o), wrow, k);
+            double mag = 0.0;
+            for (long long i = 0; i < k; i++)
+                mag += fabs((double)wrow[i] * x[t * k + i]);
+            tol[t * n + o] = 3e-6 * mag;
+        }
+    ck_assert_int_eq(kernels_reserve(n_tok * k + 4 * 64 * k, NULL), 0);
+    for (int tb = 0; tb < 2; tb++) {
+        if (!tables[tb])
+            continue;
+        kn_matmul_impl(tables[tb], NULL, &w, x, n_tok, got);
+        char what[64];
+        snprintf(what, sizeof what, "matmul %s n_tok=%lld", dtype_get(type)->name, n_tok);
+        check_close(what, tb, got, want, n * n_tok, tol, st);
+    }
+    free(wrow);
+    free(tol);
+    free(got);
+    free(want);
+    free(x);
+    free(wd);
+}
+
+static void golden_row_op(const char *op, char *pos, const kn_impl *tables[2], golden_stats *st)
+{
+    long long n;
+    float lo, hi, p0;
+    unsigned long long seed, hash;
+    int used;
+    ck_assert(sscanf(pos, "%lld %a %a %a %llu %llx%n", &n, &lo, &hi, &p0, &seed, &hash, &used) == 6);
+    pos += used;
+    rng_state = seed;
+    float *x = random_f32(n, lo, hi), *w = random_f32(n, -1.5f, 1.5f);
+    ck_assert_uint_eq(fnv1a(fnv1a(0xcbf29ce484222325ull, x, (size_t)n * 4), w, (size_t)n * 4), hash);
+    float *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
+    double *tol = malloc((size_t)n * sizeof *tol);
+    ck_assert(read_floats(&pos, want, n));
+    for (int tb = 0; tb < 2; tb++) {
+        const kn_impl *t = tables[tb];
+        if (!t)
+            continue;
+        memcpy(got, x, (size_t)n * sizeof *got);
+        for (long long i = 0; i < n; i++)
+            tol[i] = 1e-6 * fabs(want[i]) + 1e-7;
+        if (strcmp(op, "rms_norm") == 0) {
+            t->rms_norm(x, w, n, p0, got);
+        } else if (strcmp(op, "norm") == 0) {
+            t->layer_norm(x, NULL, NULL, n, p0, got);
+        } else if (strcmp(op, "gelu") == 0 || strcmp(op, "gelu_quick") == 0) {
+            /* the same fp16 tables: bit-exact */
+            (strcmp(op, "gelu") == 0 ? t->gelu : t->gelu_quick)(got, n);
+            for (long long i = 0; i < n; i++)
+                tol[i] = 0.0;
+        } else if (strcmp(op, "softmax") == 0) {
+            /* ggml's SIMD exp is within a few ulp of expf */
+            t->softmax(got, n);
+            for (long long i = 0; i < n; i++)
+                tol[i] = 4e-6 * fabs(want[i]);
+        } else if (strcmp(op, "swiglu") == 0) {
+            t->swiglu(got, w, n);
+            for (long long i = 0; i < n; i++)
+                tol[i] = 4e-6 * fabs(want[i]) + 1e-30;
+        } else {
+            ck_abort_msg("unknown golden op %s", op);
+        }
+        check_close(op, tb, got, want, n, tol, st);
+    }
+    free(tol);
+    free(got);
+    free(want);
+    free(w);
+    free(x);
+}
+
+static void golden_rope(char *pos, const kn_impl *tables[2], golden_stats *st)
+{
+    int hd, nh, p;
+    float base;
+    unsigned long long seed, hash;
+    int used;
+    ck_assert(sscanf(pos, "%d %d %d %a %llu %llx%n", &hd, &nh, &p, &base, &seed, &hash, &used) == 6);
+    pos += used;
+    rng_state = seed;
+    float *x = random_f32(hd * nh, -1.0f, 1.0f);
+    ck_assert_uint_eq(fnv1a(0xcbf29ce484222325ull, x, (size_t)(hd * nh) * 4), hash);
+    float *want = malloc((size_t)(hd * nh) * sizeof *want), *got = malloc((size_t)(hd * nh) * sizeof *got);
+    double *tol = malloc((size_t)(hd * nh) * sizeof *tol);
+    ck_assert(read_floats(&pos, want, hd * nh));
+    for (int i = 0; i < hd * nh; i++)
+        tol[i] = 1e-6; /* ggml's compiler may fuse the rotation into FMAs */
+    for (int tb = 0; tb < 2; tb++) {
+        if (!tables[tb])
+            continue;
+        memcpy(got, x, (size_t)(hd * nh) * sizeof *got);
+        tables[tb]->rope(got, nh, hd, p, base);
+        check_close("rope", tb, got, want, hd * nh, tol, st);
+    }
+    free(tol);
+    free(got);
+    free(want);
+    free(x);
+}
+
+START_TEST(test_against_ggml)
+{
+    kernels_init();
+    size_t len;
+    char *text = read_file(source_path("tests/data/kernels/ggml-golden.txt"), &len);
+    ck_assert_msg(text != NULL, "cannot read tests/data/kernels/ggml-golden.txt");
+    text = realloc(text, len + 1);
+    text[len] = '\0';
+    const kn_impl *tables[2] = { &kn_ref_impl, kn_avx2_impl() };
+    golden_stats st = { 0 };
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#')
+            continue;
+        char op[32];
+        int used;
+        ck_assert(sscanf(line, "%31s%n", op, &used) == 1);
+        if (strcmp(op, "matmul") == 0)
+            golden_matmul(line + used, tables, &st);
+        else if (strcmp(op, "rope") == 0)
+            golden_rope(line + used, tables, &st);
+        else
+            golden_row_op(op, line + used, tables, &st);
+        st.n_lines++;
+    }
+    ck_assert_int_ge(st.n_lines, 20);
+    fprintf(stderr, "check_kernels: %d ggml golden cases; worst error/tolerance ref %.3f, simd %.3f\n",
+            st.n_lines, st.worst[0], st.worst[1]);
+    free(text);
+}
+END_TEST
+
 Suite *kernels_suite(void);
 
 Suite *kernels_suite(void)
@@ -733,6 +934,10 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_dot_f32);
     tcase_add_test(tc, test_dispatch);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("ggml");
+    tcase_add_test(tc, test_against_ggml);
     suite_add_tcase(s, tc);
     return s;
 }
