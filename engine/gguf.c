@@ -14,10 +14,10 @@
  */
 #include "gguf.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,15 +165,13 @@ static uint64_t hash_bytes(const char *p, size_t n)
     return h;
 }
 
-/* A power of two at least twice n (so probes stay short); 0 on overflow. */
+/* A power of two at least twice n, so probes stay short. Callers have
+ * bounded n by the file size, so this cannot overflow. */
 static size_t hash_capacity(int64_t n)
 {
     size_t cap = 8;
-    while (cap < (size_t)n * 2) {
-        if (cap > SIZE_MAX / 2)
-            return 0;
+    while (cap < (size_t)n * 2)
         cap *= 2;
-    }
     return cap;
 }
 
@@ -570,10 +568,25 @@ void gguf_close(gguf_file *f)
 uint32_t gguf_version(const gguf_file *f) { return f->version; }
 uint32_t gguf_alignment(const gguf_file *f) { return f->alignment; }
 int64_t gguf_n_kv(const gguf_file *f) { return f->n_kv; }
-gguf_str gguf_kv_key(const gguf_file *f, int64_t i) { return f->kv[i].key; }
-enum gguf_vtype gguf_kv_type(const gguf_file *f, int64_t i) { return f->kv[i].type; }
 int64_t gguf_n_tensors(const gguf_file *f) { return f->n_tensors; }
-const tensor *gguf_tensor_at(const gguf_file *f, int64_t i) { return &f->tensors[i]; }
+
+gguf_str gguf_kv_key(const gguf_file *f, int64_t i)
+{
+    assert(i >= 0 && i < f->n_kv);
+    return f->kv[i].key;
+}
+
+enum gguf_vtype gguf_kv_type(const gguf_file *f, int64_t i)
+{
+    assert(i >= 0 && i < f->n_kv);
+    return f->kv[i].type;
+}
+
+const tensor *gguf_tensor_at(const gguf_file *f, int64_t i)
+{
+    assert(i >= 0 && i < f->n_tensors);
+    return &f->tensors[i];
+}
 
 int64_t gguf_find_key(const gguf_file *f, const char *key)
 {

@@ -3,8 +3,14 @@
  *
  * Nothing in the file is trusted: every length, count, type and offset is
  * checked against the file size and against overflow before use, and a bad
- * file gives GLIMPSE_EFORMAT (or EUNSUPPORTED for a valid but unknown tensor
- * type) with a message naming what is wrong — never a crash.
+ * file gives GLIMPSE_EFORMAT with a message naming what is wrong (the key or
+ * tensor, by index and name) — never a crash. GLIMPSE_EUNSUPPORTED is for a
+ * well-formed file we cannot use: GGUF version 1 or > 3, a tensor type that
+ * is not a weight type of tensor.h (the message names the type id), tensor
+ * data not 4-byte aligned in memory.
+ *
+ * Beyond llama.cpp's reader this one also requires n_dims >= 1, tensor names
+ * without NUL bytes, and every tensor's data inside the file.
  *
  * All pointers returned by the accessors are borrowed: valid until gguf_close.
  * A gguf_file is immutable after opening, so any thread may read it.
@@ -58,8 +64,9 @@ uint32_t gguf_alignment(const gguf_file *f);
 /* ---- metadata ----------------------------------------------------------- */
 
 int64_t gguf_n_kv(const gguf_file *f);
-/* Index of key, or -1 when absent. */
+/* Index of key, or -1 when absent. O(1). */
 int64_t gguf_find_key(const gguf_file *f, const char *key);
+/* Key and value type of the i-th pair in file order, 0 <= i < gguf_n_kv. */
 gguf_str gguf_kv_key(const gguf_file *f, int64_t i);
 enum gguf_vtype gguf_kv_type(const gguf_file *f, int64_t i);
 
@@ -75,10 +82,12 @@ int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out, glimpse_err
 
 /* Arrays: element type and count; elements of fixed-size types are contiguous
  * little-endian at *data (possibly unaligned: read with memcpy). For string
- * arrays use gguf_get_arr_str. */
+ * arrays *data is the first element's length prefix: use gguf_get_arr_str. */
 int gguf_get_arr(const gguf_file *f, const char *key, enum gguf_vtype *elem_type,
                  uint64_t *n, const void **data, glimpse_err *err);
-/* The i-th string of a string array (O(1): offsets are indexed at open). */
+/* The i-th string of a string array (O(1): offsets are indexed at open).
+ * GLIMPSE_EFORMAT if the key is not an array of strings, GLIMPSE_EINVAL if
+ * i >= its length. */
 int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *out,
                      glimpse_err *err);
 
@@ -87,7 +96,7 @@ int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *
 int64_t gguf_n_tensors(const gguf_file *f);
 /* The i-th tensor in file order, 0 <= i < gguf_n_tensors. Borrowed. */
 const tensor *gguf_tensor_at(const gguf_file *f, int64_t i);
-/* Tensor by name, or NULL. Borrowed. */
+/* Tensor by name, or NULL. Borrowed. O(1). */
 const tensor *gguf_find_tensor(const gguf_file *f, const char *name);
 
 #endif /* GLIMPSE_GGUF_H */
