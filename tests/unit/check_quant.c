@@ -80,6 +80,62 @@ END_TEST
 
 /* ---- halves ------------------------------------------------------------------ */
 
+/* The value of a finite half from the IEEE 754 definition, in double. */
+static double half_value(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+    return h & 0x8000 ? -v : v;
+}
+
+START_TEST(test_fp16_to_f32_definition)
+{
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float got = fp16_to_f32((uint16_t)h);
+        if ((h & 0x7c00) == 0x7c00) {
+            bool nan = (h & 0x3ff) != 0;
+            if (nan ? !isnan(got) : !isinf(got) || !!signbit(got) != !!(h & 0x8000))
+                ck_abort_msg("h=%04x -> %a", h, (double)got);
+            continue;
+        }
+        /* signbit also tells -0 from +0 */
+        if ((double)got != half_value((uint16_t)h) || !!signbit(got) != !!(h & 0x8000))
+            ck_abort_msg("h=%04x: got %a want %a", h, (double)got, half_value((uint16_t)h));
+    }
+}
+END_TEST
+
+/* Round to nearest, ties to even, checked at every pair of neighbouring
+ * halves: both ends, the midpoint and one f32 ulp either side of it. */
+START_TEST(test_f32_to_fp16_ties)
+{
+    for (uint32_t h = 0; h < 0x7bff; h++) { /* the step from 65504 to infinity: below */
+        const uint16_t lo = (uint16_t)h, hi = (uint16_t)(h + 1), even = h & 1 ? hi : lo;
+        const float a = fp16_to_f32(lo), b = fp16_to_f32(hi);
+        const float mid = (float)(((double)a + (double)b) / 2); /* exact: halves have 11 bits */
+        const struct { float x; uint16_t want; } cases[] = {
+            { a, lo }, { nextafterf(mid, 0), lo }, { mid, even }, { nextafterf(mid, INFINITY), hi },
+        };
+        for (int k = 0; k < 4; k++) {
+            uint16_t got = f32_to_fp16(cases[k].x), got_neg = f32_to_fp16(-cases[k].x);
+            if (got != cases[k].want || got_neg != (cases[k].want | 0x8000))
+                ck_abort_msg("%a: got %04x/%04x want %04x", (double)cases[k].x, got, got_neg, cases[k].want);
+        }
+    }
+    ck_assert_uint_eq(f32_to_fp16(65504.0f), 0x7bff);
+    ck_assert_uint_eq(f32_to_fp16(65519.996f), 0x7bff);
+    ck_assert_uint_eq(f32_to_fp16(65520.0f), 0x7c00); /* the tie rounds to even: infinity */
+    ck_assert_uint_eq(f32_to_fp16(INFINITY), 0x7c00);
+    ck_assert_uint_eq(f32_to_fp16(-INFINITY), 0xfc00);
+    ck_assert_uint_eq(f32_to_fp16(1e-30f), 0x0000);
+    ck_assert_uint_eq(f32_to_fp16(-0.0f), 0x8000);
+    uint16_t nan = f32_to_fp16(NAN);
+    ck_assert((nan & 0x7c00) == 0x7c00 && (nan & 0x3ff) != 0);
+}
+END_TEST
+
+/* The compiler's own conversions are a second, independent reference where
+ * _Float16 exists (GCC >= 12 on x86-64). */
 #ifdef __FLT16_MAX__
 START_TEST(test_fp16_to_f32_exhaustive)
 {
@@ -308,6 +364,8 @@ static Suite *quant_suite(void)
     Suite *s = suite_create("quant");
     TCase *tc = tcase_create("quant");
     tcase_add_test(tc, test_table_matches_ggml);
+    tcase_add_test(tc, test_fp16_to_f32_definition);
+    tcase_add_test(tc, test_f32_to_fp16_ties);
 #ifdef __FLT16_MAX__
     tcase_add_test(tc, test_fp16_to_f32_exhaustive);
     tcase_add_test(tc, test_f32_to_fp16_vs_compiler);
