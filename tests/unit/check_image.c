@@ -602,6 +602,38 @@ START_TEST(test_token_counts)
 }
 END_TEST
 
+/* The prompt of one image as llama.cpp's mtmd_tokenize lays it out, from our
+ * grid: checks the order the fusion code must follow (spec §5.3). */
+START_TEST(test_token_layout)
+{
+    FILE *f = fopen(source_path("tests/data/preprocess/idefics3_layout.txt"), "r");
+    ck_assert_ptr_nonnull(f);
+    static char line[16384], want[16384], got[16384];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        int w, h, l, off;
+        if (line[0] == '#' || sscanf(line, "%d %d %d %n", &w, &h, &l, &off) != 3)
+            continue;
+        snprintf(want, sizeof want, "%s", line + off);
+        want[strcspn(want, "\n")] = '\0';
+        int rw, rh, gx, gy;
+        ck_assert_int_eq(image_idefics3_grid(w, h, 512, l, &rw, &rh, &gx, &gy, NULL), 0);
+        size_t at = 0;
+        for (int r = 1; r <= gy; r++) {
+            for (int c = 1; c <= gx; c++)
+                at += snprintf(got + at, sizeof got - at, "[<fake_token_around_image>][<row_%d_col_%d>]{64}", r, c);
+            if (r < gy)
+                at += snprintf(got + at, sizeof got - at, "[|]");
+        }
+        snprintf(got + at, sizeof got - at, "[||][<fake_token_around_image>][<global-img>]{64}[<fake_token_around_image>]");
+        ck_assert_msg(strcmp(got, want) == 0, "%dx%d L%d: layout differs from llama.cpp", w, h, l);
+        n++;
+    }
+    fclose(f);
+    ck_assert_int_ge(n, 16);
+}
+END_TEST
+
 START_TEST(test_preprocess_errors)
 {
     image_u8 img = synth_image(64, 48);
@@ -682,6 +714,7 @@ static Suite *image_suite(void)
     tc = tcase_create("preprocess");
     tcase_add_loop_test(tc, test_preprocess_golden, 0, (int)(sizeof goldens / sizeof goldens[0]));
     tcase_add_test(tc, test_token_counts);
+    tcase_add_test(tc, test_token_layout);
     tcase_add_test(tc, test_preprocess_errors);
     tcase_add_test(tc, test_fixed_pad_color);
     suite_add_tcase(s, tc);
