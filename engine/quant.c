@@ -44,22 +44,6 @@ static inline float bits_f32(uint32_t u)
 
 /* ---- scalars -------------------------------------------------------------- */
 
-float fp16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ff;
-
-    if (exp == 0x1f) /* inf or NaN: payload kept in the top mantissa bits */
-        return bits_f32(sign | 0x7f800000u | mant << 13);
-    if (exp == 0) {
-        /* zero or subnormal: mant * 2^-24, exact in f32 */
-        float v = (float)mant * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    return bits_f32(sign | (exp + 112) << 23 | mant << 13);
-}
-
 uint16_t f32_to_fp16(float f)
 {
     uint32_t x = f32_bits(f);

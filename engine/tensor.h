@@ -139,7 +139,20 @@ static inline const void *tensor_row(const tensor *t, int64_t r)
 
 /* ---- scalars -------------------------------------------------------------- */
 
-float fp16_to_f32(uint16_t h);        /* exact */
+/* Exact. Inline because kernels read two half scales per block. */
+static inline float fp16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v;
+    const uint32_t em = h & 0x7fffu;
+    if (em >= 0x7c00u)          /* inf, NaN: payload kept in the top mantissa bits */
+        v.u = 0x7f800000u | (em & 0x3ffu) << 13;
+    else if (em >= 0x0400u)     /* normal: rebias the exponent from 15 to 127 */
+        v.u = (em << 13) + 0x38000000u;
+    else                        /* zero or subnormal: m * 2^-24, exact in f32 */
+        v.f = (float)em * 0x1p-24f;
+    v.u |= (uint32_t)(h & 0x8000u) << 16;
+    return v.f;
+}
 uint16_t f32_to_fp16(float f);        /* round to nearest even, like F16C */
 static inline float bf16_to_f32(uint16_t b)
 {
