@@ -375,7 +375,9 @@ def encode(tok, text, parse_special=True, add_special=False):
 
 
 def piece(tok, i, special=True):
-    """Bytes of one token (llama.cpp's token_to_piece)."""
+    """Bytes of one token (llama.cpp's token_to_piece), by the types in tok
+    (llama.cpp also makes known end-of-turn texts CONTROL; our trainer
+    already types them so)."""
     t = tok["token_type"][i]
     text = tok["tokens"][i]
     if t in (TOKEN_CONTROL, TOKEN_UNKNOWN):
@@ -384,7 +386,14 @@ def piece(tok, i, special=True):
         return text.encode()
     if t == TOKEN_NORMAL:
         return bytes(CHAR_TO_BYTE[c] for c in text)
-    return b""
+    if t == TOKEN_BYTE:  # "<0x0A>": the hex digits at [3:5], as strtol reads them
+        digits = ""
+        for c in text[3:5]:
+            if c not in "0123456789abcdefABCDEF":
+                break
+            digits += c
+        return bytes((int(digits, 16) if digits else 0,))
+    return b""  # UNUSED, UNDEFINED
 
 
 def decode(tok, ids, special=True):

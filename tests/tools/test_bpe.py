@@ -6,10 +6,12 @@
    tests/data/tokenizer.json, and decodes back to the text as llama.cpp read it.
 2. The trainer on a small corpus: specials first, the 256 byte characters,
    one token per merge, and its own encoder reproduces the training words.
+3. engine/unicode_data.c is what tools/gen_unicode.py generates now.
 Run by `make check`; exit status 0 = pass.
 """
 
 import os
+import subprocess
 import sys
 import unittest
 
@@ -83,6 +85,19 @@ class TrainTest(unittest.TestCase):
         self.assertEqual(bpe.encode(tok, "<s><x>"), [0, 1])
         self.assertNotEqual(bpe.encode(tok, "<s><x>", parse_special=False)[0], 0)
 
+
+class UnicodeDataTest(unittest.TestCase):
+    def test_generated_table_current(self):
+        import unicodedata
+        with open(os.path.join(TOP, "engine", "unicode_data.c"), encoding="utf-8") as f:
+            have = f.read()
+        if " * Unicode %s." % unicodedata.unidata_version not in have:
+            self.skipTest("this Python has another Unicode version than engine/unicode_data.c")
+        gen = subprocess.run([sys.executable, os.path.join(TOP, "tools", "gen_unicode.py")],
+                             check=True, capture_output=True, encoding="utf-8").stdout
+        # the tables, not the header naming the Python that wrote them
+        self.assertEqual(gen[gen.index("#include"):], have[have.index("#include"):],
+                         "regenerate engine/unicode_data.c with tools/gen_unicode.py")
 
 if __name__ == "__main__":
     unittest.main()
