@@ -18,6 +18,14 @@
 
 /* ---- helpers ------------------------------------------------------------- */
 
+/* For hot loops: Check records the location of every passing ck_assert (a
+ * write to its parent), which would dominate a loop of 10 000 draws. */
+#define REQUIRE(cond, ...)                  \
+    do {                                    \
+        if (!(cond))                        \
+            ck_abort_msg(__VA_ARGS__);      \
+    } while (0)
+
 /* Test inputs come from their own generator, not the one under test. */
 static uint64_t test_rand_state;
 
@@ -58,8 +66,8 @@ static void draw_counts(const glimpse_sampling *p, const float *logits, int n, i
     memset(counts, 0, (size_t)n * sizeof *counts);
     for (int i = 0; i < n_draws; i++) {
         sample_result r;
-        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, &err), 0);
-        ck_assert(r.token >= 0 && r.token < n);
+        REQUIRE(sampler_sample(s, sc, logits, &r, &err) == 0, "draw %d: %s", i, err.msg);
+        REQUIRE(r.token >= 0 && r.token < n, "draw %d: token %d", i, (int)r.token);
         counts[r.token]++;
     }
     sampler_scratch_free(sc);
@@ -199,7 +207,7 @@ START_TEST(test_rng_known_answers)
     rng_seed(&r, 99);
     for (int i = 0; i < 100000; i++) {
         double u = rng_uniform(&r);
-        ck_assert(u >= 0.0 && u < 1.0);
+        REQUIRE(u >= 0.0 && u < 1.0, "uniform %d is %.17g", i, u);
     }
 }
 END_TEST
@@ -462,7 +470,7 @@ static void draw_sequence(uint64_t seed, const float *logits, int n, int32_t *to
     ck_assert_int_eq(sampler_scratch_create(n, &sc, NULL), 0);
     for (int i = 0; i < n_tokens; i++) {
         sample_result r;
-        ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
+        REQUIRE(sampler_sample(s, sc, logits, &r, NULL) == 0, "draw %d failed", i);
         tokens[i] = r.token;
     }
     sampler_scratch_free(sc);
@@ -577,6 +585,82 @@ START_TEST(test_penalty_feedback)
     }
     sampler_scratch_free(sc);
     sampler_free(s);
+}
+END_TEST
+
+/* ---- llama.cpp's chain ------------------------------------------------------ */
+
+/* tests/data/sampler/llama-chain.txt holds what llama.cpp's own sampler chain
+ * keeps, and with which probabilities, for random logits, histories and
+ * parameters (the file's header says how it was made). Each draw here comes
+ * from a fresh sampler (seed = draw number) fed the same history, so the
+ * draws are i.i.d. from the sampler's distribution for that history. */
+START_TEST(test_llama_chain_goldens)
+{
+    enum { V = 256, MAX_HIST = 64, DRAWS = 10000 };
+    size_t len = 0;
+    char *text = read_file(source_path("tests/data/sampler/llama-chain.txt"), &len);
+    ck_assert_msg(text != NULL, "cannot read tests/data/sampler/llama-chain.txt");
+    char *at = text;
+    int n_cases = 0;
+    sampler_scratch *sc = NULL;
+    ck_assert_int_eq(sampler_scratch_create(V, &sc, NULL), 0);
+    while ((at = strstr(at, "\ncase ")) != NULL) {
+        glimpse_sampling p = params_plain();
+        int n, used;
+        ck_assert_int_eq(sscanf(at, " case %f %d %f %f %f %f %f %d logits %d%n", &p.temperature, &p.top_k, &p.top_p,
+                                &p.min_p, &p.repetition_penalty, &p.frequency_penalty, &p.presence_penalty,
+                                &p.penalty_last_n, &n, &used), 9);
+        ck_assert_int_eq(n, V);
+        at += used;
+        float logits[V];
+        for (int i = 0; i < V; i++) {
+            REQUIRE(sscanf(at, "%f%n", &logits[i], &used) == 1, "case %d: logit %d unreadable", n_cases, i);
+            at += used;
+        }
+        int n_hist;
+        int32_t hist[MAX_HIST];
+        ck_assert_int_eq(sscanf(at, " history %d%n", &n_hist, &used), 1);
+        ck_assert(n_hist > 0 && n_hist <= MAX_HIST);
+        at += used;
+        for (int i = 0; i < n_hist; i++) {
+            REQUIRE(sscanf(at, "%d%n", &hist[i], &used) == 1, "case %d: history %d unreadable", n_cases, i);
+            at += used;
+        }
+        int n_kept;
+        ck_assert_int_eq(sscanf(at, " kept %d%n", &n_kept, &used), 1);
+        at += used;
+        double prob[V] = { 0 };
+        for (int i = 0; i < n_kept; i++) {
+            int id;
+            double pr;
+            REQUIRE(sscanf(at, "%d %lf%n", &id, &pr, &used) == 2 && id >= 0 && id < V,
+                    "case %d: kept line %d unreadable", n_cases, i);
+            prob[id] = pr;
+            at += used;
+        }
+        int counts[V] = { 0 };
+        for (int d = 0; d < DRAWS; d++) {
+            sampler *s = NULL;
+            p.seed = (uint64_t)d;
+            REQUIRE(sampler_create(&p, V, &s, NULL) == 0, "case %d: create failed", n_cases);
+            for (int i = 0; i < n_hist; i++)
+                REQUIRE(sampler_accept(s, hist[i], NULL) == 0, "case %d: accept %d failed", n_cases, hist[i]);
+            sample_result r;
+            REQUIRE(sampler_sample(s, sc, logits, &r, NULL) == 0, "case %d: draw %d failed", n_cases, d);
+            counts[r.token]++;
+            sampler_free(s);
+        }
+        int df;
+        double x = chi_square(counts, prob, V, DRAWS, &df);
+        ck_assert_msg(x != INFINITY, "case %d: drew a token llama.cpp's chain drops", n_cases);
+        ck_assert_msg(df == 0 || x < chi2_bound(df), "case %d: chi-square %.1f over bound %.1f (df %d)", n_cases, x,
+                      chi2_bound(df), df);
+        n_cases++;
+    }
+    ck_assert_int_eq(n_cases, 7);
+    sampler_scratch_free(sc);
+    free(text);
 }
 END_TEST
 
@@ -853,7 +937,7 @@ START_TEST(test_stop_any_split)
         int n_stops = 1 + (int)(test_uniform() * 4);
         size_t want = ref_stop_cut(text, len, stops, n_stops);
         stop_matcher m;
-        ck_assert_int_eq(stop_init(&m, (const char *const *)stops, lens, n_stops, NULL, 0, 0, NULL), 0);
+        REQUIRE(stop_init(&m, (const char *const *)stops, lens, n_stops, NULL, 0, 0, NULL) == 0, "trial %d", trial);
         char got[64 + STOP_HOLD_MAX];
         size_t got_len = 0, at = 0;
         int finish = GLIMPSE_FINISH_NONE;
@@ -863,7 +947,7 @@ START_TEST(test_stop_any_split)
             char out[8 + STOP_HOLD_MAX];
             size_t out_len;
             finish = stop_push(&m, 1, text + at, n, out, sizeof out, &out_len, NULL);
-            ck_assert_int_ge(finish, 0);
+            REQUIRE(finish >= 0, "trial %d: push failed", trial);
             memcpy(got + got_len, out, out_len);
             got_len += out_len;
             at += n;
@@ -873,9 +957,10 @@ START_TEST(test_stop_any_split)
             stop_flush(&m, got + got_len, &out_len);
             got_len += out_len;
         }
-        ck_assert_msg(got_len == want && memcmp(got, text, want) == 0, "trial %d: \"%.*s\" released %zu, want %zu",
-                      trial, (int)len, text, got_len, want);
-        ck_assert_int_eq(finish, want < len ? GLIMPSE_FINISH_STOP : GLIMPSE_FINISH_NONE);
+        REQUIRE(got_len == want && memcmp(got, text, want) == 0, "trial %d: \"%.*s\" released %zu, want %zu", trial,
+                (int)len, text, got_len, want);
+        REQUIRE(finish == (want < len ? GLIMPSE_FINISH_STOP : GLIMPSE_FINISH_NONE), "trial %d: finish %d", trial,
+                finish);
     }
 }
 END_TEST
@@ -934,6 +1019,7 @@ static Suite *sampler_suite(void)
     tcase_add_test(tc, test_seed_repeats);
     tcase_add_test(tc, test_penalties_exact);
     tcase_add_test(tc, test_penalty_feedback);
+    tcase_add_test(tc, test_llama_chain_goldens);
     tcase_add_test(tc, test_logprobs);
     tcase_add_test(tc, test_bad_params);
     tcase_add_test(tc, test_bad_logits);
