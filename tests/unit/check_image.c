@@ -429,6 +429,60 @@ START_TEST(test_cmyk_ycck)
 }
 END_TEST
 
+/* A progressive JPEG whose last scan is repeated hundreds of times: each
+ * scan costs a pass over the image, so the decoder stops counting at its
+ * limit instead of burning CPU (libjpeg itself only warns). */
+START_TEST(test_many_scans)
+{
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr em;
+    unsigned char *buf = NULL;
+    unsigned long n = 0;
+    c.err = jpeg_std_error(&em);
+    jpeg_create_compress(&c);
+    jpeg_mem_dest(&c, &buf, &n);
+    c.image_width = 16;
+    c.image_height = 16;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_simple_progression(&c);
+    jpeg_start_compress(&c, TRUE);
+    uint8_t row[16 * 3];
+    for (int x = 0; x < 16 * 3; x++)
+        row[x] = (uint8_t)(x * 5);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW r = row;
+        jpeg_write_scanlines(&c, &r, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+
+    image_u8 img;
+    glimpse_err err = { 0 };
+    ck_assert_int_eq(decode_guarded(buf, n, NULL, &img, &err), 0);
+    image_u8_free(&img);
+
+    /* last SOS .. EOI, repeated */
+    size_t last_sos = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (buf[i] == 0xff && buf[i + 1] == 0xda)
+            last_sos = i;
+    ck_assert_uint_gt(last_sos, 0);
+    const size_t scan_len = n - 2 - last_sos, n_rep = 600;
+    size_t big_len = last_sos + scan_len * n_rep + 2;
+    uint8_t *big = malloc(big_len);
+    memcpy(big, buf, last_sos);
+    for (size_t r = 0; r < n_rep; r++)
+        memcpy(big + last_sos + r * scan_len, buf + last_sos, scan_len);
+    memcpy(big + big_len - 2, buf + n - 2, 2);
+    ck_assert_int_eq(decode_guarded(big, big_len, NULL, &img, &err), GLIMPSE_ELIMIT);
+    ck_assert_msg(strstr(err.msg, "scans") != NULL, "%s", err.msg);
+    free(big);
+    free(buf);
+}
+END_TEST
+
 /* ---- threads ------------------------------------------------------------- */
 
 static const char *thread_files[] = {
@@ -709,6 +763,7 @@ static Suite *image_suite(void)
     tcase_add_test(tc, test_bad_crc);
     tcase_add_test(tc, test_bitflips);
     tcase_add_test(tc, test_cmyk_ycck);
+    tcase_add_test(tc, test_many_scans);
     tcase_add_test(tc, test_threads);
     suite_add_tcase(s, tc);
     tc = tcase_create("preprocess");
