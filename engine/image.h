@@ -122,7 +122,7 @@ int image_idefics3_grid(int w, int h, int image_size, int longest_edge, int *rw,
 
 /* Preprocesses img as p says. On success out->data is owned by the caller,
  * free with image_tiles_free; on failure *out is zeroed. Errors:
- * GLIMPSE_EINVAL (bad parameters: non-positive size, zero std),
+ * GLIMPSE_EINVAL (bad parameters: tile size outside 1..2048, zero std),
  * GLIMPSE_ELIMIT (the grid would exceed 64 slices or sizes overflow),
  * GLIMPSE_ENOMEM. Any thread. */
 int image_preprocess(const image_u8 *img, const image_pp_params *p, image_tiles *out,
