@@ -63,7 +63,8 @@ struct sampler_scratch {
     int32_t n_vocab;
     float *logit;    /* [n_vocab] penalised logits, by token id */
     int32_t *cand;   /* [n_vocab] candidate token ids, permuted by the filters */
-    double *weight;  /* [n_vocab] unnormalised probabilities of the candidates */
+    double *weight;  /* [n_vocab] unnormalised probabilities: by token id in top-p,
+                      * by candidate position in the draw */
     uint32_t *count; /* [n_vocab] occurrences in a penalty window; all zero between calls */
 };
 
@@ -103,19 +104,18 @@ int sampler_scratch_create(int32_t n_vocab, sampler_scratch **out, glimpse_err *
     if (!size_mul((size_t)n_vocab, per_token, &body))
         return err_set(err, GLIMPSE_ELIMIT, "sampler: n_vocab %d too large", (int)n_vocab);
     sampler_scratch *sc = calloc(1, sizeof *sc);
-    double *block = calloc((size_t)n_vocab, per_token);
-    if (!sc || !block) {
-        free(sc);
-        free(block);
-        return err_set(err, GLIMPSE_ENOMEM, "sampler: no memory for scratch of %d tokens", (int)n_vocab);
-    }
+    if (!sc || !(sc->weight = calloc(1, body)))
+        goto fail;
     sc->n_vocab = n_vocab;
-    sc->weight = block;
-    sc->logit = (float *)(block + n_vocab);
+    sc->logit = (float *)(sc->weight + n_vocab);
     sc->cand = (int32_t *)(sc->logit + n_vocab);
     sc->count = (uint32_t *)(sc->cand + n_vocab);
     *out = sc;
     return 0;
+
+fail:
+    sampler_scratch_free(sc);
+    return err_set(err, GLIMPSE_ENOMEM, "sampler: no memory for scratch of %d tokens", (int)n_vocab);
 }
 
 void sampler_scratch_free(sampler_scratch *sc)

@@ -601,6 +601,9 @@ START_TEST(test_llama_chain_goldens)
     size_t len = 0;
     char *text = read_file(source_path("tests/data/sampler/llama-chain.txt"), &len);
     ck_assert_msg(text != NULL, "cannot read tests/data/sampler/llama-chain.txt");
+    text = realloc(text, len + 1); /* read_file does not terminate; sscanf needs it */
+    ck_assert_ptr_nonnull(text);
+    text[len] = '\0';
     char *at = text;
     int n_cases = 0;
     sampler_scratch *sc = NULL;
