@@ -141,6 +141,35 @@ typedef struct glimpse_model_info {
 /* Fills *out. Any thread, while the model is alive. */
 void glimpse_model_info_get(const glimpse_model *m, glimpse_model_info *out);
 
+/* ---- images (engine/image.c, engine/vision.c) ------------------------------ */
+
+/* An image decoded and preprocessed for one model's vision encoder: the tiles
+ * the encoder will run on and the prompt positions it will take. */
+typedef struct glimpse_image glimpse_image;
+
+typedef struct glimpse_image_limits {
+    int max_width;   /* pixels per side; 0 = 16384 */
+    int max_height;
+    int64_t max_pixels; /* width * height; 0 = 40 megapixels */
+} glimpse_image_limits;
+
+/* Decodes a JPEG or PNG (detected from the bytes; EXIF orientation applied,
+ * alpha composited on white) and preprocesses it for m's vision encoder.
+ * The limits are checked from the header before any pixel is allocated.
+ * Errors: GLIMPSE_EFORMAT (corrupt or not an image), GLIMPSE_EUNSUPPORTED
+ * (e.g. 12-bit JPEG, or m has no vision encoder), GLIMPSE_ELIMIT, GLIMPSE_ENOMEM.
+ * On success *out is owned by the caller, free with glimpse_image_free.
+ * Any thread, concurrently: HTTP threads decode while the engine runs. */
+int glimpse_image_decode(const glimpse_model *m, const void *data, size_t len, const glimpse_image_limits *lim,
+                         glimpse_image **out, glimpse_err *err);
+void glimpse_image_free(glimpse_image *img);
+
+/* The decoded size, and the prompt positions (embeddings + wrapper tokens)
+ * the image will occupy. Any thread. */
+int glimpse_image_width(const glimpse_image *img);
+int glimpse_image_height(const glimpse_image *img);
+int glimpse_image_n_tokens(const glimpse_image *img);
+
 /* ---- generation (engine/generate.c) -------------------------------------- */
 
 #define GLIMPSE_MAX_STOP 4        /* stop strings per request, like OpenAI */
@@ -198,6 +227,9 @@ typedef struct glimpse_request {
     const glimpse_message *messages; /* rendered with the model's chat template */
     size_t n_messages;
     const char *prompt;              /* raw prompt: when not NULL, used as is instead of messages */
+    const glimpse_image *const *images; /* [n_images], borrowed for the call; GLIMPSE_PART_IMAGE
+                                      * parts index them (a raw prompt puts them first, in order) */
+    size_t n_images;
     glimpse_sampling sampling;
     int max_tokens;                  /* >= 1; 0 = until the context is full */
     const char *stop[GLIMPSE_MAX_STOP]; /* NULL-padded */
@@ -212,7 +244,9 @@ typedef struct glimpse_result {
     int finish_reason;        /* enum glimpse_finish */
     int prompt_tokens;
     int completion_tokens;
+    int image_tokens;         /* prompt positions taken by images (included in prompt_tokens) */
     double load_ms;           /* the model's load time, for reports */
+    double image_encode_ms;   /* vision encoder and projector, all images */
     double prefill_ms;        /* prompt evaluation */
     double decode_ms;         /* generation after the first token's logits */
 } glimpse_result;
