@@ -255,23 +255,56 @@ def byte_encode(cpts):
 # ---------------------------------------------------------------------------
 # encoder
 
+# Token texts llama.cpp's vocabulary loader makes CONTROL (src/llama-vocab.cpp:
+# load): every end-of-generation text, and for each role (EOT, EOM, FIM pre /
+# suffix / middle / pad / repo / sep) the first token having one of its texts
+# (here: the lowest id; the file's *_token_id keys are not consulted).
+EOG_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[")
+ROLE_TEXTS = (
+    ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+     "_<EOT>", "[EOT]", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>"),
+    ("<|eom_id|>",),
+    ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>", "\u2581<PRE>",
+     "<|code_prefix|>", "<|prefix|>"),
+    ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>", "\u2581<SUF>",
+     "<|code_suffix|>", "<|suffix|>"),
+    ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>", "\u2581<MID>",
+     "<|code_middle|>", "<|middle|>"),
+    ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    ("<|file_sep|>",),
+)
+
+
 class _Tables:
     """Lookup tables built once per tokenizer dict (cached on it)."""
 
     def __init__(self, tok):
+        # an empty token is renamed like llama.cpp does
+        self.texts = [t if t else "[EMPTY_%d]" % i for i, t in enumerate(tok["tokens"])]
         self.token_to_id = {}
-        for i, t in enumerate(tok["tokens"]):
+        for i, t in enumerate(self.texts):
             self.token_to_id[t] = i  # a later duplicate wins, as in llama.cpp's map
         self.ranks = {}
         for i, m in enumerate(tok["merges"]):
             sp = m.find(" ", 1)
             pair = (m[:sp], m[sp + 1:]) if sp >= 0 else ("", "")
             self.ranks.setdefault(pair, i)
+        self.control = {self.token_to_id[t] for t in EOG_TEXTS if t in self.token_to_id}
+        for texts in ROLE_TEXTS:
+            ids = [self.token_to_id[t] for t in texts if t in self.token_to_id]
+            if ids:
+                self.control.add(min(ids))
         types = tok["token_type"]
-        special = [i for i, t in enumerate(types)
-                   if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)]
+        # CONTROL-like: rendered and matched only when special parsing is on
+        self.ctl = [t in (TOKEN_CONTROL, TOKEN_UNKNOWN) or i in self.control for i, t in enumerate(types)]
+        special = [i for i, t in enumerate(types) if self.ctl[i] or t == TOKEN_USER_DEFINED]
         # longest text first; equal lengths by id (llama.cpp leaves them unordered)
-        self.specials = sorted(special, key=lambda i: (-len(tok["tokens"][i].encode()), i))
+        self.specials = sorted(special, key=lambda i: (-len(self.texts[i].encode()), i))
 
 
 def _tables(tok):
@@ -287,9 +320,9 @@ def partition(tok, data, parse_special=True):
     tb = _tables(tok)
     frags = [data] if data else []
     for sid in tb.specials:
-        if not parse_special and tok["token_type"][sid] in (TOKEN_CONTROL, TOKEN_UNKNOWN):
+        if not parse_special and tb.ctl[sid]:
             continue
-        text = tok["tokens"][sid].encode()
+        text = tb.texts[sid].encode()
         out = []
         for f in frags:
             if isinstance(f, int):
@@ -375,17 +408,22 @@ def encode(tok, text, parse_special=True, add_special=False):
 
 
 def piece(tok, i, special=True):
-    """Bytes of one token (llama.cpp's token_to_piece), by the types in tok
-    (llama.cpp also makes known end-of-turn texts CONTROL; our trainer
-    already types them so)."""
+    """Bytes of one token (llama.cpp's token_to_piece)."""
+    tb = _tables(tok)
     t = tok["token_type"][i]
-    text = tok["tokens"][i]
-    if t in (TOKEN_CONTROL, TOKEN_UNKNOWN):
+    text = tb.texts[i]
+    if tb.ctl[i]:
         return text.encode() if special else b""
     if t == TOKEN_USER_DEFINED:
         return text.encode()
     if t == TOKEN_NORMAL:
-        return bytes(CHAR_TO_BYTE[c] for c in text)
+        out = bytearray()
+        for c in text:
+            if c in CHAR_TO_BYTE:
+                out.append(CHAR_TO_BYTE[c])
+            else:  # not a byte character: llama.cpp writes this marker
+                out += b"[UNK_BYTE_0x" + c.encode().hex().encode() + text.encode() + b"]"
+        return bytes(out)
     if t == TOKEN_BYTE:  # "<0x0A>": the hex digits at [3:5], as strtol reads them
         digits = ""
         for c in text[3:5]:

@@ -2,8 +2,9 @@
 """test_bpe.py — checks tools/bpe.py, the Python encoder beside engine/tokenizer.c.
 
 1. Every case of tests/data/tokenizer-golden.txt (ids from llama.cpp's
-   llama-tokenize) encodes to exactly those ids with the vocabulary of
-   tests/data/tokenizer.json, and decodes back to the text as llama.cpp read it.
+   llama-tokenize) encodes to exactly those ids with the vocabularies of
+   tests/data/tokenizer.json and tokenizer-odd.json, and decodes back to the
+   text as llama.cpp read it; the odd vocabulary's pieces are llama.cpp's.
 2. The trainer on a small corpus: specials first, the 256 byte characters,
    one token per merge, and its own encoder reproduces the training words.
 3. engine/unicode_data.c is what tools/gen_unicode.py generates now.
@@ -52,17 +53,32 @@ def read_golden():
 
 class GoldenTest(unittest.TestCase):
     def test_golden(self):
-        tok = bpe.load(os.path.join(TOP, "tests", "data", "tokenizer.json"))
-        tok_gpt2 = dict(tok, pre="gpt-2")
+        data = os.path.join(TOP, "tests", "data")
+        tok = bpe.load(os.path.join(data, "tokenizer.json"))
+        odd = bpe.load(os.path.join(data, "tokenizer-odd.json"))
+        modes = {  # tokenizer, parse_special, add_special (header of the golden file)
+            "S": (tok, True, False), "N": (tok, False, False), "G": (dict(tok, pre="gpt-2"), True, False),
+            "O": (odd, True, True), "P": (odd, False, True)}
         rows = read_golden()
         self.assertGreater(len(rows), 900)
         for mode, text, want in rows:
-            t = tok_gpt2 if mode == "G" else tok
-            got = bpe.encode(t, text, parse_special=(mode != "N"))
+            t, special, add = modes[mode]
+            got = bpe.encode(t, text, parse_special=special, add_special=add)
             self.assertEqual(got, want, "%s %r" % (mode, text[:60]))
-            # pieces give back the text as llama.cpp decodes it (lenient UTF-8)
-            back = b"".join(bpe.piece(t, i) for i in got)
-            self.assertEqual(back, bpe.utf8_encode(bpe.utf8_decode(text)), "%s %r" % (mode, text[:60]))
+            if t is not odd:
+                # pieces give back the text as llama.cpp read it (lenient UTF-8)
+                back = b"".join(bpe.piece(t, i) for i in got)
+                self.assertEqual(back, bpe.utf8_encode(bpe.utf8_decode(text)), "%s %r" % (mode, text[:60]))
+
+    def test_odd_pieces(self):
+        odd = bpe.load(os.path.join(TOP, "tests", "data", "tokenizer-odd.json"))
+        # llama.cpp's token_to_piece for the odd tokens (special=True, False)
+        want = {0: (b"<|endoftext|>", b""), 2: (b"<|fim_pad|>", b""), 3: (b"h\xe9llo",) * 2,
+                4: (b"\x00 ",) * 2, 5: (b"[UNK_BYTE_0xcea9\xce\xa9]",) * 2, 6: (b"A",) * 2,
+                7: (b"", b""), 8: (b"", b""), 9: (b"[EMPTY_9]",) * 2, 10: (b"<eos>", b""), 12: (b"<u>",) * 2,
+                13: (b"<u><v>", b"")}
+        for i, (sp, nsp) in want.items():
+            self.assertEqual((bpe.piece(odd, i, True), bpe.piece(odd, i, False)), (sp, nsp), i)
 
 
 class TrainTest(unittest.TestCase):

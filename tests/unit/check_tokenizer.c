@@ -5,12 +5,14 @@
  * accents, CJK, emoji, digits, whitespace runs, special tokens, invalid
  * UTF-8, long words) with the ids llama.cpp's llama-tokenize gives them for
  * the test vocabulary, with the smollm pre-tokenizer (parse_special on and
- * off) and with gpt-2. Every string must encode to exactly those ids (input
- * behind a guard page), decode back to its bytes, and stream through the
- * detokenizer as well-formed UTF-8. The vocabulary GGUF is the fixture
- * tools/make_model.py writes from tests/data/tokenizer.json; variants (other
- * pre-tokenizer, broken keys, tiny hand-made vocabularies) are built in
- * memory by a small GGUF writer below.
+ * off) and with gpt-2, and ~40 strings for a hand-made odd vocabulary
+ * (types llama.cpp overrides, dropped bytes, BYTE/UNUSED/empty tokens, BOS).
+ * Every string must encode to exactly those ids (input behind a guard page),
+ * decode back to its bytes, and stream through the detokenizer as
+ * well-formed UTF-8. The vocabulary GGUFs are fixtures tools/make_model.py
+ * writes from tests/data/tokenizer.json and tokenizer-odd.json; variants
+ * (other pre-tokenizer, broken keys, tiny vocabularies) are built in memory
+ * by a small GGUF writer below.
  */
 #include "tokenizer.h"
 #include "unicode.h"
@@ -395,26 +397,40 @@ static bool reference_valid_utf8(const unsigned char *s, size_t len)
     return true;
 }
 
+/* How each golden mode is run (see the file's header). */
+static const struct {
+    char mode;
+    bool odd, gpt2, parse_special, add_special;
+} golden_modes[] = {
+    { 'S', false, false, true, false }, { 'N', false, false, false, false }, { 'G', false, true, true, false },
+    { 'O', true, false, true, true },   { 'P', true, false, false, true },
+};
+
 START_TEST(test_golden)
 {
-    size_t n_rows;
+    size_t n_rows, counts[5] = { 0 };
     struct golden *g = read_golden(&n_rows);
-    size_t counts[3] = { 0 };
-    ck_assert_uint_ge(n_rows, 900);
+    tokenizer *odd;
+    gguf_file *odd_file;
+    glimpse_err err = { 0 };
+    ck_assert_msg(gguf_open(fixture_path("vocab-odd.gguf"), &odd_file, &err) == 0, "%s", err.msg);
+    ck_assert_msg(tokenizer_load(odd_file, &odd, &err) == 0, "%s", err.msg);
     for (size_t r = 0; r < n_rows; r++) {
         const struct golden *row = &g[r];
-        const tokenizer *t = row->mode == 'G' ? tok_gpt2 : tok;
-        bool special = row->mode != 'N';
-        counts[row->mode == 'S' ? 0 : row->mode == 'N' ? 1 : 2]++;
-        ck_assert(row->mode == 'S' || row->mode == 'N' || row->mode == 'G');
+        size_t m = 0;
+        while (m < 5 && golden_modes[m].mode != row->mode)
+            m++;
+        ck_assert_msg(m < 5, "row %zu: mode %c", r, row->mode);
+        counts[m]++;
+        const tokenizer *t = golden_modes[m].odd ? odd : golden_modes[m].gpt2 ? tok_gpt2 : tok;
 
         /* encode, with the input ending right at a guard page */
         char *in = guarded_copy(row->text, row->text_len);
         ck_assert_ptr_nonnull(in);
         size_t cap = 3 * row->text_len + 8, n; /* an invalid byte gives 3 tokens */
         int32_t *ids = malloc(cap * sizeof *ids);
-        glimpse_err err = { 0 };
-        int rc = tokenizer_encode(t, in, row->text_len, false, special, ids, cap, &n, &err);
+        int rc = tokenizer_encode(t, in, row->text_len, golden_modes[m].add_special, golden_modes[m].parse_special,
+                                  ids, cap, &n, &err);
         ck_assert_msg(rc == 0, "row %zu: %s", r, err.msg);
         ck_assert_msg(n == row->n_ids, "row %zu (%c '%.40s'): %zu ids, llama.cpp %zu", r, row->mode, row->text, n,
                       row->n_ids);
@@ -422,14 +438,19 @@ START_TEST(test_golden)
             ck_assert_msg(ids[i] == row->ids[i], "row %zu (%c '%.40s') id %zu: %d, llama.cpp %d", r, row->mode,
                           row->text, i, ids[i], row->ids[i]);
 
-        /* decode: the pieces give back the text as llama.cpp read it */
+        /* decode: the pieces give back the text as llama.cpp read it (the odd
+         * vocabulary drops bytes and adds BOS by design) */
         size_t plen;
         char *text = pieces(t, ids, n, &plen);
-        unsigned char *want = malloc(3 * row->text_len + 1);
-        size_t want_len = reference_reencode((const unsigned char *)row->text, row->text_len, want);
-        ck_assert_msg(plen == want_len && memcmp(text, want, plen) == 0, "row %zu: decoded text differs", r);
-        if (reference_valid_utf8((const unsigned char *)row->text, row->text_len))
-            ck_assert_msg(plen == row->text_len && memcmp(text, row->text, plen) == 0, "row %zu: not round-trip", r);
+        if (!golden_modes[m].odd) {
+            unsigned char *want = malloc(3 * row->text_len + 1);
+            size_t want_len = reference_reencode((const unsigned char *)row->text, row->text_len, want);
+            ck_assert_msg(plen == want_len && memcmp(text, want, plen) == 0, "row %zu: decoded text differs", r);
+            if (reference_valid_utf8((const unsigned char *)row->text, row->text_len))
+                ck_assert_msg(plen == row->text_len && memcmp(text, row->text, plen) == 0, "row %zu: no round trip",
+                              r);
+            free(want);
+        }
 
         /* the streaming detokenizer: well-formed pieces of the same text */
         detok d;
@@ -449,13 +470,15 @@ START_TEST(test_golden)
         free(out);
         free(all);
         free(text);
-        free(want);
         free(ids);
         guarded_free(in, row->text_len);
     }
-    ck_assert_uint_ge(counts[0], 300);
-    ck_assert_uint_ge(counts[1], 300);
-    ck_assert_uint_ge(counts[2], 300);
+    for (size_t m = 0; m < 3; m++)
+        ck_assert_uint_ge(counts[m], 300);
+    ck_assert_uint_ge(counts[3], 30);
+    ck_assert_uint_ge(counts[4], 30);
+    tokenizer_free(odd);
+    gguf_close(odd_file);
     free_golden(g, n_rows);
 }
 END_TEST
@@ -478,6 +501,11 @@ START_TEST(test_specials_and_eog)
         ck_assert_msg(tokenizer_is_eog(tok, id_of(tok, eog[i])), "%s", eog[i]);
     for (size_t i = 0; i < sizeof not_eog / sizeof *not_eog; i++)
         ck_assert_msg(!tokenizer_is_eog(tok, id_of(tok, not_eog[i])), "%s", not_eog[i]);
+    /* exactly the set llama.cpp prints ("printing all EOG tokens") */
+    int n_eog = 0;
+    for (int32_t id = 0; id < tokenizer_n_vocab(tok); id++)
+        n_eog += tokenizer_is_eog(tok, id);
+    ck_assert_int_eq(n_eog, 4);
     ck_assert(!tokenizer_is_eog(tok, -1));
     ck_assert(!tokenizer_is_eog(tok, 4000));
     ck_assert_int_eq(tokenizer_type(tok, id_of(tok, "<image>")), TOKEN_TYPE_CONTROL);
@@ -546,6 +574,47 @@ START_TEST(test_categories)
         ck_assert_msg(unicode_category(cases[i].cpt) == cases[i].cat, "U+%04X", cases[i].cpt);
     ck_assert(unicode_is_whitespace(0x85) && unicode_is_whitespace(0xA0) && unicode_is_whitespace(0x200A));
     ck_assert(!unicode_is_whitespace(0x200B) && !unicode_is_whitespace('x') && !unicode_is_whitespace(0x1C));
+}
+END_TEST
+
+/* The odd vocabulary against llama.cpp's token_to_piece and EOG set for it
+ * (dumped through libllama: llama_token_to_piece with special true / false,
+ * llama_vocab_is_eog, llama_vocab_bos / _eos / _get_add_bos). */
+START_TEST(test_odd_vocab)
+{
+    static const struct { int32_t id; const char *sp, *nsp; size_t sp_len, nsp_len; } want[] = {
+        { 0, "<|endoftext|>", "", 13, 0 },      /* NORMAL in the file, CONTROL by its text */
+        { 2, "<|fim_pad|>", "", 11, 0 },
+        { 3, "h\xe9llo", "h\xe9llo", 5, 5 },   /* the byte 0xE9 alone */
+        { 4, "\0 ", "\0 ", 2, 2 },
+        { 5, "[UNK_BYTE_0xcea9\xce\xa9]", "[UNK_BYTE_0xcea9\xce\xa9]", 19, 19 },
+        { 6, "A", "A", 1, 1 },                 /* BYTE <0x41> */
+        { 7, "", "", 0, 0 },                   /* UNUSED */
+        { 8, "", "", 0, 0 },                   /* type 9: UNDEFINED */
+        { 9, "[EMPTY_9]", "[EMPTY_9]", 9, 9 },
+        { 10, "<eos>", "", 5, 0 },             /* USER_DEFINED made CONTROL */
+        { 11, " world", " world", 6, 6 },
+        { 13, "<u><v>", "", 6, 0 },            /* UNKNOWN */
+    };
+    gguf_file *f;
+    tokenizer *t;
+    glimpse_err err = { 0 };
+    ck_assert_msg(gguf_open(fixture_path("vocab-odd.gguf"), &f, &err) == 0, "%s", err.msg);
+    ck_assert_msg(tokenizer_load(f, &t, &err) == 0, "%s", err.msg);
+    gguf_close(f); /* the tokenizer keeps copies */
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        size_t len;
+        const char *p = tokenizer_piece(t, want[i].id, true, &len);
+        ck_assert_msg(len == want[i].sp_len && memcmp(p, want[i].sp, len) == 0, "id %d special", want[i].id);
+        p = tokenizer_piece(t, want[i].id, false, &len);
+        ck_assert_msg(len == want[i].nsp_len && memcmp(p, want[i].nsp, len) == 0, "id %d plain", want[i].id);
+    }
+    for (int32_t id = 0; id < tokenizer_n_vocab(t); id++)
+        ck_assert_msg(tokenizer_is_eog(t, id) == (id == 0 || id == 2 || id == 10 || id == 11), "id %d", id);
+    ck_assert_int_eq(tokenizer_bos(t), 1);
+    ck_assert_int_eq(tokenizer_eos(t), 11); /* gpt2's default, no key */
+    ck_assert(tokenizer_add_bos(t) && !tokenizer_add_eos(t));
+    tokenizer_free(t);
 }
 END_TEST
 
@@ -879,6 +948,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, test_golden);
     tcase_add_test(tc, test_specials_and_eog);
     tcase_add_test(tc, test_find_and_piece);
+    tcase_add_test(tc, test_odd_vocab);
     tcase_add_test(tc, test_byte_map);
     tcase_add_test(tc, test_categories);
     tcase_add_test(tc, test_partition);
