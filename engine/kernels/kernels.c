@@ -125,6 +125,7 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
+    kn_vec_dot_multi_fn vec_dot_multi;  /* may be NULL */
     kn_from_float_fn from_float;
     const uint8_t *w;       /* [n_out] rows of w_row bytes */
     size_t w_row;
@@ -153,7 +154,19 @@ static void dot_rows(void *p, int ith, int nth)
     threadpool_split(j->n_out, ith, nth, &lo, &hi);
     for (int64_t o0 = lo; o0 < hi; o0 += ROW_TILE) {
         int64_t o1 = o0 + ROW_TILE < hi ? o0 + ROW_TILE : hi;
-        for (int64_t t = 0; t < j->n_tok; t++) {
+        int64_t t = 0;
+        if (j->vec_dot_multi) {
+            for (; t + KN_DOT_TOKENS <= j->n_tok; t += KN_DOT_TOKENS) {
+                const uint8_t *a = j->act + (size_t)t * j->act_row;
+                for (int64_t o = o0; o < o1; o++) {
+                    float r[KN_DOT_TOKENS];
+                    j->vec_dot_multi(j->k, j->w + (size_t)o * j->w_row, a, j->act_row, r);
+                    for (int i = 0; i < KN_DOT_TOKENS; i++)
+                        j->y[(t + i) * j->n_out + o] = r[i];
+                }
+            }
+        }
+        for (; t < j->n_tok; t++) {
             const uint8_t *a = j->act + (size_t)t * j->act_row;
             float *yt = j->y + t * j->n_out;
             for (int64_t o = o0; o < o1; o++)
@@ -276,6 +289,7 @@ void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const 
 
     matmul_job j = {
         .vec_dot = impl->vec_dot[w->type],
+        .vec_dot_multi = impl->vec_dot_multi[w->type],
         .from_float = act == KN_ACT_F32 ? NULL : impl->from_float[act],
         .w = w->data,
         .w_row = dtype_row_size(w->type, k),

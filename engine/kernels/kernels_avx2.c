@@ -226,87 +226,90 @@ TARGET static inline __m256 load_bf16(const uint16_t *p)
 DEFINE_VEC_DOT_HALF(vec_dot_f16, load_f16, h2f)
 DEFINE_VEC_DOT_HALF(vec_dot_bf16, load_bf16, bf16_to_f32)
 
+/* ---- multi-token dots ------------------------------------------------------------ */
+
+/* Every quantised dot below runs one weight row against nt <= KN_DOT_TOKENS
+ * activation rows (a, a + a_stride, ...): the weight block is decoded once and
+ * reused for each token. The single-token entry points are the same code with
+ * nt = 1, so the results per token are bit-identical whichever is called. */
+
 /* ---- 32-element quant blocks ------------------------------------------------------ */
 
-/* acc += dx·dy · (int lanes of one block) */
-TARGET static inline __m256 acc_block(__m256 acc, uint16_t dx, uint16_t dy, __m256i isum)
-{
-    const __m256 d = _mm256_set1_ps(h2f(dx) * h2f(dy));
-    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc);
-}
+enum w32_kind { W_Q8_0, W_Q4_0, W_Q5_0, W_Q4_1, W_Q5_1 };
 
-TARGET static float vec_dot_q8_0(int64_t n, const void *w, const void *a)
+/* Block b of a 32-element weight row as 32 int8 (signed for Q8_0/Q4_0/Q5_0,
+ * unsigned < 32 for Q4_1/Q5_1), with its half scale d and min m. */
+TARGET static inline __m256i load_w32(enum w32_kind kind, const void *w, int64_t b, uint16_t *d, uint16_t *m)
 {
-    const block_q8_0 *x = w, *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i qx = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
-        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    switch (kind) {
+    case W_Q8_0: {
+        const block_q8_0 *x = (const block_q8_0 *)w + b;
+        *d = x->d;
+        return _mm256_loadu_si256((const __m256i *)x->qs);
     }
-    return hsum_ps(acc);
-}
-
-TARGET static float vec_dot_q4_0(int64_t n, const void *w, const void *a)
-{
-    const block_q4_0 *x = w;
-    const block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i qx = _mm256_sub_epi8(unpack_nibbles(x[b].qs), _mm256_set1_epi8(8));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
-        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    case W_Q4_0: {
+        const block_q4_0 *x = (const block_q4_0 *)w + b;
+        *d = x->d;
+        return _mm256_sub_epi8(unpack_nibbles(x->qs), _mm256_set1_epi8(8));
     }
-    return hsum_ps(acc);
-}
-
-TARGET static float vec_dot_q5_0(int64_t n, const void *w, const void *a)
-{
-    const block_q5_0 *x = w;
-    const block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i qx = _mm256_or_si256(unpack_nibbles(x[b].qs), qh_bits_to_0x10(x[b].qh));
-        qx = _mm256_sub_epi8(qx, _mm256_set1_epi8(16));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[b].qs);
-        acc = acc_block(acc, x[b].d, y[b].d, dot_i8(qx, qy));
+    case W_Q5_0: {
+        const block_q5_0 *x = (const block_q5_0 *)w + b;
+        *d = x->d;
+        __m256i q = _mm256_or_si256(unpack_nibbles(x->qs), qh_bits_to_0x10(x->qh));
+        return _mm256_sub_epi8(q, _mm256_set1_epi8(16));
     }
-    return hsum_ps(acc);
-}
-
-/* Q4_1/Q5_1: unsigned quants (< 32) go straight into maddubs; the minimum
- * contributes m·s per block, s = d_y·Σq_y precomputed by the Q8_1 quantiser. */
-TARGET static inline __m256i dot_u5_i8(__m256i qx, const int8_t *qs)
-{
-    __m256i p = _mm256_maddubs_epi16(qx, _mm256_loadu_si256((const __m256i *)qs));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-TARGET static float vec_dot_q4_1(int64_t n, const void *w, const void *a)
-{
-    const block_q4_1 *x = w;
-    const block_q8_1 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(unpack_nibbles(x[b].qs), y[b].qs));
-        mins += h2f(x[b].m) * h2f(y[b].s);
+    case W_Q4_1: {
+        const block_q4_1 *x = (const block_q4_1 *)w + b;
+        *d = x->d;
+        *m = x->m;
+        return unpack_nibbles(x->qs);
     }
-    return hsum_ps(acc) + mins;
+    case W_Q5_1:
+    default: {
+        const block_q5_1 *x = (const block_q5_1 *)w + b;
+        *d = x->d;
+        *m = x->m;
+        return _mm256_or_si256(unpack_nibbles(x->qs), qh_bits_to_0x10(x->qh));
+    }
+    }
 }
 
-TARGET static float vec_dot_q5_1(int64_t n, const void *w, const void *a)
+/* Q8_0 activations for the signed kinds; Q8_1 for Q4_1/Q5_1, whose unsigned
+ * quants go straight into maddubs and whose minimum adds m·s per block
+ * (s = d_y·Σq_y, precomputed by the Q8_1 quantiser). */
+TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, const uint8_t *a, size_t a_stride,
+                                  int nt, float *out)
 {
-    const block_q5_1 *x = w;
-    const block_q8_1 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        __m256i qx = _mm256_or_si256(unpack_nibbles(x[b].qs), qh_bits_to_0x10(x[b].qh));
-        acc = acc_block(acc, x[b].d, y[b].d, dot_u5_i8(qx, y[b].qs));
-        mins += h2f(x[b].m) * h2f(y[b].s);
+    const bool with_min = kind == W_Q4_1 || kind == W_Q5_1;
+    const size_t ablk = with_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    __m256 acc[KN_DOT_TOKENS];
+    float mins[KN_DOT_TOKENS];
+    for (int t = 0; t < nt; t++) {
+        acc[t] = _mm256_setzero_ps();
+        mins[t] = 0.0f;
     }
-    return hsum_ps(acc) + mins;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint16_t dx, mx = 0;
+        __m256i qx = load_w32(kind, w, b, &dx, &mx);
+        const float fdx = h2f(dx);
+        for (int t = 0; t < nt; t++) {
+            /* block_q8_0 and block_q8_1 both start with the half d; qs is last */
+            const uint8_t *yb = a + (size_t)t * a_stride + (size_t)b * ablk;
+            uint16_t dy;
+            memcpy(&dy, yb, 2);
+            __m256i qy = _mm256_loadu_si256((const __m256i *)(yb + ablk - 32));
+            __m256i isum = with_min ? _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), _mm256_set1_epi16(1))
+                                    : dot_i8(qx, qy);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(fdx * h2f(dy)), _mm256_cvtepi32_ps(isum), acc[t]);
+            if (with_min) {
+                uint16_t sy;
+                memcpy(&sy, yb + offsetof(block_q8_1, s), 2);
+                mins[t] += h2f(mx) * h2f(sy);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        out[t] = with_min ? hsum_ps(acc[t]) + mins[t] : hsum_ps(acc[t]);
 }
 
 /* ---- K-quants ---------------------------------------------------------------------- */
@@ -334,13 +337,17 @@ static inline int k4_min_sum(const block_q8_K *y, const int m[8])
 /* Q4_K and Q5_K: 4 groups of 64; in group g, 32 bytes of qs give sub-block 2g
  * (low nibbles) and 2g+1 (high nibbles). qh (Q5_K) adds 16 where bit 2g /
  * 2g+1 of qh[l] is set. Unsigned quants <= 31 times int8 fit maddubs. */
-TARGET static inline float dot_q45_K(int64_t n, const uint8_t *base, size_t block_len, size_t qs_off,
-                                     bool has_qh, const block_q8_K *y)
+TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block_len, size_t qs_off, bool has_qh,
+                                    const uint8_t *a, size_t a_stride, int nt, float *out)
 {
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
+    __m256 acc[KN_DOT_TOKENS];
+    float mins[KN_DOT_TOKENS];
+    for (int t = 0; t < nt; t++) {
+        acc[t] = _mm256_setzero_ps();
+        mins[t] = 0.0f;
+    }
     const __m256i low4 = _mm256_set1_epi8(15);
-    for (int64_t b = 0; b < n / QK_K; b++, y++) {
+    for (int64_t b = 0; b < n / QK_K; b++) {
         const uint8_t *blk = base + (size_t)b * block_len;
         uint16_t dh, dminh;
         memcpy(&dh, blk, 2);
@@ -350,7 +357,9 @@ TARGET static inline float dot_q45_K(int64_t n, const uint8_t *base, size_t bloc
         const uint8_t *qs = blk + qs_off;
         __m256i qhv = has_qh ? _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)))
                              : _mm256_setzero_si256();
-        __m256i isum = _mm256_setzero_si256();
+        __m256i isum[KN_DOT_TOKENS];
+        for (int t = 0; t < nt; t++)
+            isum[t] = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
             __m256i lo = _mm256_and_si256(raw, low4);
@@ -362,38 +371,40 @@ TARGET static inline float dot_q45_K(int64_t n, const uint8_t *base, size_t bloc
                 lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qhv, b0), b0), v16));
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qhv, b1), b1), v16));
             }
-            __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g)));
-            __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g + 32)));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16((short)sc[2 * g])));
-            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16((short)sc[2 * g + 1])));
+            const __m256i slo = _mm256_set1_epi16((short)sc[2 * g]), shi = _mm256_set1_epi16((short)sc[2 * g + 1]);
+            for (int t = 0; t < nt; t++) {
+                const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g)));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g + 32)));
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(plo, slo));
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(phi, shi));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(dh) * y->d), _mm256_cvtepi32_ps(isum), acc);
-        mins -= h2f(dminh) * y->d * (float)k4_min_sum(y, mn);
+        const float d = h2f(dh), dmin = h2f(dminh);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            mins[t] -= dmin * y->d * (float)k4_min_sum(y, mn);
+        }
     }
-    return hsum_ps(acc) + mins;
-}
-
-TARGET static float vec_dot_q4_K(int64_t n, const void *w, const void *a)
-{
-    return dot_q45_K(n, w, sizeof(block_q4_K), offsetof(block_q4_K, qs), false, a);
-}
-
-TARGET static float vec_dot_q5_K(int64_t n, const void *w, const void *a)
-{
-    return dot_q45_K(n, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, a);
+    for (int t = 0; t < nt; t++)
+        out[t] = hsum_ps(acc[t]) + mins[t];
 }
 
 /* Q6_K: per half of 128, ql[0..63] and qh[0..31] give four vectors of 32
  * quants (elements l, l+32, l+64, l+96), each spanning two 16-element scale
  * groups: the lower 128 bits of the pair sums take one scale, the upper the next. */
-TARGET static float vec_dot_q6_K(int64_t n, const void *w, const void *a)
+TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, size_t a_stride, int nt, float *out)
 {
     const block_q6_K *x = w;
-    const block_q8_K *y = a;
     const __m256i low4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[KN_DOT_TOKENS];
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
-        __m256i isum = _mm256_setzero_si256();
+        __m256i isum[KN_DOT_TOKENS];
+        for (int t = 0; t < nt; t++)
+            isum[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h;
             __m256i qa = _mm256_loadu_si256((const __m256i *)ql);
@@ -408,17 +419,55 @@ TARGET static float vec_dot_q6_K(int64_t n, const void *w, const void *a)
             };
             for (int v = 0; v < 4; v++) {
                 const int e0 = 128 * h + 32 * v; /* first element of this vector */
-                __m256i qy = _mm256_loadu_si256((const __m256i *)(y[b].qs + e0));
-                __m256i p = mul_pairs_i8(_mm256_sub_epi8(q[v], off), qy);
-                __m256i s = _mm256_set_m128i(_mm_set1_epi16(x[b].scales[e0 / 16 + 1]),
-                                             _mm_set1_epi16(x[b].scales[e0 / 16]));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                const __m256i qv = _mm256_sub_epi8(q[v], off);
+                const __m256i s = _mm256_set_m128i(_mm_set1_epi16(x[b].scales[e0 / 16 + 1]),
+                                                   _mm_set1_epi16(x[b].scales[e0 / 16]));
+                for (int t = 0; t < nt; t++) {
+                    const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                    __m256i p = mul_pairs_i8(qv, _mm256_loadu_si256((const __m256i *)(y->qs + e0)));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
+                }
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * y[b].d), _mm256_cvtepi32_ps(isum), acc);
+        const float d = h2f(x[b].d);
+        for (int t = 0; t < nt; t++) {
+            const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+        }
     }
-    return hsum_ps(acc);
+    for (int t = 0; t < nt; t++)
+        out[t] = hsum_ps(acc[t]);
 }
+
+/* The table's entry points: one token (kn_vec_dot_fn) and KN_DOT_TOKENS
+ * tokens (kn_vec_dot_multi_fn) per weight type. */
+#define DEFINE_DOTS(name, call)                                                                   \
+    TARGET static float vec_dot_##name(int64_t n, const void *w, const void *a)                   \
+    {                                                                                             \
+        float r;                                                                                  \
+        const uint8_t *a8 = a;                                                                    \
+        const size_t a_stride = 0;                                                                \
+        const int nt = 1;                                                                         \
+        float *out = &r;                                                                          \
+        call;                                                                                     \
+        return r;                                                                                 \
+    }                                                                                             \
+    TARGET static void vec_dot_multi_##name(int64_t n, const void *w, const void *a,              \
+                                            size_t a_stride, float *out)                          \
+    {                                                                                             \
+        const uint8_t *a8 = a;                                                                    \
+        const int nt = KN_DOT_TOKENS;                                                             \
+        call;                                                                                     \
+    }
+
+DEFINE_DOTS(q8_0, dot_w32(W_Q8_0, n, w, a8, a_stride, nt, out))
+DEFINE_DOTS(q4_0, dot_w32(W_Q4_0, n, w, a8, a_stride, nt, out))
+DEFINE_DOTS(q5_0, dot_w32(W_Q5_0, n, w, a8, a_stride, nt, out))
+DEFINE_DOTS(q4_1, dot_w32(W_Q4_1, n, w, a8, a_stride, nt, out))
+DEFINE_DOTS(q5_1, dot_w32(W_Q5_1, n, w, a8, a_stride, nt, out))
+DEFINE_DOTS(q4_K, dot_q45_K(n, w, sizeof(block_q4_K), offsetof(block_q4_K, qs), false, a8, a_stride, nt, out))
+DEFINE_DOTS(q5_K, dot_q45_K(n, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, a8, a_stride, nt, out))
+DEFINE_DOTS(q6_K, dot_q6_K(n, w, a8, a_stride, nt, out))
 
 /* ---- the table -------------------------------------------------------------------- */
 
@@ -448,6 +497,14 @@ const kn_impl *kn_avx2_impl(void)
     t.vec_dot[DTYPE_Q4_K] = vec_dot_q4_K;
     t.vec_dot[DTYPE_Q5_K] = vec_dot_q5_K;
     t.vec_dot[DTYPE_Q6_K] = vec_dot_q6_K;
+    t.vec_dot_multi[DTYPE_Q4_0] = vec_dot_multi_q4_0;
+    t.vec_dot_multi[DTYPE_Q4_1] = vec_dot_multi_q4_1;
+    t.vec_dot_multi[DTYPE_Q5_0] = vec_dot_multi_q5_0;
+    t.vec_dot_multi[DTYPE_Q5_1] = vec_dot_multi_q5_1;
+    t.vec_dot_multi[DTYPE_Q8_0] = vec_dot_multi_q8_0;
+    t.vec_dot_multi[DTYPE_Q4_K] = vec_dot_multi_q4_K;
+    t.vec_dot_multi[DTYPE_Q5_K] = vec_dot_multi_q5_K;
+    t.vec_dot_multi[DTYPE_Q6_K] = vec_dot_multi_q6_K;
     t.to_f32 = to_f32;
     t.dot_f32 = dot_f32;
     avx2_impl = t;

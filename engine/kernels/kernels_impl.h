@@ -42,6 +42,11 @@ typedef float (*kn_vec_dot_fn)(int64_t n, const void *w, const void *a);
 /* Converts n f32 values (a multiple of the format's block) to an act format. */
 typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 
+/* The same dot for KN_DOT_TOKENS activation rows a + t·a_stride at once
+ * (out[t]); must give exactly what kn_vec_dot_fn gives for each row. */
+#define KN_DOT_TOKENS 4
+typedef void (*kn_vec_dot_multi_fn)(int64_t n, const void *w, const void *a, size_t a_stride, float *out);
+
 typedef struct kn_impl {
     const char *isa;
     /* Large batches of F32/F16/BF16 weights go to OpenBLAS sgemm (kernels.c);
@@ -49,6 +54,7 @@ typedef struct kn_impl {
     bool use_blas;
     kn_from_float_fn from_float[KN_ACT_COUNT];  /* [KN_ACT_F32] unused */
     kn_vec_dot_fn vec_dot[KN_MAX_DTYPE];        /* NULL: not a weight type */
+    kn_vec_dot_multi_fn vec_dot_multi[KN_MAX_DTYPE]; /* optional (NULL: one token at a time) */
     /* dequantize_row's contract; the sgemm path widens F16/BF16 with it. */
     void (*to_f32)(int type, const void *src, float *dst, int64_t n);
     /* The per-row kernels of kernels.h, same contracts. */

@@ -593,6 +593,39 @@ START_TEST(test_simd_vec_dot)
 }
 END_TEST
 
+/* The multi-token dots give, per token, exactly the single-token dot. */
+START_TEST(test_simd_vec_dot_multi)
+{
+    const kn_impl *simd = simd_impl();
+    if (!simd)
+        return;
+    const int type = weight_types[_i];
+    if (!simd->vec_dot_multi[type])
+        return;
+    const int act = kn_act_of(type);
+    const int64_t k = odd_k(type, 3);
+    tensor w;
+    void *wd = random_weights(type, k, 3, &w);
+    float *x = random_f32(KN_DOT_TOKENS * k, -2.0f, 2.0f);
+    const size_t row = kn_act_row_size(act, k);
+    uint8_t *qa = malloc(KN_DOT_TOKENS * row);
+    for (int t = 0; t < KN_DOT_TOKENS; t++)
+        simd->from_float[act](x + t * k, qa + t * row, k);
+    for (int64_t o = 0; o < 3; o++) {
+        float multi[KN_DOT_TOKENS];
+        simd->vec_dot_multi[type](k, tensor_row(&w, o), qa, row, multi);
+        for (int t = 0; t < KN_DOT_TOKENS; t++) {
+            float one = simd->vec_dot[type](k, tensor_row(&w, o), qa + t * row);
+            ck_assert_msg(memcmp(&one, &multi[t], sizeof one) == 0, "%s row %lld token %d: %a vs %a",
+                          dtype_get(type)->name, (long long)o, t, multi[t], one);
+        }
+    }
+    free(qa);
+    free(x);
+    free(wd);
+}
+END_TEST
+
 /* Q8_0/Q8_1 as llama.cpp's x86 code: same d as the reference, quants within
  * one (they round near-ties differently), s = half(d·Σq); F16 bit-exact. */
 START_TEST(test_simd_act_conversion)
@@ -930,6 +963,7 @@ Suite *kernels_suite(void)
 
     tc = tcase_create("simd");
     tcase_add_loop_test(tc, test_simd_vec_dot, 0, N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_vec_dot_multi, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_act_conversion);
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_dot_f32);
