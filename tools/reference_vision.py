@@ -80,6 +80,7 @@ class VisionReference:
         self.n_head = kv["clip.vision.attention.head_count"]
         self.eps = kv["clip.vision.attention.layer_norm_epsilon"]
         self.s = kv.get("clip.vision.projector.scale_factor", 1)
+        self.longest_edge = kv.get("clip.vision.preproc_image_size", 0)
         use_gelu = kv.get("clip.use_gelu", False)
         use_silu = kv.get("clip.use_silu", False)
         self.act = gelu_fp16_table if use_gelu else silu if use_silu else gelu_quick_fp16_table
