@@ -18,6 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct attn_item {
+    int lo, hi;   /* entries [lo, hi) of one sequence, positions increasing */
+    int kvh;      /* the KV head; its group of query heads is done together */
+} attn_item;
+
 struct decoder {
     const text_model *m;
     kv_cache *kv;
@@ -37,7 +42,9 @@ struct decoder {
     float *up;         /* [n_batch][n_ff] */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
-    float *att_tmp;    /* [n_threads][max_seq_len + d] per-thread scores and rounded query */
+    float *att_tmp;    /* [n_threads][2 * max_seq_len * d + max_seq_len + d] per-thread K, V
+                        * rows of one head as f32, scores and the rounded query */
+    attn_item *items;  /* [n_batch * n_head_kv] attention work items of a pass */
     int n_logits;      /* rows of logits from the last pass */
 };
 
@@ -93,7 +100,10 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
-    d->att_tmp = alloc_floats((size_t)d->n_threads, (size_t)d->max_seq_len + (size_t)c->head_dim, &ok);
+    size_t per_thread = (2 * (size_t)c->head_dim + 1) * (size_t)d->max_seq_len + (size_t)c->head_dim;
+    d->att_tmp = alloc_floats((size_t)d->n_threads, per_thread, &ok);
+    d->items = calloc(nb * (size_t)c->n_head_kv, sizeof *d->items);
+    ok = ok && d->items;
     if (!ok) {
         rc = err_set(err, GLIMPSE_ENOMEM, "decoder: out of memory for a batch of %d", n_batch);
         goto fail;
@@ -132,6 +142,7 @@ void decoder_free(decoder *d)
     free(d->xo);
     free(d->logits);
     free(d->att_tmp);
+    free(d->items);
     free(d);
 }
 
@@ -144,79 +155,107 @@ const float *decoder_logits(const decoder *d, int i)
 
 /* ---- attention -------------------------------------------------------------- */
 
+/* Entries of one sequence attended together: they share the conversion of
+ * the sequence's K/V rows to f32, which then costs little next to the dot
+ * products (ATTN_CHUNK * group of them per row). */
+#define ATTN_CHUNK 16
+
 typedef struct attn_task {
     decoder *d;
     const dec_entry *batch;
-    int n;
     int layer;
+    int n_items;
 } attn_task;
 
-static float dot_row(const void *row, int type, const float *q, int n, const float *half)
+/* Splits the batch into runs of one sequence, at most ATTN_CHUNK entries
+ * each, times the KV heads. Returns the number of items. */
+static int plan_attention(decoder *d, const dec_entry *b, int n)
 {
-    float s = 0.0f;
-    if (type == KV_F16) {
-        const uint16_t *h = row;
-        for (int i = 0; i < n; i++)
-            s += half[h[i]] * q[i];
-    } else {
-        const float *f = row;
-        for (int i = 0; i < n; i++)
-            s += f[i] * q[i];
+    int n_items = 0;
+    for (int lo = 0; lo < n;) {
+        int hi = lo + 1;
+        while (hi < n && hi - lo < ATTN_CHUNK && b[hi].seq == b[lo].seq)
+            hi++;
+        for (int kvh = 0; kvh < d->m->cfg.n_head_kv; kvh++)
+            d->items[n_items++] = (attn_item){ lo, hi, kvh };
+        lo = hi;
     }
-    return s;
+    return n_items;
 }
 
-static void axpy_row(float *o, float p, const void *row, int type, int n, const float *half)
+/* Copies head kvh of the K rows of positions [0, n_ctx) into k [n_ctx][d]
+ * and of the V rows, transposed, into vt [d][n_ctx], as f32 (halves are
+ * widened exactly). With V transposed, each output element is one dot
+ * product over positions, as in llama.cpp's mul_mat(V^T, P). */
+static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *vt)
 {
-    if (type == KV_F16) {
-        const uint16_t *h = row;
-        for (int i = 0; i < n; i++)
-            o[i] += p * half[h[i]];
-    } else {
-        const float *f = row;
-        for (int i = 0; i < n; i++)
-            o[i] += p * f[i];
+    const int hd = d->m->cfg.head_dim;
+    const bool half = kv_cache_params(d->kv)->type == KV_F16;
+    const float *table = kv_half_table();
+    for (int64_t s = 0; s < n_ctx; s++) {
+        const void *krow = kv_k_row(d->kv, layer, seq, s), *vrow = kv_v_row(d->kv, layer, seq, s);
+        float *ko = k + (size_t)s * hd;
+        if (half) {
+            const uint16_t *kh = (const uint16_t *)krow + (size_t)kvh * hd;
+            const uint16_t *vh = (const uint16_t *)vrow + (size_t)kvh * hd;
+            for (int i = 0; i < hd; i++) {
+                ko[i] = table[kh[i]];
+                vt[(size_t)i * n_ctx + s] = table[vh[i]];
+            }
+        } else {
+            const float *kf = (const float *)krow + (size_t)kvh * hd;
+            const float *vf = (const float *)vrow + (size_t)kvh * hd;
+            memcpy(ko, kf, (size_t)hd * sizeof *ko);
+            for (int i = 0; i < hd; i++)
+                vt[(size_t)i * n_ctx + s] = vf[i];
+        }
     }
 }
 
-/* One (entry, head) per work item: causal softmax attention of the entry's
- * query head over positions 0..pos of its sequence. */
+/* Causal softmax attention of each entry's query heads of one KV head group
+ * over positions 0..pos of the entry's sequence. */
 static void attn_worker(void *arg, int ith, int nth)
 {
     attn_task *t = arg;
     decoder *d = t->d;
     const text_config *c = &d->m->cfg;
     const int hd = c->head_dim, group = c->n_head / c->n_head_kv;
-    const int type = kv_cache_params(d->kv)->type;
-    const float *half = kv_half_table();
+    const bool half = kv_cache_params(d->kv)->type == KV_F16;
+    const float *table = kv_half_table();
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = d->att_tmp + (size_t)ith * (size_t)(d->max_seq_len + hd);  /* [pos+1] */
-    float *qr = scores + d->max_seq_len;                                          /* [d] */
+    const size_t rows = (size_t)d->max_seq_len * hd;
+    float *kbuf = d->att_tmp + (size_t)ith * (2 * rows + d->max_seq_len + hd); /* [n_ctx][d] */
+    float *vtbuf = kbuf + rows;                                                 /* [d][n_ctx] */
+    float *scores = vtbuf + rows;                                               /* [n_ctx] */
+    float *qr = scores + d->max_seq_len;                                        /* [d] */
     int64_t lo, hi;
-    threadpool_split((int64_t)t->n * c->n_head, ith, nth, &lo, &hi);
+    threadpool_split(t->n_items, ith, nth, &lo, &hi);
 
-    for (int64_t item = lo; item < hi; item++) {
-        int i = (int)(item / c->n_head), h = (int)(item % c->n_head);
-        const dec_entry *e = &t->batch[i];
-        int kvh = h / group;
-        const float *qh = d->q + (size_t)i * (size_t)c->n_head * hd + (size_t)h * hd;
-        float *oh = d->att + (size_t)i * (size_t)c->n_head * hd + (size_t)h * hd;
-        int64_t n_ctx = e->pos + 1;
+    for (int64_t it = lo; it < hi; it++) {
+        const attn_item *item = &d->items[it];
+        const dec_entry *b = t->batch;
+        int seq = b[item->lo].seq;
+        int64_t n_ctx = b[item->hi - 1].pos + 1;
+        gather_rows(d, t->layer, seq, item->kvh, n_ctx, kbuf, vtbuf);
 
-        for (int j = 0; j < hd; j++)
-            qr[j] = type == KV_F16 ? half[f32_to_fp16(qh[j])] : qh[j];
-        for (int64_t s = 0; s < n_ctx; s++) {
-            const void *krow = kv_k_row(d->kv, t->layer, e->seq, s);
-            const void *kh = (const char *)krow + (size_t)kvh * hd * (type == KV_F16 ? 2 : 4);
-            scores[s] = dot_row(kh, type, qr, hd, half) * scale;
-        }
-        kn_softmax(scores, n_ctx);
-        memset(oh, 0, (size_t)hd * sizeof *oh);
-        for (int64_t s = 0; s < n_ctx; s++) {
-            float p = type == KV_F16 ? half[f32_to_fp16(scores[s])] : scores[s];
-            const void *vrow = kv_v_row(d->kv, t->layer, e->seq, s);
-            const void *vh = (const char *)vrow + (size_t)kvh * hd * (type == KV_F16 ? 2 : 4);
-            axpy_row(oh, p, vh, type, hd, half);
+        for (int i = item->lo; i < item->hi; i++) {
+            int64_t n_att = b[i].pos + 1;
+            for (int h = item->kvh * group; h < (item->kvh + 1) * group; h++) {
+                const float *qh = d->q + ((size_t)i * c->n_head + h) * hd;
+                float *oh = d->att + ((size_t)i * c->n_head + h) * hd;
+                /* llama.cpp converts Q to the cache's type for q·k. */
+                for (int j = 0; j < hd; j++)
+                    qr[j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
+                for (int64_t s = 0; s < n_att; s++)
+                    scores[s] = kn_dot_f32(qr, kbuf + (size_t)s * hd, hd) * scale;
+                kn_softmax(scores, n_att);
+                /* ... and the probabilities to the cache's type for p·V. */
+                if (half)
+                    for (int64_t j = 0; j < n_att; j++)
+                        scores[j] = table[f32_to_fp16(scores[j])];
+                for (int j = 0; j < hd; j++)
+                    oh[j] = kn_dot_f32(scores, vtbuf + (size_t)j * n_ctx, n_att);
+            }
         }
     }
 }
@@ -253,6 +292,8 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
     const int E = c->n_embd, hd = c->head_dim;
     const int q_len = c->n_head * hd, kv_len = c->n_head_kv * hd;
 
+    int n_items = plan_attention(d, b, n);
+
     /* Input rows: token embeddings (dequantised rows of token_embd, no scaling)
      * or the caller's vectors. */
     for (int i = 0; i < n; i++) {
@@ -287,7 +328,7 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
 
         /* Every entry's K/V is in the cache now, so an entry attends to the
          * earlier entries of its sequence in this same batch too. */
-        attn_task t = { d, b, n, l };
+        attn_task t = { d, b, l, n_items };
         threadpool_run(d->tp, attn_worker, &t);
 
         /* Output projection and residual. */
