@@ -3,7 +3,8 @@
  *
  * One sampling step over a vocabulary of V tokens costs O(V) for the copy,
  * the log-sum-exp and the draw, O(V log k) for top-k (a bounded heap) and
- * O(V) expected for top-p (a quickselect); the vocabulary is never sorted.
+ * O(V) expected for top-p (a histogram, then a quickselect inside one
+ * bucket); the vocabulary is never sorted.
  */
 #include "sampler.h"
 
@@ -14,6 +15,10 @@
 
 /* top-p's quickselect sorts a range this small instead of splitting it. */
 #define TOP_P_SMALL 32
+/* top-p's histogram: buckets over the first TOP_P_RANGE nats below the best
+ * logit (e^-32 ~ 1e-14: what lies further is in the last bucket). */
+#define TOP_P_BUCKETS 1024
+#define TOP_P_RANGE 32.0f
 
 /* ======================================================================== */
 /* random numbers                                                            */
@@ -66,6 +71,8 @@ struct sampler_scratch {
     double *weight;  /* [n_vocab] unnormalised probabilities: by token id in top-p,
                       * by candidate position in the draw */
     uint32_t *count; /* [n_vocab] occurrences in a penalty window; all zero between calls */
+    double bucket_mass[TOP_P_BUCKETS];   /* top-p's histogram */
+    int32_t bucket_count[TOP_P_BUCKETS];
 };
 
 struct sampler {
@@ -311,28 +318,15 @@ static float max_logit(const float *logit, const int32_t *cand, int32_t n, bool 
     return m;
 }
 
-/* Keeps the smallest set of best tokens whose probability mass reaches
- * top_p, the token that crosses it included: llama.cpp's best-first prefix.
- * Sorted candidates are walked; unsorted ones (the whole vocabulary) go
- * through a quickselect on the mass, O(n) expected, so a wide nucleus costs
- * no full sort. Returns the new count; the kept tokens are cand [0, count),
- * sorted only if they were. sc->weight holds probabilities by token id here. */
-static int32_t filter_top_p(sampler_scratch *sc, int32_t n, bool sorted, float top_p)
+/* Finds where the nucleus ends inside cand [lo, hi): every token before lo
+ * is kept and better than any from lo on, with total mass acc; the nucleus
+ * ends at the first token whose running mass reaches need. A sorted range is
+ * walked; an unsorted one goes through a quickselect on the mass, O(n)
+ * expected, with median-of-three pivots and, after 64 rounds, a sort, which
+ * bounds the worst case by O(n log n). Returns the end index. */
+static int32_t nucleus_end(const float *logit, int32_t *cand, const double *w, int32_t lo, int32_t hi,
+                           bool sorted, double acc, double need)
 {
-    const float *logit = sc->logit;
-    int32_t *cand = sc->cand;
-    double *w = sc->weight;
-    double lmax = max_logit(logit, cand, n, sorted);
-    double z = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        w[cand[i]] = exp((double)logit[cand[i]] - lmax);
-        z += w[cand[i]];
-    }
-    double need = (double)top_p * z;
-    double acc = 0.0;         /* mass of cand [0, lo): kept, each better than the rest */
-    int32_t lo = 0, hi = n;   /* the crossing token is in cand [lo, hi) */
-    /* Median-of-three pivots make a bad split rare; after 64 of them the
-     * range is sorted instead, which bounds the worst case by O(n log n). */
     for (int rounds = 0; !sorted && hi - lo > TOP_P_SMALL && rounds < 64; rounds++) {
         int32_t *a = &cand[lo], *b = &cand[lo + (hi - lo) / 2], *c = &cand[hi - 1], t;
         if (better(logit, *b, *a))
@@ -372,6 +366,70 @@ static int32_t filter_top_p(sampler_scratch *sc, int32_t n, bool sorted, float t
     }
     /* Rounding kept the mass a hair short: keep the whole range. */
     return hi;
+}
+
+/* Bucket of a logit by its distance below the best one: TOP_P_BUCKETS over
+ * TOP_P_RANGE nats; the last bucket takes everything further, -inf included. */
+static inline int top_p_bucket(float lmax, float l)
+{
+    float d = (lmax - l) * ((float)TOP_P_BUCKETS / TOP_P_RANGE);
+    return d < (float)(TOP_P_BUCKETS - 1) ? (int)d : TOP_P_BUCKETS - 1;
+}
+
+/* Moves the candidates of [from, n) whose bucket passes `keep` to the front
+ * of that range (swapping, so none is lost); returns the end of the moved. */
+static int32_t gather(const float *logit, int32_t *cand, int32_t from, int32_t n, float lmax, int bucket,
+                      bool below)
+{
+    int32_t k = from;
+    for (int32_t i = from; i < n; i++) {
+        int b = top_p_bucket(lmax, logit[cand[i]]);
+        if (below ? b < bucket : b == bucket) {
+            int32_t t = cand[k];
+            cand[k++] = cand[i];
+            cand[i] = t;
+        }
+    }
+    return k;
+}
+
+/* Keeps the smallest set of best tokens whose probability mass reaches
+ * top_p, the token that crosses it included: llama.cpp's best-first prefix.
+ * Over the whole vocabulary a histogram of the mass by logit bucket finds
+ * the bucket the nucleus ends in, so only that bucket's tokens need ordering
+ * (nucleus_end); no branch depends on comparing two tokens until then.
+ * Returns the new count; the kept tokens are cand [0, count), sorted only if
+ * they were. sc->weight holds probabilities by token id here. */
+static int32_t filter_top_p(sampler_scratch *sc, int32_t n, bool sorted, float top_p)
+{
+    const float *logit = sc->logit;
+    int32_t *cand = sc->cand;
+    double *w = sc->weight;
+    float lmax = max_logit(logit, cand, n, sorted);
+    double z = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        w[cand[i]] = exp((double)logit[cand[i]] - lmax);
+        z += w[cand[i]];
+    }
+    double need = (double)top_p * z;
+    if (sorted || n <= TOP_P_SMALL)
+        return nucleus_end(logit, cand, w, 0, n, sorted, 0.0, need);
+
+    memset(sc->bucket_mass, 0, sizeof sc->bucket_mass);
+    memset(sc->bucket_count, 0, sizeof sc->bucket_count);
+    for (int32_t i = 0; i < n; i++) {
+        int b = top_p_bucket(lmax, logit[cand[i]]);
+        sc->bucket_mass[b] += w[cand[i]];
+        sc->bucket_count[b]++;
+    }
+    double acc = 0.0;
+    int c = 0;
+    while (c < TOP_P_BUCKETS - 1 && acc + sc->bucket_mass[c] < need)
+        acc += sc->bucket_mass[c++];
+    /* Buckets before c are kept whole; bucket c follows them, to be ordered. */
+    int32_t lo = gather(logit, cand, 0, n, lmax, c, true);
+    int32_t hi = gather(logit, cand, lo, n, lmax, c, false);
+    return nucleus_end(logit, cand, w, lo, hi, false, acc, need);
 }
 
 /* Keeps the tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
