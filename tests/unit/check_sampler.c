@@ -303,8 +303,8 @@ START_TEST(test_top_p)
 }
 END_TEST
 
-/* A nearly flat distribution: a nucleus of hundreds of tokens, found by
- * many rounds of the sampler's quickselect. */
+/* A nearly flat distribution: a nucleus of hundreds of tokens over a dozen
+ * of the sampler's histogram buckets, the crossing one holding dozens. */
 START_TEST(test_top_p_wide_nucleus)
 {
     enum { N = 1200, DRAWS = 15000 };
