@@ -495,6 +495,47 @@ START_TEST(test_seed_repeats)
 }
 END_TEST
 
+/* One scratch serves many sequences: interleaving two penalised samplers on
+ * a shared scratch gives exactly what each gives on its own scratch. */
+START_TEST(test_shared_scratch)
+{
+    enum { N = 300, T = 200 };
+    static float logits[N];
+    random_logits(logits, N, -2.0, 2.0, 75);
+    glimpse_sampling p = params_plain();
+    p.repetition_penalty = 1.4f;
+    p.frequency_penalty = 0.3f;
+    p.penalty_last_n = 16;
+    p.top_p = 0.9f;
+    sampler *a = NULL, *b = NULL, *a2 = NULL, *b2 = NULL;
+    sampler_scratch *shared = NULL, *own_a = NULL, *own_b = NULL;
+    ck_assert_int_eq(sampler_scratch_create(N, &shared, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &own_a, NULL), 0);
+    ck_assert_int_eq(sampler_scratch_create(N, &own_b, NULL), 0);
+    p.seed = 1;
+    ck_assert_int_eq(sampler_create(&p, N, &a, NULL), 0);
+    ck_assert_int_eq(sampler_create(&p, N, &a2, NULL), 0);
+    p.seed = 2;
+    ck_assert_int_eq(sampler_create(&p, N, &b, NULL), 0);
+    ck_assert_int_eq(sampler_create(&p, N, &b2, NULL), 0);
+    for (int i = 0; i < T; i++) {
+        sample_result ra, rb, ra2, rb2;
+        REQUIRE(sampler_sample(a, shared, logits, &ra, NULL) == 0 && sampler_sample(b, shared, logits, &rb, NULL) == 0 &&
+                    sampler_sample(a2, own_a, logits, &ra2, NULL) == 0 &&
+                    sampler_sample(b2, own_b, logits, &rb2, NULL) == 0,
+                "step %d failed", i);
+        REQUIRE(ra.token == ra2.token && rb.token == rb2.token, "step %d: shared scratch changed a draw", i);
+    }
+    sampler_free(a);
+    sampler_free(b);
+    sampler_free(a2);
+    sampler_free(b2);
+    sampler_scratch_free(shared);
+    sampler_scratch_free(own_a);
+    sampler_scratch_free(own_b);
+}
+END_TEST
+
 /* ---- penalties ------------------------------------------------------------- */
 
 START_TEST(test_penalties_exact)
@@ -1020,6 +1061,7 @@ static Suite *sampler_suite(void)
     tcase_add_test(tc, test_chain_order);
     tcase_add_test(tc, test_masked_tokens);
     tcase_add_test(tc, test_seed_repeats);
+    tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_penalties_exact);
     tcase_add_test(tc, test_penalty_feedback);
     tcase_add_test(tc, test_llama_chain_goldens);
