@@ -7,6 +7,11 @@
  * Ids -> text: per-token pieces, and a streaming detokenizer that only ever
  * hands out well-formed UTF-8.
  *
+ * Not covered: other pre-tokenizers (llama3, qwen2, ... and llama.cpp's
+ * degraded "default" for a missing tokenizer.ggml.pre) are refused at load;
+ * llama_detokenize's clean_spaces pass (on for gpt-2, off for smollm) is not
+ * applied, since streaming works on pieces as llama.cpp's own CLIs do.
+ *
  * A tokenizer is immutable after tokenizer_load: any thread may use it at
  * once. A detok is owned by one thread (one per sequence).
  */
