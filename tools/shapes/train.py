@@ -111,9 +111,12 @@ def main(argv=None):
                                          batch_size=None, num_workers=1, prefetch_factor=4)
 
     def save():
+        # bpe caches its lookup tables in the dict under "_" keys: keep them out
+        # of the checkpoint, which must load without tools/bpe.py.
+        clean_tok = {k: v for k, v in tok.items() if not k.startswith("_")}
         tmp = path + ".tmp"
         torch.save(dict(model=net.state_dict(), opt=opt.state_dict(), step=step, elapsed=elapsed,
-                        config=cfg.to_dict(), tokenizer=tok, args=vars(args)), tmp)
+                        config=cfg.to_dict(), tokenizer=clean_tok, args=vars(args)), tmp)
         os.replace(tmp, path)
 
     t_last_ckpt = time.time()
