@@ -725,6 +725,42 @@ START_TEST(test_simd_dot_f32)
 }
 END_TEST
 
+/* SIMD softmax and SwiGLU (vectorised exp) against the reference (libm expf). */
+START_TEST(test_simd_softmax_swiglu)
+{
+    const kn_impl *simd = simd_impl();
+    if (!simd)
+        return;
+    for (int64_t n = 1; n <= 1100; n += n < 40 ? 1 : 137) {
+        float *x = random_f32(n, -30.0f, 30.0f), *u = random_f32(n, -2.0f, 2.0f);
+        float *r = malloc((size_t)n * sizeof *r), *v = malloc((size_t)n * sizeof *v);
+        if (n > 5) {
+            x[1] = -200.0f; /* underflows to 0 */
+            x[3] = 95.0f;   /* e^-x tiny, e^x overflows: silu must stay finite */
+            x[4] = -95.0f;
+        }
+        memcpy(r, x, (size_t)n * sizeof *r);
+        memcpy(v, x, (size_t)n * sizeof *v);
+        kn_ref_impl.softmax(r, n);
+        simd->softmax(v, n);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * r[i] + 1e-30f, "softmax n=%lld [%lld]: %a vs %a",
+                          (long long)n, (long long)i, v[i], r[i]);
+        memcpy(r, x, (size_t)n * sizeof *r);
+        memcpy(v, x, (size_t)n * sizeof *v);
+        kn_ref_impl.swiglu(r, u, n);
+        simd->swiglu(v, u, n);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
+                          (long long)n, x[i], v[i], r[i]);
+        free(v);
+        free(r);
+        free(u);
+        free(x);
+    }
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     setenv("GLIMPSE_KERNELS", "scalar", 1);
@@ -967,6 +1003,7 @@ Suite *kernels_suite(void)
     tcase_add_test(tc, test_simd_act_conversion);
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_dot_f32);
+    tcase_add_test(tc, test_simd_softmax_swiglu);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 
