@@ -9,7 +9,8 @@
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then computes the
  *     dot products split over the pool by output rows, in tiles of weight
- *     rows so that a tile stays in cache while every token passes over it.
+ *     rows so that a tile stays in cache while every token passes over it,
+ *     four tokens per weight-row pass where the table has multi-token dots.
  *   - F32/F16/BF16 weights with n_tok >= BLAS_MIN_TOK (SIMD table only) go to
  *     OpenBLAS sgemm instead, single-threaded inside each pool thread on its
  *     share of output rows; F16/BF16 weights are converted to f32 a panel at

@@ -1,7 +1,9 @@
 /*
  * kernels_avx2.c — AVX2 + FMA + F16C versions of the hot kernels: the matmul
- * dot products of every weight type, the Q8_0/Q8_1/F16 activation
- * conversions, and the f32 dot. Everything else stays the scalar reference.
+ * dot products of every weight type (quantised ones also for 4 tokens at
+ * once), the Q8_0/Q8_1/F16 activation conversions, F16/BF16 widening for
+ * the sgemm path, the f32 dot, softmax and SwiGLU. Everything else (norms,
+ * RoPE, GELU tables, Q8_K quantisation) stays the scalar reference.
  *
  * Only the functions marked TARGET use AVX2 instructions; kn_avx2_impl checks
  * the CPU before handing them out, so the file is safe to link everywhere.
@@ -15,7 +17,9 @@
  *     hardware: multiply by 127/amax and round half to even, where the
  *     reference divides by d and rounds half away from zero; a quant can
  *     differ by 1 in rare near-ties, d is identical;
- *   - F16 conversion is F16C's round-to-nearest-even, identical to f32_to_fp16.
+ *   - F16 conversion is F16C's round-to-nearest-even, identical to f32_to_fp16;
+ *   - softmax/SwiGLU use a polynomial exp within 3 ulp of expf; softmax sums
+ *     8-lane partial sums in double, as ggml's AVX2 soft_max does.
  */
 #include "kernels_impl.h"
 
