@@ -1009,6 +1009,56 @@ START_TEST(test_stop_any_split)
 }
 END_TEST
 
+/* The same over UTF-8 text cut at arbitrary bytes (inside characters too),
+ * with stop strings that start or end mid-sequence: besides the cut, every
+ * release must end on a character boundary. */
+START_TEST(test_stop_utf8_any_split)
+{
+    static const char *const alphabet[] = { "a", "b", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80" };
+    static const char *const stops[] = { "\xC3\xA9\xE2\x82", "b\xC3\xA9" "b", "\xE2\x82\xAC\xE2\x82\xAC" };
+    size_t lens[3];
+    for (int k = 0; k < 3; k++)
+        lens[k] = strlen(stops[k]);
+    test_rand_state = 777;
+    for (int trial = 0; trial < 2000; trial++) {
+        char text[128];
+        size_t len = 0;
+        int n_chars = 1 + (int)(test_uniform() * 20);
+        for (int i = 0; i < n_chars; i++) {
+            const char *c = alphabet[(int)(test_uniform() * 5)];
+            memcpy(text + len, c, strlen(c));
+            len += strlen(c);
+        }
+        size_t want = ref_stop_cut(text, len, stops, 3);
+        stop_matcher m;
+        REQUIRE(stop_init(&m, (const char *const *)stops, lens, 3, NULL, 0, 0, NULL) == 0, "trial %d", trial);
+        size_t got_len = 0, at = 0;
+        int finish = GLIMPSE_FINISH_NONE;
+        while (at < len && finish == GLIMPSE_FINISH_NONE) {
+            size_t n = 1 + (size_t)(test_uniform() * 6);
+            n = n > len - at ? len - at : n;
+            char out[8 + STOP_HOLD_MAX];
+            size_t out_len;
+            finish = stop_push(&m, 1, text + at, n, out, sizeof out, &out_len, NULL);
+            REQUIRE(finish >= 0, "trial %d: push failed", trial);
+            REQUIRE(memcmp(out, text + got_len, out_len) == 0, "trial %d: released bytes differ", trial);
+            got_len += out_len;
+            REQUIRE(out_len == 0 || got_len == len || ((unsigned char)text[got_len] & 0xC0) != 0x80,
+                    "trial %d: release ends inside a character at byte %zu", trial, got_len);
+            at += n;
+        }
+        if (finish == GLIMPSE_FINISH_NONE) {
+            char out[STOP_HOLD_MAX];
+            size_t out_len;
+            stop_flush(&m, out, &out_len);
+            REQUIRE(memcmp(out, text + got_len, out_len) == 0, "trial %d: flushed bytes differ", trial);
+            got_len += out_len;
+        }
+        REQUIRE(got_len == want, "trial %d: released %zu bytes, want %zu", trial, got_len, want);
+    }
+}
+END_TEST
+
 START_TEST(test_stop_limits)
 {
     stop_matcher m;
@@ -1072,6 +1122,7 @@ static Suite *sampler_suite(void)
     TCase *ts = tcase_create("stop");
     tcase_add_loop_test(ts, test_stop_table, 0, (int)(sizeof stop_cases / sizeof stop_cases[0]));
     tcase_add_test(ts, test_stop_any_split);
+    tcase_add_test(ts, test_stop_utf8_any_split);
     tcase_add_test(ts, test_stop_limits);
     suite_add_tcase(s, ts);
     return s;
