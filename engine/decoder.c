@@ -2,8 +2,10 @@
  * decoder.c — the llama forward pass (spec §2.4) over a batch of positions.
  *
  * Matrix products run over all entries of the batch at once (kn_matmul on the
- * thread pool); attention runs per (entry, head) on the pool, reading keys and
- * values of the entry's own sequence from the paged KV cache.
+ * thread pool). Attention runs on the pool per (run of entries of one
+ * sequence, KV head), reading that sequence's keys and values from the paged
+ * KV cache and multiplying with single-threaded OpenBLAS sgemm (kernels_init
+ * pins OpenBLAS to one thread, so pool threads do not stack BLAS threads).
  *
  * Numerics follow llama.cpp's CPU backend without flash attention: with an
  * F16 cache, K (after RoPE) and V are rounded to half when stored, Q is
@@ -14,9 +16,15 @@
 
 #include "kernels/kernels.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Entries of one sequence attended together: they share the conversion of
+ * the sequence's K/V rows to f32, which then costs little next to the products
+ * (ATTN_CHUNK * group query rows per K/V row). */
+#define ATTN_CHUNK 16
 
 typedef struct attn_item {
     int lo, hi;   /* entries [lo, hi) of one sequence, positions increasing */
@@ -42,8 +50,10 @@ struct decoder {
     float *up;         /* [n_batch][n_ff] */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
-    float *att_tmp;    /* [n_threads][2 * max_seq_len * d + max_seq_len + d] per-thread K, V
-                        * rows of one head as f32, scores and the rounded query */
+    float *att_tmp;    /* [n_threads][att_tmp_per_thread]: per thread the K and V rows of one
+                        * head as f32 [max_seq_len][d] each, a run's queries and outputs
+                        * [ATTN_CHUNK*group][d] each and scores [ATTN_CHUNK*group][max_seq_len] */
+    size_t att_tmp_per_thread;
     attn_item *items;  /* [n_batch * n_head_kv] attention work items of a pass */
     int n_logits;      /* rows of logits from the last pass */
 };
@@ -100,8 +110,10 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
-    size_t per_thread = (2 * (size_t)c->head_dim + 1) * (size_t)d->max_seq_len + (size_t)c->head_dim;
-    d->att_tmp = alloc_floats((size_t)d->n_threads, per_thread, &ok);
+    size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
+    d->att_tmp_per_thread = (2 * (size_t)c->head_dim + r_max) * (size_t)d->max_seq_len +
+                            2 * r_max * (size_t)c->head_dim;
+    d->att_tmp = alloc_floats((size_t)d->n_threads, d->att_tmp_per_thread, &ok);
     d->items = calloc(nb * (size_t)c->n_head_kv, sizeof *d->items);
     ok = ok && d->items;
     if (!ok) {
@@ -155,11 +167,6 @@ const float *decoder_logits(const decoder *d, int i)
 
 /* ---- attention -------------------------------------------------------------- */
 
-/* Entries of one sequence attended together: they share the conversion of
- * the sequence's K/V rows to f32, which then costs little next to the dot
- * products (ATTN_CHUNK * group of them per row). */
-#define ATTN_CHUNK 16
-
 typedef struct attn_task {
     decoder *d;
     const dec_entry *batch;
@@ -183,37 +190,36 @@ static int plan_attention(decoder *d, const dec_entry *b, int n)
     return n_items;
 }
 
-/* Copies head kvh of the K rows of positions [0, n_ctx) into k [n_ctx][d]
- * and of the V rows, transposed, into vt [d][n_ctx], as f32 (halves are
- * widened exactly). With V transposed, each output element is one dot
- * product over positions, as in llama.cpp's mul_mat(V^T, P). */
-static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *vt)
+/* Copies head kvh of the K and V rows of positions [0, n_ctx) into k and v
+ * [n_ctx][d] as f32 (halves are widened exactly). */
+static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *v)
 {
     const int hd = d->m->cfg.head_dim;
     const bool half = kv_cache_params(d->kv)->type == KV_F16;
     const float *table = kv_half_table();
     for (int64_t s = 0; s < n_ctx; s++) {
         const void *krow = kv_k_row(d->kv, layer, seq, s), *vrow = kv_v_row(d->kv, layer, seq, s);
-        float *ko = k + (size_t)s * hd;
+        float *ko = k + (size_t)s * hd, *vo = v + (size_t)s * hd;
         if (half) {
             const uint16_t *kh = (const uint16_t *)krow + (size_t)kvh * hd;
             const uint16_t *vh = (const uint16_t *)vrow + (size_t)kvh * hd;
             for (int i = 0; i < hd; i++) {
                 ko[i] = table[kh[i]];
-                vt[(size_t)i * n_ctx + s] = table[vh[i]];
+                vo[i] = table[vh[i]];
             }
         } else {
-            const float *kf = (const float *)krow + (size_t)kvh * hd;
-            const float *vf = (const float *)vrow + (size_t)kvh * hd;
-            memcpy(ko, kf, (size_t)hd * sizeof *ko);
-            for (int i = 0; i < hd; i++)
-                vt[(size_t)i * n_ctx + s] = vf[i];
+            memcpy(ko, (const float *)krow + (size_t)kvh * hd, (size_t)hd * sizeof *ko);
+            memcpy(vo, (const float *)vrow + (size_t)kvh * hd, (size_t)hd * sizeof *vo);
         }
     }
 }
 
-/* Causal softmax attention of each entry's query heads of one KV head group
- * over positions 0..pos of the entry's sequence. */
+/* Causal softmax attention of a run of entries of one sequence, for the
+ * query heads of one KV head: R = entries x group query rows at once, as two
+ * single-threaded sgemm calls (this runs inside a pool thread):
+ *   S = scale * Q K^T   [R][n_ctx]   then per row softmax over 0..pos
+ *   O = P V             [R][d]
+ * The rows' masked tails are zero in P, so one product serves all rows. */
 static void attn_worker(void *arg, int ith, int nth)
 {
     attn_task *t = arg;
@@ -223,39 +229,46 @@ static void attn_worker(void *arg, int ith, int nth)
     const bool half = kv_cache_params(d->kv)->type == KV_F16;
     const float *table = kv_half_table();
     const float scale = 1.0f / sqrtf((float)hd);
-    const size_t rows = (size_t)d->max_seq_len * hd;
-    float *kbuf = d->att_tmp + (size_t)ith * (2 * rows + d->max_seq_len + hd); /* [n_ctx][d] */
-    float *vtbuf = kbuf + rows;                                                 /* [d][n_ctx] */
-    float *scores = vtbuf + rows;                                               /* [n_ctx] */
-    float *qr = scores + d->max_seq_len;                                        /* [d] */
+    const size_t rows = (size_t)d->max_seq_len * hd, r_max = (size_t)ATTN_CHUNK * group;
+    float *kbuf = d->att_tmp + (size_t)ith * d->att_tmp_per_thread; /* [n_ctx][d] */
+    float *vbuf = kbuf + rows;                                       /* [n_ctx][d] */
+    float *qbuf = vbuf + rows;                                       /* [R][d] */
+    float *obuf = qbuf + r_max * hd;                                 /* [R][d] */
+    float *sbuf = obuf + r_max * hd;                                 /* [R][n_ctx] */
     int64_t lo, hi;
     threadpool_split(t->n_items, ith, nth, &lo, &hi);
 
     for (int64_t it = lo; it < hi; it++) {
         const attn_item *item = &d->items[it];
         const dec_entry *b = t->batch;
-        int seq = b[item->lo].seq;
-        int64_t n_ctx = b[item->hi - 1].pos + 1;
-        gather_rows(d, t->layer, seq, item->kvh, n_ctx, kbuf, vtbuf);
+        const int64_t n_ctx = b[item->hi - 1].pos + 1;
+        const int R = (item->hi - item->lo) * group;
+        gather_rows(d, t->layer, b[item->lo].seq, item->kvh, n_ctx, kbuf, vbuf);
 
-        for (int i = item->lo; i < item->hi; i++) {
-            int64_t n_att = b[i].pos + 1;
-            for (int h = item->kvh * group; h < (item->kvh + 1) * group; h++) {
-                const float *qh = d->q + ((size_t)i * c->n_head + h) * hd;
-                float *oh = d->att + ((size_t)i * c->n_head + h) * hd;
-                /* llama.cpp converts Q to the cache's type for q·k. */
-                for (int j = 0; j < hd; j++)
-                    qr[j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
+        /* llama.cpp converts Q to the cache's type for q·k. */
+        for (int r = 0; r < R; r++) {
+            int i = item->lo + r / group, h = item->kvh * group + r % group;
+            const float *qh = d->q + ((size_t)i * c->n_head + h) * hd;
+            for (int j = 0; j < hd; j++)
+                qbuf[(size_t)r * hd + j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)n_ctx, hd, scale, qbuf, hd, kbuf, hd,
+                    0.0f, sbuf, (int)n_ctx);
+        for (int r = 0; r < R; r++) {
+            float *sr = sbuf + (size_t)r * n_ctx;
+            int64_t n_att = b[item->lo + r / group].pos + 1;
+            kn_softmax(sr, n_att);
+            /* ... and the probabilities to the cache's type for p·V. */
+            if (half)
                 for (int64_t s = 0; s < n_att; s++)
-                    scores[s] = kn_dot_f32(qr, kbuf + (size_t)s * hd, hd) * scale;
-                kn_softmax(scores, n_att);
-                /* ... and the probabilities to the cache's type for p·V. */
-                if (half)
-                    for (int64_t j = 0; j < n_att; j++)
-                        scores[j] = table[f32_to_fp16(scores[j])];
-                for (int j = 0; j < hd; j++)
-                    oh[j] = kn_dot_f32(scores, vtbuf + (size_t)j * n_ctx, n_att);
-            }
+                    sr[s] = table[f32_to_fp16(sr[s])];
+            memset(sr + n_att, 0, (size_t)(n_ctx - n_att) * sizeof *sr);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, (int)n_ctx, 1.0f, sbuf, (int)n_ctx, vbuf,
+                    hd, 0.0f, obuf, hd);
+        for (int r = 0; r < R; r++) {
+            int i = item->lo + r / group, h = item->kvh * group + r % group;
+            memcpy(d->att + ((size_t)i * c->n_head + h) * hd, obuf + (size_t)r * hd, (size_t)hd * sizeof(float));
         }
     }
 }
