@@ -288,6 +288,11 @@ static int check_batch(const decoder *d, const dec_entry *b, int n, glimpse_err 
         if (b[i].pos < 0 || b[i].pos >= kv_seq_capacity(d->kv, b[i].seq))
             return err_set(err, GLIMPSE_EINVAL, "decoder: position %lld of sequence %d is not reserved",
                            (long long)b[i].pos, b[i].seq);
+        /* The attention of a run of one sequence reads positions up to its
+         * last entry's, so positions must rise within the run. */
+        if (i > 0 && b[i].seq == b[i - 1].seq && b[i].pos <= b[i - 1].pos)
+            return err_set(err, GLIMPSE_EINVAL, "decoder: positions of sequence %d do not increase (%lld after %lld)",
+                           b[i].seq, (long long)b[i].pos, (long long)b[i - 1].pos);
         n_logits += b[i].logits;
     }
     if (n_logits > d->n_out)

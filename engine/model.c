@@ -210,6 +210,9 @@ static int find_tensor(const gguf_file *f, const char *name, int64_t ne0, int64_
     if (ne1 == 1 && (t->type != DTYPE_F32 || ((uintptr_t)t->data % sizeof(float)) != 0))
         return err_set(err, GLIMPSE_EUNSUPPORTED, "model: vector %s must be aligned F32, found %s",
                        name, ti->name);
+    if (ne1 > 1 && !kn_matmul_supports(t->type, ne0))
+        return err_set(err, GLIMPSE_EUNSUPPORTED, "model: matrix %s of type %s cannot be multiplied (row of %lld)",
+                       name, ti->name, (long long)ne0);
     *out = t;
     return 0;
 }
@@ -394,7 +397,8 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
     m->tmpl = chat_template_detect(tmpl.ptr, tmpl.len);
     set_name(m, p->model_path);
 
-    m->n_ctx = p->n_ctx ? p->n_ctx : (c->n_ctx_train < DEFAULT_CTX_MAX ? c->n_ctx_train : DEFAULT_CTX_MAX);
+    m->n_ctx = p->n_ctx ? p->n_ctx
+                        : c->n_ctx_train > 0 && c->n_ctx_train < DEFAULT_CTX_MAX ? c->n_ctx_train : DEFAULT_CTX_MAX;
     m->n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
     if (m->n_batch > m->n_ctx)
         m->n_batch = m->n_ctx;

@@ -367,6 +367,10 @@ START_TEST(bad_batches)
     ck_assert(strstr(err.msg, "not reserved"));
     b[0] = (dec_entry){ r.seq + 1, 0, 1, NULL, true };
     ck_assert_int_eq(decoder_forward(r.d, b, 1, &err), GLIMPSE_EINVAL);
+    b[0] = (dec_entry){ r.seq, 5, 1, NULL, false };
+    b[1] = (dec_entry){ r.seq, 5, 1, NULL, true };
+    ck_assert_int_eq(decoder_forward(r.d, b, 2, &err), GLIMPSE_EINVAL);
+    ck_assert(strstr(err.msg, "do not increase"));
     rig_close(&r);
 }
 END_TEST
