@@ -101,6 +101,8 @@ static int generate_locked(glimpse_model *m, const glimpse_request *req, glimpse
     if (req->sampling.n_top_logprobs < 0 || req->sampling.n_top_logprobs > GLIMPSE_MAX_TOP_LOGPROBS)
         return err_set(err, GLIMPSE_EINVAL, "generate: top_logprobs %d is out of range [0, %d]",
                        (int)req->sampling.n_top_logprobs, GLIMPSE_MAX_TOP_LOGPROBS);
+    if (req->n_images > 0)
+        return err_set(err, GLIMPSE_EUNSUPPORTED, "generate: the request has images but no vision projector is loaded");
     if ((rc = render_prompt(m, req, &prompt, err)) < 0)
         return rc;
 
