@@ -163,7 +163,7 @@ START_TEST(test_threadpool_wakes_sleeping_workers)
         threadpool_run(tp, count_fn, &j);
         for (int i = 0; i < 3; i++)
             ck_assert_int_eq(atomic_load(&j.calls[i]), 1);
-        usleep(2000);
+        usleep(5000); /* longer than the 2 ms poll: the workers are asleep */
     }
     threadpool_free(tp);
 }
