@@ -6,6 +6,7 @@
  * command line.
  */
 #include "glimpse.h"
+#include "serve.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -25,6 +26,7 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  ask     answer one prompt from the command line (glimpse ask --help)\n"
+            "  serve   serve the OpenAI chat-completions API over HTTP (glimpse serve --help)\n"
             "  help    show this help\n");
 }
 
@@ -406,6 +408,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "ask"))
         return cmd_ask(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve"))
+        return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "glimpse: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

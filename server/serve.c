@@ -1,0 +1,353 @@
+/*
+ * serve.c — `glimpse serve`: options (each also a GLIMPSE_* environment
+ * variable), start-up, signals and shutdown.
+ *
+ * Start-up order: the listener comes up first so that /health can answer 503
+ * while the model loads; the engine thread loads the model, marks the server
+ * ready and then runs the queue. SIGINT/SIGTERM drain: /health and new chat
+ * requests answer 503, accepted requests finish (up to --drain-timeout),
+ * then the engine stops and open connections are closed.
+ */
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+#include "serve.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int slog_level = GLIMPSE_LOG_INFO;
+
+void slog(int level, const char *fmt, ...)
+{
+    static const char *names[] = { "error", "warn", "info", "debug" };
+    if (level > slog_level)
+        return;
+    char msg[1024], ts[32];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(stderr, "%s glimpse %s: %s\n", ts, names[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+}
+
+static void engine_log(int level, const char *msg, void *user) { slog(level, "engine: %s", msg); }
+
+/* ---- options -------------------------------------------------------------------- */
+
+typedef struct serve_opts {
+    const char *model, *mmproj, *host, *api_key, *cors_origin, *model_name, *log_level;
+    long port, threads, ctx, max_body_mb, max_connections, timeout, keepalive_ms, queue_size, max_images;
+    long max_image_pixels, max_prompt_bytes, max_n, drain_timeout;
+} serve_opts;
+
+enum opt_kind { OPT_STR, OPT_INT };
+
+typedef struct opt_def {
+    const char *name;   /* --name; the variable is GLIMPSE_ + NAME with '-' as '_' */
+    int kind;
+    size_t offset;
+    long lo, hi;
+    const char *def;    /* default, as text */
+    const char *help;
+} opt_def;
+
+#define S(f) OPT_STR, offsetof(serve_opts, f), 0, 0
+#define I(f, lo, hi) OPT_INT, offsetof(serve_opts, f), lo, hi
+static const opt_def OPTS[] = {
+    { "model", S(model), "the bundled demo model", "text model GGUF (llama architecture)" },
+    { "mmproj", S(mmproj), "the demo model's, or none", "vision projector GGUF (clip); without it images are refused" },
+    { "model-name", S(model_name), "the model file's name", "the model's id in /v1/models and in requests" },
+    { "host", S(host), "127.0.0.1", "address to listen on (0.0.0.0 or :: for every interface)" },
+    { "port", I(port, 0, 65535), "8080", "TCP port; 0 picks a free one (printed at start)" },
+    { "api-key", S(api_key), "none", "require 'Authorization: Bearer KEY' (all routes but /health)" },
+    { "cors-origin", S(cors_origin), "*", "Access-Control-Allow-Origin for browsers; '' turns CORS off" },
+    { "threads", I(threads, 0, 1024), "0 (all CPUs)", "compute threads of the engine" },
+    { "ctx-size", I(ctx, 0, 1 << 20), "0 (min(model, 4096))", "positions per request (prompt + answer)" },
+    { "queue-size", I(queue_size, 1, 1 << 20), "64", "requests waiting for the engine before 429" },
+    { "max-connections", I(max_connections, 1, 1 << 16), "256", "open HTTP connections" },
+    { "timeout", I(timeout, 1, 86400), "120", "seconds an idle connection stays open" },
+    { "max-body-mb", I(max_body_mb, 1, 4096), "32", "request body size in MiB (413 beyond)" },
+    { "max-images", I(max_images, 0, 256), "8", "images per request" },
+    { "max-image-pixels", I(max_image_pixels, 1, 1L << 30), "16777216", "pixels (width x height) per image" },
+    { "max-prompt-bytes", I(max_prompt_bytes, 1, 1L << 30), "1048576", "bytes of message text per request" },
+    { "max-n", I(max_n, 1, 128), "8", "choices per request (n)" },
+    { "sse-keepalive-ms", I(keepalive_ms, 50, 600000), "5000", "SSE comment interval while a stream waits" },
+    { "drain-timeout", I(drain_timeout, 0, 3600), "30", "seconds SIGTERM waits for accepted requests" },
+    { "log-level", S(log_level), "info", "error, warn, info (one line per request) or debug" },
+};
+#undef S
+#undef I
+#define N_OPTS (sizeof OPTS / sizeof OPTS[0])
+
+static void serve_usage(FILE *out)
+{
+    fprintf(out, "usage: glimpse serve [options]\n\n"
+                 "Serves the OpenAI chat-completions API (POST /v1/chat/completions, GET /v1/models,\n"
+                 "GET /health, GET /metrics). Every option can also be set with the environment\n"
+                 "variable shown under it; the command line wins.\n\noptions:\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char env[64], arg[48];
+        snprintf(env, sizeof env, "GLIMPSE_%s", OPTS[i].name);
+        for (char *p = env; *p; p++)
+            *p = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+        snprintf(arg, sizeof arg, "--%s %s", OPTS[i].name, OPTS[i].kind == OPT_INT ? "N" : "VALUE");
+        fprintf(out, "  %-28s %s\n  %-28s (env %s; default: %s)\n", arg, OPTS[i].help, "", env, OPTS[i].def);
+    }
+    fprintf(out, "  %-28s show this help\n", "-h, --help");
+}
+
+static int set_opt(serve_opts *o, const opt_def *d, const char *val, const char *from)
+{
+    char *field = (char *)o + d->offset;
+    if (d->kind == OPT_STR) {
+        *(const char **)field = val;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end || v < d->lo || v > d->hi) {
+        fprintf(stderr, "glimpse serve: %s needs an integer in [%ld, %ld], got '%s'\n", from, d->lo, d->hi, val);
+        return -1;
+    }
+    *(long *)field = v;
+    return 0;
+}
+
+/* Defaults, then GLIMPSE_* variables, then the command line. Returns 0 to
+ * run, 1 when help was printed, -1 on a bad option. */
+static int parse_serve(int argc, char **argv, serve_opts *o)
+{
+    *o = (serve_opts){ .host = "127.0.0.1", .port = 8080, .cors_origin = "*", .queue_size = 64,
+                       .max_connections = 256, .timeout = 120, .max_body_mb = 32, .max_images = 8,
+                       .max_image_pixels = 16777216, .max_prompt_bytes = 1048576, .max_n = 8,
+                       .keepalive_ms = 5000, .drain_timeout = 30, .log_level = "info" };
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char env[64];
+        snprintf(env, sizeof env, "GLIMPSE_%s", OPTS[i].name);
+        for (char *p = env; *p; p++)
+            *p = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+        const char *v = getenv(env);
+        if (v && set_opt(o, &OPTS[i], v, env) < 0)
+            return -1;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            serve_usage(stdout);
+            return 1;
+        }
+        if (strncmp(a, "--", 2)) {
+            fprintf(stderr, "glimpse serve: unexpected argument '%s' (see glimpse serve --help)\n", a);
+            return -1;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+        const opt_def *d = NULL;
+        for (size_t k = 0; k < N_OPTS; k++)
+            if (strlen(OPTS[k].name) == nl && !strncmp(OPTS[k].name, name, nl))
+                d = &OPTS[k];
+        if (!d) {
+            fprintf(stderr, "glimpse serve: unknown option '%s' (see glimpse serve --help)\n", a);
+            return -1;
+        }
+        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!val) {
+            fprintf(stderr, "glimpse serve: option --%s needs a value\n", d->name);
+            return -1;
+        }
+        if (set_opt(o, d, val, a) < 0)
+            return -1;
+    }
+    static const char *levels[] = { "error", "warn", "info", "debug" };
+    int lvl = -1;
+    for (int k = 0; k < 4; k++)
+        if (!strcmp(o->log_level, levels[k]))
+            lvl = k;
+    if (lvl < 0) {
+        fprintf(stderr, "glimpse serve: --log-level must be error, warn, info or debug\n");
+        return -1;
+    }
+    slog_level = lvl;
+    return 0;
+}
+
+/* The bundled demo model next to the program (models/ of an in-tree build),
+ * or in the current directory's models/. Owned strings in *model and *mmproj. */
+static int find_demo_model(char **model, char **mmproj)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    const char *dirs[2] = { ".", "." };
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            dirs[0] = exe;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        char m[PATH_MAX + 64], p[PATH_MAX + 64];
+        snprintf(m, sizeof m, "%s/models/glimpse-shapes.gguf", dirs[i]);
+        snprintf(p, sizeof p, "%s/models/glimpse-shapes-mmproj.gguf", dirs[i]);
+        if (access(m, R_OK) == 0) {
+            *model = strdup(m);
+            *mmproj = access(p, R_OK) == 0 ? strdup(p) : NULL;
+            return *model ? 0 : -1;
+        }
+    }
+    return -1;
+}
+
+/* ---- the engine thread -------------------------------------------------------------- */
+
+typedef struct engine_ctx {
+    glimpse_model_params mp;
+    gq *q;
+    http_server *http;
+    glimpse_model *model;
+    int failed;
+} engine_ctx;
+
+static void *engine_main(void *arg)
+{
+    engine_ctx *e = arg;
+    glimpse_err err = { 0 };
+    if (glimpse_model_load(&e->mp, &e->model, &err) < 0) {
+        slog(GLIMPSE_LOG_ERROR, "cannot load the model %s%s%s: %s", e->mp.model_path, e->mp.mmproj_path ? " + " : "",
+             e->mp.mmproj_path ? e->mp.mmproj_path : "", err.msg);
+        e->failed = 1;
+        kill(getpid(), SIGTERM); /* the main thread waits in sigwait */
+        return NULL;
+    }
+    glimpse_model_info info;
+    glimpse_model_info_get(e->model, &info);
+    slog(GLIMPSE_LOG_INFO, "model %s loaded in %.0f ms: %d layers, n_embd %d, context %d, %d threads, vision %s",
+         info.name, info.load_ms, info.n_layer, info.n_embd, info.n_ctx, info.n_threads, info.has_vision ? "yes" : "no");
+    http_set_model(e->http, e->model);
+    gq_run(e->q, e->model);
+    return NULL;
+}
+
+/* ---- serve ------------------------------------------------------------------------------ */
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_opts o;
+    int prc = parse_serve(argc, argv, &o);
+    if (prc != 0)
+        return prc > 0 ? 0 : 2;
+    glimpse_log_set(engine_log, slog_level, NULL);
+
+    char *demo_model = NULL, *demo_mmproj = NULL;
+    if (!o.model) {
+        if (find_demo_model(&demo_model, &demo_mmproj) < 0) {
+            fprintf(stderr, "glimpse serve: no --model given and the bundled demo model "
+                            "(models/glimpse-shapes.gguf) is not there; pass --model PATH [--mmproj PATH]\n");
+            return 2;
+        }
+        o.model = demo_model;
+        if (!o.mmproj)
+            o.mmproj = demo_mmproj;
+    }
+    char name[256];
+    if (o.model_name && o.model_name[0]) {
+        snprintf(name, sizeof name, "%s", o.model_name);
+    } else {
+        const char *base = strrchr(o.model, '/');
+        snprintf(name, sizeof name, "%s", base ? base + 1 : o.model);
+        size_t nl = strlen(name);
+        if (nl > 5 && !strcmp(name + nl - 5, ".gguf"))
+            name[nl - 5] = '\0';
+    }
+
+    int status = 1;
+    metrics *mx = NULL;
+    gq *q = NULL;
+    http_server *http = NULL;
+    engine_ctx ec = { 0 };
+    pthread_t engine;
+    int engine_started = 0;
+    glimpse_err err = { 0 };
+
+    /* Signals go to sigwait below: block them before any thread exists. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    http_config cfg = {
+        .host = o.host, .port = (int)o.port, .api_key = o.api_key, .cors_origin = o.cors_origin,
+        .model_id = name, .max_body = (size_t)o.max_body_mb << 20, .max_connections = (unsigned)o.max_connections,
+        .timeout_s = (unsigned)o.timeout, .keepalive_ms = (int)o.keepalive_ms,
+        .limits = { .max_images = (size_t)o.max_images, .max_prompt_bytes = (size_t)o.max_prompt_bytes,
+                    .max_n = (int)o.max_n, .image = { .max_pixels = o.max_image_pixels } },
+    };
+    if (metrics_create(&mx) < 0 || gq_create((size_t)o.queue_size, &q, &err) < 0) {
+        fprintf(stderr, "glimpse serve: out of memory\n");
+        goto done;
+    }
+    if (http_start(&cfg, q, mx, &http, &err) < 0) {
+        fprintf(stderr, "glimpse serve: %s\n", err.msg);
+        goto done;
+    }
+    const char *h = o.host;
+    slog(GLIMPSE_LOG_WARN, "listening on http://%s%s%s:%d (model %s loading)", strchr(h, ':') ? "[" : "", h,
+         strchr(h, ':') ? "]" : "", http_port(http), name);
+
+    glimpse_model_params_default(&ec.mp);
+    ec.mp.model_path = o.model;
+    ec.mp.mmproj_path = o.mmproj && o.mmproj[0] ? o.mmproj : NULL;
+    ec.mp.n_threads = (int)o.threads;
+    ec.mp.n_ctx = (int)o.ctx;
+    ec.q = q;
+    ec.http = http;
+    if (pthread_create(&engine, NULL, engine_main, &ec)) {
+        fprintf(stderr, "glimpse serve: cannot start the engine thread\n");
+        goto done;
+    }
+    engine_started = 1;
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    if (ec.failed)
+        goto done;
+    slog(GLIMPSE_LOG_WARN, "%s: draining (up to %ld s for %ld requests)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+         o.drain_timeout, http_in_flight(http));
+    http_drain(http);
+    for (long waited = 0; http_in_flight(http) > 0 && waited < o.drain_timeout * 1000; waited += 50)
+        nanosleep(&(struct timespec){ 0, 50 * 1000000L }, NULL);
+    status = 0;
+done:
+    if (q)
+        gq_shutdown(q);
+    if (engine_started)
+        pthread_join(engine, NULL);
+    http_stop(http);
+    glimpse_model_free(ec.model);
+    gq_free(q);
+    metrics_free(mx);
+    free(demo_model);
+    free(demo_mmproj);
+    if (status == 0)
+        slog(GLIMPSE_LOG_WARN, "stopped");
+    return status;
+}
