@@ -256,7 +256,8 @@ typedef struct glimpse_result {
  * generation token, a stop string, max_tokens or the context's end.
  * *res is filled on success and on GLIMPSE_ECANCELED.
  * Thread rule: any thread, but one generation at a time per model (a second
- * caller waits); the callback runs on the calling thread. */
+ * caller waits); the callback runs on the calling thread and must not call
+ * glimpse_generate on the same model (it would wait for itself). */
 int glimpse_generate(glimpse_model *m, const glimpse_request *req, glimpse_result *res, glimpse_err *err);
 
 #ifdef __cplusplus
