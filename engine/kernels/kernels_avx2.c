@@ -30,6 +30,9 @@
 #include <string.h>
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
+/* Loops over accumulator arrays must be unrolled, or -O2 keeps the
+ * accumulators in memory and every FMA waits on a store-to-load forward. */
+#define UNROLL _Pragma("GCC unroll 4")
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -182,9 +185,11 @@ TARGET static float dot_f32(const float *a, const float *b, int64_t n)
 {
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
+    for (; i + 32 <= n; i += 32) {
+        UNROLL
         for (int r = 0; r < 4; r++)
             acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * r), _mm256_loadu_ps(b + i + 8 * r), acc[r]);
+    }
     for (; i + 8 <= n; i += 8)
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
@@ -217,9 +222,11 @@ TARGET static inline __m256 load_bf16(const uint16_t *p)
         __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),          \
                           _mm256_setzero_ps() };                                                  \
         int64_t i = 0;                                                                            \
-        for (; i + 32 <= n; i += 32)                                                              \
+        for (; i + 32 <= n; i += 32) {                                                            \
+            UNROLL                                                                                \
             for (int r = 0; r < 4; r++)                                                           \
                 acc[r] = _mm256_fmadd_ps(load(x + i + 8 * r), load(y + i + 8 * r), acc[r]);       \
+        }                                                                                         \
         for (; i + 8 <= n; i += 8)                                                                \
             acc[0] = _mm256_fmadd_ps(load(x + i), load(y + i), acc[0]);                           \
         float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))); \
@@ -371,7 +378,8 @@ TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, 
     const size_t ablk = with_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
     __m256 acc[KN_DOT_TOKENS];
     float mins[KN_DOT_TOKENS];
-    for (int t = 0; t < nt; t++) {
+    UNROLL
+    for (int t = 0; t < KN_DOT_TOKENS; t++) {
         acc[t] = _mm256_setzero_ps();
         mins[t] = 0.0f;
     }
@@ -379,6 +387,7 @@ TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, 
         uint16_t dx, mx = 0;
         __m256i qx = load_w32(kind, w, b, &dx, &mx);
         const float fdx = h2f(dx);
+        UNROLL
         for (int t = 0; t < nt; t++) {
             /* block_q8_0 and block_q8_1 both start with the half d; qs is last */
             const uint8_t *yb = a + (size_t)t * a_stride + (size_t)b * ablk;
@@ -395,6 +404,7 @@ TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, 
             }
         }
     }
+    UNROLL
     for (int t = 0; t < nt; t++)
         out[t] = with_min ? hsum_ps(acc[t]) + mins[t] : hsum_ps(acc[t]);
 }
@@ -429,7 +439,8 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
 {
     __m256 acc[KN_DOT_TOKENS];
     float mins[KN_DOT_TOKENS];
-    for (int t = 0; t < nt; t++) {
+    UNROLL
+    for (int t = 0; t < KN_DOT_TOKENS; t++) {
         acc[t] = _mm256_setzero_ps();
         mins[t] = 0.0f;
     }
@@ -445,7 +456,8 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
         __m256i qhv = has_qh ? _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)))
                              : _mm256_setzero_si256();
         __m256i isum[KN_DOT_TOKENS];
-        for (int t = 0; t < nt; t++)
+        UNROLL
+        for (int t = 0; t < KN_DOT_TOKENS; t++)
             isum[t] = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
@@ -459,6 +471,7 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qhv, b1), b1), v16));
             }
             const __m256i slo = _mm256_set1_epi16((short)sc[2 * g]), shi = _mm256_set1_epi16((short)sc[2 * g + 1]);
+            UNROLL
             for (int t = 0; t < nt; t++) {
                 const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
                 __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g)));
@@ -468,12 +481,14 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
             }
         }
         const float d = h2f(dh), dmin = h2f(dminh);
+        UNROLL
         for (int t = 0; t < nt; t++) {
             const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
             mins[t] -= dmin * y->d * (float)k4_min_sum(y, mn);
         }
     }
+    UNROLL
     for (int t = 0; t < nt; t++)
         out[t] = hsum_ps(acc[t]) + mins[t];
 }
@@ -486,11 +501,13 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
     const block_q6_K *x = w;
     const __m256i low4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
     __m256 acc[KN_DOT_TOKENS];
-    for (int t = 0; t < nt; t++)
+    UNROLL
+    for (int t = 0; t < KN_DOT_TOKENS; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
         __m256i isum[KN_DOT_TOKENS];
-        for (int t = 0; t < nt; t++)
+        UNROLL
+        for (int t = 0; t < KN_DOT_TOKENS; t++)
             isum[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h;
@@ -509,6 +526,7 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
                 const __m256i qv = _mm256_sub_epi8(q[v], off);
                 const __m256i s = _mm256_set_m128i(_mm_set1_epi16(x[b].scales[e0 / 16 + 1]),
                                                    _mm_set1_epi16(x[b].scales[e0 / 16]));
+                UNROLL
                 for (int t = 0; t < nt; t++) {
                     const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
                     __m256i p = mul_pairs_i8(qv, _mm256_loadu_si256((const __m256i *)(y->qs + e0)));
@@ -517,11 +535,13 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
             }
         }
         const float d = h2f(x[b].d);
+        UNROLL
         for (int t = 0; t < nt; t++) {
             const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
         }
     }
+    UNROLL
     for (int t = 0; t < nt; t++)
         out[t] = hsum_ps(acc[t]);
 }
