@@ -625,8 +625,9 @@ static bool part_is(const mp_part *p, const char *name)
 /* A scalar form field as JSON: a number, true, false or null as such, anything else as a string. */
 static cJSON *field_value(const mp_part *p)
 {
-    cJSON *v = cJSON_ParseWithLength(p->data, p->data_len);
-    if (v && (cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v)))
+    const char *end = NULL;
+    cJSON *v = cJSON_ParseWithLengthOpts(p->data, p->data_len, &end, 0);
+    if (v && end == p->data + p->data_len && (cJSON_IsNumber(v) || cJSON_IsBool(v) || cJSON_IsNull(v)))
         return v;
     cJSON_Delete(v);
     char *s = malloc(p->data_len + 1);
