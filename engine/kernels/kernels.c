@@ -11,7 +11,7 @@
  *     dot products split over the pool by output rows, in tiles of weight
  *     rows so that a tile stays in cache while every token passes over it,
  *     four tokens per weight-row pass where the table has multi-token dots.
- *   - F32/F16/BF16 weights with n_tok >= BLAS_MIN_TOK (SIMD table only) go to
+ *   - F32/F16/BF16 weights with n_tok >= BLAS_MIN_TOK_* (SIMD table only) go to
  *     OpenBLAS sgemm instead, single-threaded inside each pool thread on its
  *     share of output rows; F16/BF16 weights are converted to f32 a panel at
  *     a time and the activations rounded to the weight's type first (as
@@ -178,10 +178,12 @@ static void dot_rows(void *p, int ith, int nth)
 
 /* ---- matmul through OpenBLAS ------------------------------------------------------ */
 
-/* Token count from which F32/F16/BF16 weights go to sgemm: measured on a
- * Haswell-class core, OpenBLAS beats the row-by-row dots from 4 tokens on
- * (14 vs 8 GFLOP/s), and the f16 panel conversion is amortised by 8. */
-#define BLAS_MIN_TOK 8
+/* Token counts from which F32 / F16,BF16 weights go to sgemm. Measured on
+ * one core (768x3072, AVX-512 Xeon running the AVX2 table): f32 dots ~27
+ * GFLOP/s at any n_tok vs sgemm 39 at 8 tokens and 70-80 from 64; F16 dots
+ * ~45 vs sgemm (with panel widening) ~35 at 16, 53 at 32, 110 from 256. */
+#define BLAS_MIN_TOK_F32 8
+#define BLAS_MIN_TOK_HALF 24
 /* Weight rows converted to f32 per sgemm call, per thread. */
 #define BLAS_PANEL 64
 
@@ -241,7 +243,7 @@ static void round_rows(void *p, int ith, int nth)
 }
 
 /* The sgemm path for F32/F16/BF16 weights; false (nothing done) when the
- * reserved scratch cannot hold BLAS_MIN_TOK rounded rows plus the panels. */
+ * reserved scratch cannot hold BLAS_MIN_TOK_HALF rounded rows plus the panels. */
 static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                         int64_t n_tok, float *y)
 {
@@ -256,7 +258,7 @@ static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, co
     }
     const int64_t cap_rows = (int64_t)(scratch_len / sizeof(float) / (size_t)k);
     const int64_t chunk = cap_rows - (int64_t)threadpool_size(tp) * BLAS_PANEL;
-    if (chunk < BLAS_MIN_TOK)
+    if (chunk < BLAS_MIN_TOK_HALF)
         return false;
     float *xr = (float *)scratch;
     j.panels = xr + (size_t)chunk * (size_t)k;
@@ -283,7 +285,8 @@ void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const 
     assert(kn_matmul_supports(w->type, k) && impl->vec_dot[w->type]);
 
     /* cblas takes int dimensions */
-    const bool blas_ok = impl->use_blas && n_tok >= BLAS_MIN_TOK && n_tok <= INT_MAX && k <= INT_MAX &&
+    const int64_t blas_min = act == KN_ACT_F32 ? BLAS_MIN_TOK_F32 : BLAS_MIN_TOK_HALF;
+    const bool blas_ok = impl->use_blas && n_tok >= blas_min && n_tok <= INT_MAX && k <= INT_MAX &&
                          n_out <= INT_MAX && (act == KN_ACT_F32 || act == KN_ACT_F16 || act == KN_ACT_BF16);
     if (blas_ok && blas_matmul(impl, tp, w, x, n_tok, y))
         return;

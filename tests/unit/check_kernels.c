@@ -686,8 +686,9 @@ START_TEST(test_simd_matmul)
         return;
     const int type = weight_types[_i];
     const int64_t k = odd_k(type, 3), n = 13;
-    /* Room for the sgemm path too: 64-row f32 weight panels per thread. */
-    ck_assert_int_eq(kernels_reserve((17 + 3 * 64) * k, NULL), 0);
+    /* Room for the sgemm path (F32 from 8 tokens, F16/BF16 from 24): 30
+     * rounded rows plus 64-row f32 weight panels for each of 3 threads. */
+    ck_assert_int_eq(kernels_reserve((30 + 3 * 64) * k, NULL), 0);
     tensor w;
     void *wd = random_weights(type, k, n, &w);
     float *x = random_f32(45 * k, -1.0f, 1.0f);
@@ -698,7 +699,7 @@ START_TEST(test_simd_matmul)
         kn_matmul_impl(simd, tp, &w, x, n_tok, y);
         check_against_dequant(&w, x, n_tok, y);
     }
-    /* 45 tokens with scratch for 17 (+ panels): several passes either way. */
+    /* 45 tokens with scratch for 30 (+ panels): two sgemm passes for the halves. */
     kn_matmul_impl(simd, tp, &w, x, 45, y);
     check_against_dequant(&w, x, 45, y);
     threadpool_free(tp);
