@@ -25,14 +25,17 @@
 #include "../threadpool.h"
 
 /* Selects SIMD implementations for this CPU; idempotent, call at start-up.
- * GLIMPSE_KERNELS=scalar in the environment forces the reference kernels. */
+ * GLIMPSE_KERNELS=scalar in the environment forces the reference kernels.
+ * Also sets OpenBLAS to one thread per call: sgemm (here and in callers) runs
+ * inside our pool's threads, which must not each spawn BLAS threads. */
 void kernels_init(void);
 /* Name of the selected ISA path ("avx2", "scalar", ...). */
 const char *kernels_isa(void);
 
-/* Scratch that matmul needs for activation quantisation: call once at start-up
- * with the largest n_tok*k (elements) that will be multiplied, so that
- * kn_matmul allocates nothing afterwards. */
+/* Scratch that matmul needs for activation conversion (4 bytes per element):
+ * call at start-up with the largest n_tok*k (elements) that will be
+ * multiplied, so that kn_matmul allocates nothing afterwards. Only grows;
+ * several callers (decoder, vision) may each reserve their own maximum. */
 int kernels_reserve(int64_t max_act_elems, glimpse_err *err);
 
 /* Whether kn_matmul accepts weights of this type with rows of k elements
@@ -44,8 +47,10 @@ bool kn_matmul_supports(int wtype, int64_t k);
  * y is [n_tok][W->ne[1]] (must not alias x). W must pass kn_matmul_supports.
  * Activations are converted to the weight type's vec_dot_type first
  * (F32 / F16 / BF16 / Q8_0 / Q8_1 for Q4_1,Q5_1 / Q8_K for K-quants), as
- * llama.cpp's CPU backend does. Allocates nothing; more tokens than
- * kernels_reserve allowed for are processed in several passes. */
+ * llama.cpp's CPU backend does; batches of F32/F16/BF16 weights may go to
+ * OpenBLAS sgemm (same rounding of the activations, f32 sums in another
+ * order). Allocates nothing; more tokens than kernels_reserve allowed for
+ * are processed in several passes. */
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
