@@ -16,7 +16,10 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -118,6 +121,60 @@ static void *worker_main(void *p)
         }
     }
     return NULL;
+}
+
+/* CPUs granted by a CFS quota of `quota` µs per `period` µs, rounded up;
+ * 0 when there is no quota (quota or period not positive). */
+static int quota_cpus(long long quota, long long period)
+{
+    if (quota <= 0 || period <= 0)
+        return 0;
+    long long n = quota / period + (quota % period != 0);
+    return n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+/* The quota of this process's cgroup: v2 cpu.max holds "QUOTA PERIOD" or
+ * "max PERIOD"; v1 has two files, quota -1 meaning none. 0 if none. */
+static int cgroup_cpus(void)
+{
+    long long quota = 0, period = 0;
+    char q[32];
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f) {
+        if (fscanf(f, "%31s %lld", q, &period) == 2 && strcmp(q, "max") != 0)
+            quota = strtoll(q, NULL, 10);
+        fclose(f);
+        return quota_cpus(quota, period);
+    }
+    f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r");
+    if (f) {
+        if (fscanf(f, "%lld", &quota) != 1)
+            quota = 0;
+        fclose(f);
+    }
+    f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r");
+    if (f) {
+        if (fscanf(f, "%lld", &period) != 1)
+            period = 0;
+        fclose(f);
+    }
+    return quota_cpus(quota, period);
+}
+
+int threadpool_default_size(void)
+{
+    int n = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+    if (n < 1) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c < 1 ? 1 : c > MAX_THREADS ? MAX_THREADS : (int)c;
+    }
+    int quota = cgroup_cpus();
+    if (quota > 0 && quota < n)
+        n = quota;
+    return n > MAX_THREADS ? MAX_THREADS : n;
 }
 
 int threadpool_create(int n_threads, threadpool **out, glimpse_err *err)

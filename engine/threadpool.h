@@ -16,6 +16,12 @@ typedef struct threadpool threadpool;
 /* Called on every thread with ith in [0, nth). */
 typedef void (*threadpool_fn)(void *arg, int ith, int nth);
 
+/* The number of threads worth running: the CPUs this process may run on
+ * (affinity mask), capped by a cgroup CPU quota (containers) — not the
+ * machine's CPU count, since oversubscribed pools stall on every hand-off.
+ * At least 1. Any thread. */
+int threadpool_default_size(void);
+
 /* n_threads >= 1 (1 = the caller only). Owned, free with threadpool_free. */
 int threadpool_create(int n_threads, threadpool **out, glimpse_err *err);
 void threadpool_free(threadpool *tp);

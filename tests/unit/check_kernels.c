@@ -13,6 +13,7 @@
 #include "kernels/kernels_impl.h"
 
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 /* ---- random data ---------------------------------------------------------------- */
@@ -183,6 +184,27 @@ START_TEST(test_threadpool_null_and_errors)
     ck_assert_int_eq(err.code, GLIMPSE_EINVAL);
     ck_assert_int_eq(threadpool_create(100000, &tp, NULL), GLIMPSE_EINVAL);
     threadpool_free(NULL);
+}
+END_TEST
+
+START_TEST(test_threadpool_default_size)
+{
+    cpu_set_t set;
+    ck_assert_int_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int n = threadpool_default_size();
+    ck_assert_int_ge(n, 1);
+    ck_assert_int_le(n, CPU_COUNT(&set));
+    /* a narrower affinity mask narrows the answer */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set)) {
+            CPU_SET(c, &one);
+            break;
+        }
+    ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+    ck_assert_int_eq(threadpool_default_size(), 1);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
 }
 END_TEST
 
@@ -984,6 +1006,7 @@ Suite *kernels_suite(void)
     tcase_add_test(tc, test_threadpool_wakes_sleeping_workers);
     tcase_add_test(tc, test_threadpool_null_and_errors);
     tcase_add_test(tc, test_threadpool_split_covers_range);
+    tcase_add_test(tc, test_threadpool_default_size);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("reference");
