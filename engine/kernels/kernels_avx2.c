@@ -2,8 +2,8 @@
  * kernels_avx2.c — AVX2 + FMA + F16C versions of the hot kernels: the matmul
  * dot products of every weight type (quantised ones also for 4 tokens at
  * once), the Q8_0/Q8_1/F16 activation conversions, F16/BF16 widening for
- * the sgemm path, the f32 dot, softmax and SwiGLU. Everything else (norms,
- * RoPE, GELU tables, Q8_K quantisation) stays the scalar reference.
+ * the sgemm path, the f32 dot, softmax, SwiGLU and the GELU table lookups.
+ * Everything else (norms, RoPE, Q8_K quantisation) stays the scalar reference.
  *
  * Only the functions marked TARGET use AVX2 instructions; kn_avx2_impl checks
  * the CPU before handing them out, so the file is safe to link everywhere.
@@ -320,6 +320,51 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
         g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+/* ---- GELU tables ------------------------------------------------------------------ */
+
+/* The reference's table lookup 8 at a time: F16C rounds to half exactly like
+ * f32_to_fp16, a 32-bit gather at each half's index fetches its entry (the
+ * table has a spare entry for the last index), F16C widens it back. */
+TARGET static inline __m256 gelu_lookup(const uint16_t *table, __m256 v)
+{
+    __m256i idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    __m256i g = _mm256_i32gather_epi32((const int *)table, idx, 2);
+    g = _mm256_and_si256(g, _mm256_set1_epi32(0xffff));
+    __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(g), _mm256_extracti128_si256(g, 1));
+    return _mm256_cvtph_ps(h);
+}
+
+TARGET static void gelu(float *x, int64_t n)
+{
+    const uint16_t *table = kn_gelu_table(false);
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 g = gelu_lookup(table, v);
+        /* x <= -10: 0; x >= 10: x (ggml's pass-through outside the table) */
+        g = _mm256_andnot_ps(_mm256_cmp_ps(v, lo, _CMP_LE_OQ), g);
+        g = _mm256_blendv_ps(g, v, _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
+        _mm256_storeu_ps(x + i, g);
+    }
+    for (; i < n; i++) {
+        if (x[i] <= -10.0f)
+            x[i] = 0.0f;
+        else if (x[i] < 10.0f)
+            x[i] = h2f(table[_cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT)]);
+    }
+}
+
+TARGET static void gelu_quick(float *x, int64_t n)
+{
+    const uint16_t *table = kn_gelu_table(true);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, gelu_lookup(table, _mm256_loadu_ps(x + i)));
+    for (; i < n; i++)
+        x[i] = h2f(table[_cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT)]);
+}
+
 /* ---- multi-token dots ------------------------------------------------------------ */
 
 /* Every quantised dot below runs one weight row against nt <= KN_DOT_TOKENS
@@ -616,6 +661,8 @@ const kn_impl *kn_avx2_impl(void)
     t.dot_f32 = dot_f32;
     t.softmax = softmax;
     t.swiglu = swiglu;
+    t.gelu = gelu;
+    t.gelu_quick = gelu_quick;
     avx2_impl = t;
     return &avx2_impl;
 }

@@ -73,6 +73,10 @@ typedef struct kn_impl {
 extern const kn_impl kn_ref_impl;
 /* Builds the GELU lookup tables (once; any thread, idempotent). */
 void kn_ref_init_tables(void);
+/* The tanh-GELU or quick-GELU table: 65536 halves indexed by the input's half
+ * bits, plus one spare entry so that 32-bit gathers stay inside. Borrowed,
+ * static; built on first use. */
+const uint16_t *kn_gelu_table(bool quick);
 /* The AVX2+FMA table, or NULL when the CPU (or compiler) lacks AVX2/FMA/F16C.
  * Borrowed, static; built on first call (not thread-safe before kernels_init). */
 const kn_impl *kn_avx2_impl(void);

@@ -381,8 +381,9 @@ static void rope(float *x /* [n_heads][head_dim] */, int n_heads, int head_dim, 
  * table of half(f(x)) built once from the f32 formula; tanh-GELU passes
  * through outside (-10, 10). The tables make the outputs half-precision
  * values, which is what llama.cpp's vision tower sees. */
-static uint16_t gelu_table[1 << 16];        /* half bits -> half(gelu_tanh) */
-static uint16_t gelu_quick_table[1 << 16];  /* half bits -> half(quick_gelu) */
+/* One spare entry past the end: SIMD gathers read 32 bits at entry i. */
+static uint16_t gelu_table[(1 << 16) + 1];        /* half bits -> half(gelu_tanh) */
+static uint16_t gelu_quick_table[(1 << 16) + 1];  /* half bits -> half(quick_gelu) */
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void gelu_tables_build(void)
@@ -400,6 +401,12 @@ static void gelu_tables_build(void)
 void kn_ref_init_tables(void)
 {
     pthread_once(&gelu_once, gelu_tables_build);
+}
+
+const uint16_t *kn_gelu_table(bool quick)
+{
+    kn_ref_init_tables();
+    return quick ? gelu_quick_table : gelu_table;
 }
 
 static void gelu(float *x, int64_t n)

@@ -784,6 +784,34 @@ START_TEST(test_simd_softmax_swiglu)
 }
 END_TEST
 
+/* The SIMD GELU lookups return exactly the reference's table values. */
+START_TEST(test_simd_gelu)
+{
+    const kn_impl *simd = simd_impl();
+    if (!simd)
+        return;
+    for (int64_t n = 1; n <= 300; n += n < 20 ? 1 : 61) {
+        float *x = random_f32(n, -14.0f, 14.0f);
+        const float special[] = { -10.0f, 10.0f, -9.9990234f, 9.9990234f, 0.0f, -0.0f, 65504.0f, -70000.0f, 1e-8f };
+        for (int64_t i = 0; i < n && i < (int64_t)(sizeof special / sizeof special[0]); i++)
+            x[i] = special[i];
+        for (int quick = 0; quick < 2; quick++) {
+            float *r = malloc((size_t)n * sizeof *r), *v = malloc((size_t)n * sizeof *v);
+            memcpy(r, x, (size_t)n * sizeof *r);
+            memcpy(v, x, (size_t)n * sizeof *v);
+            (quick ? kn_ref_impl.gelu_quick : kn_ref_impl.gelu)(r, n);
+            (quick ? simd->gelu_quick : simd->gelu)(v, n);
+            for (int64_t i = 0; i < n; i++)
+                ck_assert_msg(memcmp(&r[i], &v[i], sizeof r[i]) == 0, "%s(%a): simd %a, ref %a",
+                              quick ? "gelu_quick" : "gelu", x[i], v[i], r[i]);
+            free(v);
+            free(r);
+        }
+        free(x);
+    }
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     setenv("GLIMPSE_KERNELS", "scalar", 1);
@@ -1028,6 +1056,7 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_dot_f32);
     tcase_add_test(tc, test_simd_softmax_swiglu);
+    tcase_add_test(tc, test_simd_gelu);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 
