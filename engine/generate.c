@@ -9,10 +9,12 @@
  * (special tokens rendered), which is what logprobs report.
  */
 #include "decoder.h"
+#include "media.h"
 #include "model.h"
 #include "sampler.h"
 #include "template.h"
 #include "tokenizer.h"
+#include "vision.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -23,38 +25,118 @@ void glimpse_request_default(glimpse_request *r)
     glimpse_sampling_default(&r->sampling);
 }
 
-/* Renders the request into prompt text; owned by *p. */
+/* Renders the request into prompt text with image slots; owned by *p. A raw
+ * prompt takes the request's images first, in order. */
 static int render_prompt(const glimpse_model *m, const glimpse_request *req, rendered_prompt *p, glimpse_err *err)
 {
+    memset(p, 0, sizeof *p);
     if (req->prompt) {
-        memset(p, 0, sizeof *p);
         p->len = strlen(req->prompt);
         p->text = malloc(p->len + 1);
-        if (!p->text)
+        p->slots = calloc(req->n_images ? req->n_images : 1, sizeof *p->slots);
+        if (!p->text || !p->slots) {
+            rendered_prompt_free(p);
             return err_set(err, GLIMPSE_ENOMEM, "generate: out of memory");
+        }
         memcpy(p->text, req->prompt, p->len + 1);
+        for (size_t i = 0; i < req->n_images; i++)
+            p->slots[i] = (image_slot){ 0, (int)i };
+        p->n_slots = req->n_images;
         return 0;
     }
     if (req->n_messages == 0)
         return err_set(err, GLIMPSE_EINVAL, "generate: the request has neither messages nor a prompt");
-    int rc = chat_template_render(m->tmpl, req->messages, req->n_messages, true, p, err);
+    return chat_template_render(m->tmpl, req->messages, req->n_messages, true, p, err);
+}
+
+static int context_full(const glimpse_model *m, size_t n, glimpse_err *err)
+{
+    return err_set(err, GLIMPSE_ELIMIT, "generate: the prompt needs more than the %d positions of the context%s",
+                   m->n_ctx, n ? "" : " (an image alone does not fit)");
+}
+
+/* Appends the tokens of text[0..len) to the prompt at *n. The first chunk gets
+ * BOS/EOS as the vocabulary asks, like mtmd's first text chunk. */
+static int add_text(glimpse_model *m, const char *text, size_t len, bool first, size_t *n, glimpse_err *err)
+{
+    size_t room = (size_t)m->n_ctx - *n, n_ids;
+    int rc = tokenizer_encode(m->tok, text, len, first, true, m->ids, room, &n_ids, err);
+    if (rc == GLIMPSE_ELIMIT)
+        return context_full(m, *n, err);
     if (rc < 0)
         return rc;
-    if (p->n_slots > 0) {
-        rendered_prompt_free(p);
-        return err_set(err, GLIMPSE_EUNSUPPORTED, "generate: the request has images but no vision projector is loaded");
-    }
+    for (size_t i = 0; i < n_ids; i++)
+        m->prompt[*n + i] = (prompt_pos){ m->ids[i], -1, 0 };
+    *n += n_ids;
     return 0;
 }
 
-/* Evaluates ids[0..n) at positions 0..n-1 in chunks of n_batch, with logits
- * for the last one only. */
-static int prefill(glimpse_model *m, int n, glimpse_err *err)
+/* The fused prompt (spec §5.3): text chunks between image slots, each slot
+ * replaced by its image's layout. prompt_pos.image is the slot index, so an
+ * image used twice is encoded twice, each with its own rows in m->emb. */
+static int build_prompt(glimpse_model *m, const glimpse_request *req, const rendered_prompt *p, size_t *n_out,
+                        int *image_tokens, glimpse_err *err)
 {
+    size_t n = 0, at = 0;
+    int rc;
+    *image_tokens = 0;
+    for (size_t s = 0; s <= p->n_slots; s++) {
+        size_t end = s < p->n_slots ? p->slots[s].offset : p->len;
+        if ((rc = add_text(m, p->text + at, end - at, s == 0, &n, err)) < 0)
+            return rc;
+        at = end;
+        if (s == p->n_slots)
+            break;
+        int idx = p->slots[s].image;
+        if (idx < 0 || (size_t)idx >= req->n_images || !req->images || !req->images[idx])
+            return err_set(err, GLIMPSE_EINVAL, "generate: image part %d refers to no image of the request", idx);
+        const glimpse_image *img = req->images[idx];
+        if (img->model != m)
+            return err_set(err, GLIMPSE_EINVAL, "generate: image %d was prepared for another model", idx);
+        size_t n_img;
+        rc = fusion_image_layout(m->tok, vision_get_hparams(m->vision), img->tiles.grid_x, img->tiles.grid_y,
+                                 (int)s, m->prompt + n, (size_t)m->n_ctx - n, &n_img, err);
+        if (rc == GLIMPSE_ELIMIT)
+            return context_full(m, n, err);
+        if (rc < 0)
+            return rc;
+        n += n_img;
+        *image_tokens += (int)n_img;
+    }
+    *n_out = n;
+    return 0;
+}
+
+/* Runs the vision encoder over every tile of every slot's image; slot s's rows
+ * start at row emb_row[s] of m->emb. */
+static void encode_images(glimpse_model *m, const glimpse_request *req, const rendered_prompt *p,
+                          size_t *emb_row)
+{
+    const vision_hparams *hp = vision_get_hparams(m->vision);
+    const size_t n_embd = (size_t)m->text.cfg.n_embd, tile_len = 3 * (size_t)hp->image_size * hp->image_size;
+    size_t row = 0;
+    for (size_t s = 0; s < p->n_slots; s++) {
+        const image_tiles *t = &req->images[p->slots[s].image]->tiles;
+        emb_row[s] = row;
+        for (int i = 0; i < t->n_tiles; i++) {
+            vision_encode(m->vision, m->tp, t->data + (size_t)i * tile_len, m->emb + row * n_embd);
+            row += (size_t)hp->n_tokens_out;
+        }
+    }
+}
+
+/* Evaluates the prompt at positions 0..n-1 in chunks of n_batch, with logits
+ * for the last one only; image rows come from m->emb. */
+static int prefill(glimpse_model *m, int n, const size_t *emb_row, glimpse_err *err)
+{
+    const size_t n_embd = (size_t)m->text.cfg.n_embd;
     for (int i0 = 0; i0 < n; i0 += m->n_batch) {
         int nb = n - i0 < m->n_batch ? n - i0 : m->n_batch;
-        for (int j = 0; j < nb; j++)
-            m->batch[j] = (dec_entry){ m->seq, i0 + j, m->ids[i0 + j], NULL, i0 + j == n - 1 };
+        for (int j = 0; j < nb; j++) {
+            const prompt_pos *pp = &m->prompt[i0 + j];
+            const float *embd = pp->image < 0 ? NULL : m->emb + (emb_row[pp->image] + (size_t)pp->row) * n_embd;
+            m->batch[j] = (dec_entry){ m->seq, i0 + j, pp->token, embd, i0 + j == n - 1 };
+        }
         int rc = decoder_forward(m->dec, m->batch, nb, err);
         if (rc < 0)
             return rc;
@@ -94,6 +176,7 @@ static int generate_locked(glimpse_model *m, const glimpse_request *req, glimpse
     const tokenizer *tok = m->tok;
     rendered_prompt prompt = { 0 };
     sampler *smp = NULL;
+    size_t *emb_row = NULL;
     int rc;
 
     if (req->max_tokens < 0)
@@ -101,21 +184,22 @@ static int generate_locked(glimpse_model *m, const glimpse_request *req, glimpse
     if (req->sampling.n_top_logprobs < 0 || req->sampling.n_top_logprobs > GLIMPSE_MAX_TOP_LOGPROBS)
         return err_set(err, GLIMPSE_EINVAL, "generate: top_logprobs %d is out of range [0, %d]",
                        (int)req->sampling.n_top_logprobs, GLIMPSE_MAX_TOP_LOGPROBS);
-    if (req->n_images > 0)
-        return err_set(err, GLIMPSE_EUNSUPPORTED, "generate: the request has images but no vision projector is loaded");
     if ((rc = render_prompt(m, req, &prompt, err)) < 0)
         return rc;
-
-    /* The whole context is the cap on prompt + output. */
-    size_t n_prompt;
-    rc = tokenizer_encode(tok, prompt.text, prompt.len, true, true, m->ids, (size_t)m->n_ctx, &n_prompt, err);
-    if (rc == GLIMPSE_ELIMIT || (rc == 0 && n_prompt >= (size_t)m->n_ctx)) {
-        rc = err_set(err, GLIMPSE_ELIMIT, "generate: the prompt has %zu tokens; the context holds %d",
-                     n_prompt, m->n_ctx);
+    if (prompt.n_slots > 0 && !m->vision) {
+        rc = err_set(err, GLIMPSE_EUNSUPPORTED, "generate: the request has images but no vision projector is loaded");
         goto done;
     }
-    if (rc < 0)
+
+    /* The whole context is the cap on prompt + output. */
+    size_t n_prompt = 0;
+    int image_tokens = 0;
+    if ((rc = build_prompt(m, req, &prompt, &n_prompt, &image_tokens, err)) < 0)
         goto done;
+    if (n_prompt >= (size_t)m->n_ctx) {
+        rc = context_full(m, n_prompt, err);
+        goto done;
+    }
     if (n_prompt == 0) {
         rc = err_set(err, GLIMPSE_EINVAL, "generate: the prompt is empty");
         goto done;
@@ -127,19 +211,28 @@ static int generate_locked(glimpse_model *m, const glimpse_request *req, glimpse
     if ((rc = init_stops(&sm, req, max_tokens, err)) < 0 ||
         (rc = sampler_create(&req->sampling, m->text.cfg.n_vocab, &smp, err)) < 0)
         goto done;
-    /* Penalties see the prompt too, as llama-server feeds it to its sampler. */
+    /* Penalties see the prompt's tokens too, as llama-server feeds them to its sampler. */
     for (size_t i = 0; i < n_prompt; i++)
-        if ((rc = sampler_accept(smp, m->ids[i], err)) < 0)
+        if (m->prompt[i].image < 0 && (rc = sampler_accept(smp, m->prompt[i].token, err)) < 0)
             goto done;
+    if (prompt.n_slots > 0 && !(emb_row = malloc(prompt.n_slots * sizeof *emb_row))) {
+        rc = err_set(err, GLIMPSE_ENOMEM, "generate: out of memory");
+        goto done;
+    }
 
     memset(res, 0, sizeof *res);
     res->prompt_tokens = (int)n_prompt;
+    res->image_tokens = image_tokens;
     res->load_ms = m->load_ms;
     double t0 = time_ms();
-    if ((rc = prefill(m, (int)n_prompt, err)) < 0)
+    if (prompt.n_slots > 0)
+        encode_images(m, req, &prompt, emb_row);
+    double t_img = time_ms();
+    res->image_encode_ms = t_img - t0;
+    if ((rc = prefill(m, (int)n_prompt, emb_row, err)) < 0)
         goto done;
     double t1 = time_ms();
-    res->prefill_ms = t1 - t0;
+    res->prefill_ms = t1 - t_img;
 
     detok dt;
     detok_init(&dt, tok, false);
@@ -172,7 +265,6 @@ static int generate_locked(glimpse_model *m, const glimpse_request *req, glimpse
             goto done;
         }
         res->completion_tokens++;
-        m->ids[pos] = sr.token;
 
         if (req->on_token) {
             for (int i = 0; i < sr.n_top; i++) {
@@ -213,6 +305,7 @@ cancel:
     res->decode_ms = time_ms() - t1;
     rc = err_set(err, GLIMPSE_ECANCELED, "generate: cancelled by the caller");
 done:
+    free(emb_row);
     sampler_free(smp);
     rendered_prompt_free(&prompt);
     return rc;

@@ -11,6 +11,7 @@
 #include "template.h"
 #include "threadpool.h"
 #include "tokenizer.h"
+#include "vision.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -340,8 +341,6 @@ static int check_params(const glimpse_model_params *p, glimpse_err *err)
 {
     if (!p || !p->model_path || !p->model_path[0])
         return err_set(err, GLIMPSE_EINVAL, "model: no model path given");
-    if (p->mmproj_path)
-        return err_set(err, GLIMPSE_EUNSUPPORTED, "model: vision projectors (--mmproj) are not supported yet");
     if (p->n_threads < 0 || p->n_threads > MAX_THREADS)
         return err_set(err, GLIMPSE_EINVAL, "model: %d threads is out of range [0, %d]", p->n_threads, MAX_THREADS);
     if (p->n_ctx < 0 || p->n_ctx > (int)HPARAM_MAX)
@@ -362,6 +361,35 @@ static void set_name(glimpse_model *m, const char *path)
     }
     const char *base = strrchr(path, '/');
     snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+}
+
+/* Loads the mmproj: the vision encoder, its projector into this model's
+ * embedding space, and the matching preprocessing. Image embeddings of one
+ * request live in m->emb, one row per prompt position at most. */
+static int load_vision(glimpse_model *m, const char *path, glimpse_err *err)
+{
+    int rc;
+    if ((rc = gguf_open(path, &m->mmproj_file, err)) < 0 || (rc = vision_load(m->mmproj_file, &m->vision, err)) < 0)
+        return rc;
+    const vision_hparams *hp = vision_get_hparams(m->vision);
+    if (hp->n_embd_text != m->text.cfg.n_embd)
+        return err_set(err, GLIMPSE_EFORMAT, "model: the mmproj projects to width %d but the text model is %d wide",
+                       hp->n_embd_text, m->text.cfg.n_embd);
+    m->pp = (image_pp_params){
+        .mode = hp->projector == PROJECTOR_IDEFICS3 ? IMAGE_PP_IDEFICS3 : IMAGE_PP_FIXED,
+        .image_size = hp->image_size,
+        .longest_edge = hp->longest_edge,
+        /* llama.cpp letterboxes LLaVA images on the CLIP mean colour */
+        .pad_color = { 122, 116, 104 },
+    };
+    memcpy(m->pp.mean, hp->mean, sizeof m->pp.mean);
+    memcpy(m->pp.std, hp->std, sizeof m->pp.std);
+    size_t n_emb;
+    if (!size_mul((size_t)m->n_ctx, (size_t)m->text.cfg.n_embd, &n_emb) || !(m->emb = malloc(n_emb * sizeof *m->emb)))
+        return err_set(err, GLIMPSE_ENOMEM, "model: out of memory for image embeddings");
+    LOG_INFO("model: vision %s: %d layers, %d px tiles, %d embeddings per tile", path, hp->n_layer_run,
+             hp->image_size, hp->n_tokens_out);
+    return 0;
 }
 
 int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimpse_err *err)
@@ -433,14 +461,17 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
      * plus everything the stop matcher may have held back. */
     m->piece_cap = detok_out_max(m->tok);
     m->out_cap = m->piece_cap + STOP_HOLD_MAX;
+    m->prompt = malloc((size_t)m->n_ctx * sizeof *m->prompt);
     m->ids = malloc((size_t)m->n_ctx * sizeof *m->ids);
     m->batch = malloc((size_t)m->n_batch * sizeof *m->batch);
     m->piece = malloc(m->piece_cap);
     m->out = malloc(m->out_cap);
-    if (!m->ids || !m->batch || !m->piece || !m->out) {
+    if (!m->prompt || !m->ids || !m->batch || !m->piece || !m->out) {
         rc = err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
         goto fail;
     }
+    if (p->mmproj_path && (rc = load_vision(m, p->mmproj_path, err)) < 0)
+        goto fail;
     if (pthread_mutex_init(&m->lock, NULL) != 0) {
         rc = err_set(err, GLIMPSE_ENOMEM, "model: cannot create a mutex");
         goto fail;
@@ -464,7 +495,11 @@ void glimpse_model_free(glimpse_model *m)
         return;
     if (m->lock_ok)
         pthread_mutex_destroy(&m->lock);
+    free(m->prompt);
     free(m->ids);
+    free(m->emb);
+    vision_free(m->vision);
+    gguf_close(m->mmproj_file);
     free(m->batch);
     free(m->piece);
     free(m->out);
@@ -492,6 +527,6 @@ void glimpse_model_info_get(const glimpse_model *m, glimpse_model_info *out)
     out->n_ctx_train = c->n_ctx_train;
     out->n_ctx = m->n_ctx;
     out->n_threads = m->n_threads;
-    out->has_vision = 0;
+    out->has_vision = m->vision != NULL;
     out->load_ms = m->load_ms;
 }

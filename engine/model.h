@@ -11,7 +11,9 @@
 #ifndef GLIMPSE_MODEL_H
 #define GLIMPSE_MODEL_H
 
+#include "fusion.h"
 #include "gguf.h"
+#include "image.h"
 
 #include <pthread.h>
 
@@ -91,7 +93,13 @@ struct glimpse_model {
     int n_ctx;                       /* positions the sequence holds */
     int n_batch;                     /* positions per forward pass */
     int n_threads;
-    int32_t *ids;                    /* [n_ctx] the sequence's token ids */
+    prompt_pos *prompt;              /* [n_ctx] the fused prompt: tokens and image rows */
+    int32_t *ids;                    /* [n_ctx] scratch for tokenizing one text chunk */
+    /* vision, when an mmproj is loaded (all NULL otherwise) */
+    gguf_file *mmproj_file;          /* owned: the mmproj GGUF mapping */
+    struct vision_model *vision;     /* owned */
+    image_pp_params pp;              /* how images are preprocessed for it */
+    float *emb;                      /* [n_ctx][n_embd] image embeddings of the current request */
     struct dec_entry *batch;         /* [n_batch] entries of one pass */
     char *piece;                     /* [piece_cap] one token's text from the detokenizer */
     size_t piece_cap;

@@ -41,6 +41,9 @@ static void ask_usage(FILE *out)
             "\n"
             "options:\n"
             "  -m, --model PATH        text model GGUF (llama architecture)\n"
+            "      --mmproj PATH       vision projector GGUF for the model (needed for --image)\n"
+            "      --image FILE        a JPEG or PNG to ask about; repeat for several images,\n"
+            "                          which come before the question, in order\n"
             "  -p, --prompt TEXT       the question\n"
             "  -n, --max-tokens N      stop after N tokens (default 256)\n"
             "      --temp T            sampling temperature, 0 = greedy (default 0)\n"
@@ -97,8 +100,13 @@ static int parse_u64(const char *opt, const char *s, uint64_t *out)
     return 0;
 }
 
+#define ASK_MAX_IMAGES 16
+
 typedef struct ask_opts {
     const char *model;
+    const char *mmproj;
+    const char *images[ASK_MAX_IMAGES];
+    int n_images;
     const char *prompt;
     long max_tokens;
     double temp;
@@ -115,9 +123,11 @@ typedef struct ask_opts {
 /* Returns 0 to run, 1 when help was printed, -1 on a bad command line. */
 static int parse_ask(int argc, char **argv, ask_opts *o)
 {
-    enum { OPT_TEMP = 256, OPT_SEED, OPT_TOP, OPT_JSON, OPT_RAW };
+    enum { OPT_TEMP = 256, OPT_SEED, OPT_TOP, OPT_JSON, OPT_RAW, OPT_MMPROJ, OPT_IMAGE };
     static const struct option longopts[] = {
         { "model", required_argument, NULL, 'm' },
+        { "mmproj", required_argument, NULL, OPT_MMPROJ },
+        { "image", required_argument, NULL, OPT_IMAGE },
         { "prompt", required_argument, NULL, 'p' },
         { "max-tokens", required_argument, NULL, 'n' },
         { "temp", required_argument, NULL, OPT_TEMP },
@@ -140,6 +150,14 @@ static int parse_ask(int argc, char **argv, ask_opts *o)
         int rc = 0;
         switch (c) {
         case 'm': o->model = optarg; break;
+        case OPT_MMPROJ: o->mmproj = optarg; break;
+        case OPT_IMAGE:
+            if (o->n_images == ASK_MAX_IMAGES) {
+                fprintf(stderr, "glimpse ask: at most %d images\n", ASK_MAX_IMAGES);
+                return -1;
+            }
+            o->images[o->n_images++] = optarg;
+            break;
         case 'p': o->prompt = optarg; break;
         case 'n': rc = parse_int("--max-tokens", optarg, 1, INT_MAX, &o->max_tokens); break;
         case OPT_TEMP: rc = parse_float("--temp", optarg, 0.0, 100.0, &o->temp); break;
@@ -167,6 +185,10 @@ static int parse_ask(int argc, char **argv, ask_opts *o)
     }
     if (!o->model || !o->prompt) {
         fprintf(stderr, "glimpse ask: --model and --prompt are required (see glimpse ask --help)\n");
+        return -1;
+    }
+    if (o->n_images && !o->mmproj) {
+        fprintf(stderr, "glimpse ask: --image needs the model's vision projector (--mmproj)\n");
         return -1;
     }
     return 0;
@@ -311,9 +333,11 @@ static int print_json(ask_state *st, const glimpse_result *res)
     if (usage) {
         cJSON_AddNumberToObject(usage, "prompt_tokens", res->prompt_tokens);
         cJSON_AddNumberToObject(usage, "completion_tokens", res->completion_tokens);
+        cJSON_AddNumberToObject(usage, "image_tokens", res->image_tokens);
     }
     if (timings) {
         cJSON_AddNumberToObject(timings, "load_ms", res->load_ms);
+        cJSON_AddNumberToObject(timings, "image_encode_ms", res->image_encode_ms);
         cJSON_AddNumberToObject(timings, "prefill_ms", res->prefill_ms);
         cJSON_AddNumberToObject(timings, "decode_ms", res->decode_ms);
     }
@@ -328,6 +352,33 @@ static int print_json(ask_state *st, const glimpse_result *res)
 
 /* ---- ask ------------------------------------------------------------------ */
 
+/* Reads and prepares the --image files; 0 or -1 after a message. */
+static int load_images(glimpse_model *model, const ask_opts *o, glimpse_image **images)
+{
+    for (int i = 0; i < o->n_images; i++) {
+        FILE *f = fopen(o->images[i], "rb");
+        if (!f) {
+            fprintf(stderr, "glimpse ask: cannot open %s: %s\n", o->images[i], strerror(errno));
+            return -1;
+        }
+        buf b = { 0 };
+        char chunk[65536];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+            buf_put(&b, chunk, n);
+        int bad = ferror(f);
+        fclose(f);
+        glimpse_err err = { 0 };
+        int rc = bad || b.oom ? -1 : glimpse_image_decode(model, b.p, b.len, NULL, &images[i], &err);
+        free(b.p);
+        if (rc < 0) {
+            fprintf(stderr, "glimpse ask: %s: %s\n", o->images[i], bad ? "read error" : b.oom ? "out of memory" : err.msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_ask(int argc, char **argv)
 {
     ask_opts o;
@@ -341,6 +392,7 @@ static int cmd_ask(int argc, char **argv)
     glimpse_model_params mp;
     glimpse_model_params_default(&mp);
     mp.model_path = o.model;
+    mp.mmproj_path = o.mmproj;
     mp.n_threads = (int)o.threads;
     mp.n_ctx = (int)o.ctx;
     glimpse_model *model = NULL;
@@ -349,10 +401,22 @@ static int cmd_ask(int argc, char **argv)
         return 1;
     }
 
-    glimpse_part part = { GLIMPSE_PART_TEXT, o.prompt, 0 };
-    glimpse_message msg = { "user", &part, 1 };
+    glimpse_image *images[ASK_MAX_IMAGES] = { 0 };
+    ask_state st = { .json = o.json };
+    glimpse_part parts[ASK_MAX_IMAGES + 1];
+    int status = 0;
+    if (load_images(model, &o, images) < 0) {
+        status = 1;
+        goto out;
+    }
+    for (int i = 0; i < o.n_images; i++)
+        parts[i] = (glimpse_part){ GLIMPSE_PART_IMAGE, NULL, i };
+    parts[o.n_images] = (glimpse_part){ GLIMPSE_PART_TEXT, o.prompt, 0 };
+    glimpse_message msg = { "user", parts, (size_t)o.n_images + 1 };
     glimpse_request req;
     glimpse_request_default(&req);
+    req.images = (const glimpse_image *const *)images;
+    req.n_images = (size_t)o.n_images;
     if (o.raw) {
         req.prompt = o.prompt;
     } else {
@@ -363,18 +427,16 @@ static int cmd_ask(int argc, char **argv)
     req.sampling.temperature = (float)o.temp;
     req.sampling.seed = o.have_seed ? o.seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     req.sampling.n_top_logprobs = (int32_t)o.top_logprobs;
-    ask_state st = { .json = o.json };
     if (o.json && !(st.tokens = cJSON_CreateArray())) {
         fprintf(stderr, "glimpse ask: out of memory\n");
-        glimpse_model_free(model);
-        return 1;
+        status = 1;
+        goto out;
     }
     req.on_token = on_token;
     req.user = &st;
 
     glimpse_result res;
     int rc = glimpse_generate(model, &req, &res, &err);
-    int status = 0;
     if (rc < 0) {
         if (st.wrote)
             putchar('\n');
@@ -389,13 +451,17 @@ static int cmd_ask(int argc, char **argv)
         putchar('\n');
     }
     if (status == 0)
-        fprintf(stderr, "glimpse ask: %d prompt + %d generated tokens; load %.0f ms, prefill %.0f ms, "
-                        "decode %.0f ms (%.1f tokens/s)\n",
-                res.prompt_tokens, res.completion_tokens, res.load_ms, res.prefill_ms, res.decode_ms,
+        fprintf(stderr, "glimpse ask: %d prompt (%d image) + %d generated tokens; load %.0f ms, image encode "
+                        "%.0f ms, prefill %.0f ms, decode %.0f ms (%.1f tokens/s)\n",
+                res.prompt_tokens, res.image_tokens, res.completion_tokens, res.load_ms, res.image_encode_ms,
+                res.prefill_ms, res.decode_ms,
                 res.decode_ms > 0 ? res.completion_tokens * 1000.0 / res.decode_ms : 0.0);
+out:
     cJSON_Delete(st.tokens);
     free(st.text.p);
     free(st.tmp.p);
+    for (int i = 0; i < o.n_images; i++)
+        glimpse_image_free(images[i]);
     glimpse_model_free(model);
     return status;
 }

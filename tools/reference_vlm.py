@@ -12,8 +12,8 @@ tools/bpe.py tokenizes the text, and reference.py's decoder runs it.
 
 writes OUT.greedy in reference.py's greedy format, where the prompt ids are
 the whole fused sequence with 0xFFFFFFFF at every image-embedding position,
-and OUT.logprobs: u32 n_gen, u32 n_vocab, then f32 [n_gen][n_vocab] log-softmax
-of the logits each greedy token was chosen from.
+and OUT.steps: u32 n_gen, u32 n_vocab, then f32 [n_gen][n_vocab], the logits
+each greedy token was chosen from.
 """
 import argparse
 import os
@@ -97,22 +97,21 @@ def main():
     with torch.no_grad():
         dec.reset()
         last = dec.forward(torch.stack(rows))[-1]
-        gen, margin, logprobs = [], [], []
+        gen, margin, steps = [], [], []
         for _ in range(a.n):
-            lp = torch.log_softmax(last.double(), -1)
             top = torch.topk(last.double(), 2)
             t = int(torch.argmax(last))
             gen.append(t)
             margin.append(float(top.values[0] - top.values[1]))
-            logprobs.append(lp.to(torch.float32).numpy())
+            steps.append(last.to(torch.float32).numpy())
             last = dec.forward(dec.embed([t]))[-1]
 
     prompt_ids = [IMAGE_ROW if isinstance(s, tuple) else s for s in seq]
     reference.write_greedy(a.out + ".greedy", prompt_ids, gen, margin)
-    lps = np.stack(logprobs).astype("<f4")
-    with open(a.out + ".logprobs", "wb") as f:
-        f.write(struct.pack("<II", lps.shape[0], lps.shape[1]))
-        f.write(lps.tobytes())
+    lg = np.stack(steps).astype("<f4")
+    with open(a.out + ".steps", "wb") as f:
+        f.write(struct.pack("<II", lg.shape[0], lg.shape[1]))
+        f.write(lg.tobytes())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "fusion.h"
+#include "glimpse.h"
 #include "gguf.h"
 #include "image.h"
 #include "tokenizer.h"
@@ -202,6 +203,179 @@ START_TEST(test_idefics3_layout)
 }
 END_TEST
 
+/* ---- end to end ------------------------------------------------------------ */
+
+typedef struct e2e_state {
+    int32_t ids[64];
+    float logprob[64][GLIMPSE_MAX_TOP_LOGPROBS + 1]; /* chosen token, then the alternatives */
+    int32_t top_id[64][GLIMPSE_MAX_TOP_LOGPROBS];
+    int n_top[64];
+    int n;
+} e2e_state;
+
+static int e2e_token(const glimpse_token *t, void *user)
+{
+    e2e_state *st = user;
+    if (t->id == GLIMPSE_TOKEN_NONE || st->n == 64)
+        return 0;
+    st->ids[st->n] = t->id;
+    st->logprob[st->n][0] = t->logprob;
+    for (int i = 0; i < t->n_top; i++) {
+        st->top_id[st->n][i] = t->top[i].id;
+        st->logprob[st->n][i + 1] = t->top[i].logprob;
+    }
+    st->n_top[st->n] = t->n_top;
+    st->n++;
+    return 0;
+}
+
+/* From image file to greedy tokens through the public API, against
+ * tools/reference_vlm.py (PIL decoding, numpy preprocessing, PyTorch towers):
+ * the same 32 tokens, and the same log-probabilities for the chosen token and
+ * its 20 alternatives at every step (F32 KV cache, so that only float
+ * rounding separates the two). */
+START_TEST(test_end_to_end)
+{
+    glimpse_err err = { 0 };
+    glimpse_model_params mp;
+    glimpse_model_params_default(&mp);
+    char model_path[4200], mmproj_path[4200];
+    snprintf(model_path, sizeof model_path, "%s", fixture_path("vlm.gguf"));
+    snprintf(mmproj_path, sizeof mmproj_path, "%s", fixture_path("vlm-mmproj.gguf"));
+    mp.model_path = model_path;
+    mp.mmproj_path = mmproj_path;
+    mp.kv_type = GLIMPSE_KV_F32;
+    mp.n_threads = 2;
+    glimpse_model *m = NULL;
+    ck_assert_msg(glimpse_model_load(&mp, &m, &err) == 0, "%s", err.msg);
+
+    size_t len = 0;
+    void *png = read_file(source_path("../shared/testdata/images/jpeg-turbo/vgl_5674_0098.png"), &len);
+    ck_assert_ptr_nonnull(png);
+    glimpse_image *img = NULL;
+    ck_assert_msg(glimpse_image_decode(m, png, len, NULL, &img, &err) == 0, "%s", err.msg);
+    free(png);
+    ck_assert_int_eq(glimpse_image_width(img), 120);
+    ck_assert_int_eq(glimpse_image_height(img), 96);
+
+    glimpse_part parts[2] = { { GLIMPSE_PART_IMAGE, NULL, 0 }, { GLIMPSE_PART_TEXT, "What is in this picture?", 0 } };
+    glimpse_message msg = { "user", parts, 2 };
+    glimpse_request req;
+    glimpse_request_default(&req);
+    req.messages = &msg;
+    req.n_messages = 1;
+    req.images = (const glimpse_image *const *)&img;
+    req.n_images = 1;
+    req.sampling.temperature = 0;
+    req.sampling.n_top_logprobs = GLIMPSE_MAX_TOP_LOGPROBS;
+    req.max_tokens = 32;
+    e2e_state *st = calloc(1, sizeof *st);
+    req.on_token = e2e_token;
+    req.user = st;
+    glimpse_result res;
+    ck_assert_msg(glimpse_generate(m, &req, &res, &err) == 0, "%s", err.msg);
+
+    /* reference: GGRD header, prompt ids (image rows 0xFFFFFFFF), greedy ids */
+    size_t glen = 0, llen = 0;
+    unsigned char *g = read_file(fixture_path("vlm.greedy"), &glen);
+    unsigned char *l = read_file(fixture_path("vlm.steps"), &llen);
+    ck_assert(g && l && glen >= 16 && llen >= 8);
+    uint32_t n_prompt, n_gen, n_steps, n_vocab;
+    memcpy(&n_prompt, g + 8, 4);
+    memcpy(&n_gen, g + 12, 4);
+    memcpy(&n_steps, l, 4);
+    memcpy(&n_vocab, l + 4, 4);
+    ck_assert_uint_eq(glen, 16 + 4 * (size_t)n_prompt + 8 * (size_t)n_gen);
+    ck_assert_uint_eq(llen, 8 + 4 * (size_t)n_steps * n_vocab);
+    int n_image_rows = 0;
+    for (uint32_t i = 0; i < n_prompt; i++) {
+        uint32_t id;
+        memcpy(&id, g + 16 + 4 * i, 4);
+        n_image_rows += id == 0xFFFFFFFFu;
+    }
+    ck_assert_int_eq(res.prompt_tokens, (int)n_prompt);
+    ck_assert_int_eq(glimpse_image_n_tokens(img), res.image_tokens);
+    ck_assert_int_gt(res.image_tokens, n_image_rows); /* embeddings plus wrapper tokens */
+    ck_assert_int_eq(st->n, (int)n_gen);
+
+    /* max |Δ logprob| / max |logit|: logprobs are logits shifted by their
+     * log-sum-exp, so this is the issue's relative logit error (up to 2x). */
+    const float *ref_logits = (const float *)(l + 8);
+    double worst = 0, scale = 0;
+    double *lp = malloc(n_vocab * sizeof *lp);
+    for (uint32_t i = 0; i < n_gen; i++) {
+        uint32_t want;
+        memcpy(&want, g + 16 + 4 * (size_t)n_prompt + 4 * i, 4);
+        ck_assert_msg(st->ids[i] == (int32_t)want, "token %u: %d, reference %u", i, st->ids[i], want);
+        const float *row = ref_logits + (size_t)i * n_vocab;
+        double mx = -INFINITY, sum = 0;
+        for (uint32_t v = 0; v < n_vocab; v++) {
+            mx = fmax(mx, row[v]);
+            scale = fmax(scale, fabs(row[v]));
+        }
+        for (uint32_t v = 0; v < n_vocab; v++)
+            sum += exp(row[v] - mx);
+        for (uint32_t v = 0; v < n_vocab; v++)
+            lp[v] = row[v] - mx - log(sum);
+        worst = fmax(worst, fabs(st->logprob[i][0] - lp[want]));
+        ck_assert_int_eq(st->n_top[i], GLIMPSE_MAX_TOP_LOGPROBS);
+        for (int k = 0; k < st->n_top[i]; k++)
+            worst = fmax(worst, fabs(st->logprob[i][k + 1] - lp[st->top_id[i][k]]));
+    }
+    free(lp);
+    ck_assert_msg(worst / scale < 1e-4, "log-probabilities differ from the reference by %.3g (%.3g of max |logit|)",
+                  worst, worst / scale);
+    free(g);
+    free(l);
+    free(st);
+    glimpse_image_free(img);
+    glimpse_model_free(m);
+}
+END_TEST
+
+/* Images are refused cleanly where they cannot be used. */
+START_TEST(test_image_errors)
+{
+    glimpse_err err = { 0 };
+    glimpse_model_params mp;
+    glimpse_model_params_default(&mp);
+    char model_path[4200];
+    snprintf(model_path, sizeof model_path, "%s", fixture_path("vlm.gguf"));
+    mp.model_path = model_path;
+    glimpse_model *m = NULL;
+    ck_assert_msg(glimpse_model_load(&mp, &m, &err) == 0, "%s", err.msg);
+    glimpse_image *img = (glimpse_image *)1;
+    static const unsigned char png_magic[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+    ck_assert_int_eq(glimpse_image_decode(m, png_magic, sizeof png_magic, NULL, &img, &err), GLIMPSE_EUNSUPPORTED);
+    ck_assert_ptr_null(img);
+    ck_assert_msg(strstr(err.msg, "vision") != NULL, "message: %s", err.msg);
+
+    glimpse_part parts[1] = { { GLIMPSE_PART_IMAGE, NULL, 0 } };
+    glimpse_message msg = { "user", parts, 1 };
+    glimpse_request req;
+    glimpse_request_default(&req);
+    req.messages = &msg;
+    req.n_messages = 1;
+    glimpse_result res;
+    ck_assert_int_eq(glimpse_generate(m, &req, &res, &err), GLIMPSE_EUNSUPPORTED);
+    glimpse_model_free(m);
+
+    /* with a projector: garbage bytes, and a part that names no image */
+    char mmproj_path[4200];
+    snprintf(mmproj_path, sizeof mmproj_path, "%s", fixture_path("vlm-mmproj.gguf"));
+    mp.mmproj_path = mmproj_path;
+    ck_assert_msg(glimpse_model_load(&mp, &m, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(glimpse_image_decode(m, "GIF89a", 6, NULL, &img, &err), GLIMPSE_EFORMAT);
+    ck_assert_int_eq(glimpse_generate(m, &req, &res, &err), GLIMPSE_EINVAL);
+    glimpse_model_free(m);
+
+    /* a projector for another text width */
+    snprintf(mmproj_path, sizeof mmproj_path, "%s", fixture_path("vision-idefics3.gguf"));
+    ck_assert_int_eq(glimpse_model_load(&mp, &m, &err), GLIMPSE_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "wide") != NULL, "message: %s", err.msg);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("vision");
@@ -212,6 +386,8 @@ int main(void)
     tcase_add_test(tc, test_mlp_f32);
     tcase_add_test(tc, test_rejects_text_model);
     tcase_add_test(tc, test_idefics3_layout);
+    tcase_add_test(tc, test_end_to_end);
+    tcase_add_test(tc, test_image_errors);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
