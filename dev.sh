@@ -12,8 +12,9 @@ cd "$(dirname "$0")"
 
 BUILD_PKGS="build-essential autoconf automake pkg-config libmicrohttpd-dev libcjson-dev
   libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
-# The tests compare the engine with independent references written in Python.
-TEST_PKGS="python3 python3-numpy python3-torch python3-pil"
+# The tests compare the engine with independent references written in Python;
+# the server's integration tests drive it with curl and node (the openai npm client).
+TEST_PKGS="python3 python3-numpy python3-torch python3-pil curl"
 
 need_pkgs() {
   local missing=()
@@ -26,6 +27,18 @@ need_pkgs() {
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# node and npm: Debian 12's packages (node 18) unless the commands are there
+# already (e.g. node from another source, whose npm would conflict with
+# Debian's), then the pinned npm packages of package-lock.json.
+need_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    need_pkgs nodejs npm
+  fi
+  if [ ! -d node_modules/openai ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
 }
 
 build() {
@@ -44,6 +57,7 @@ case "$cmd" in
   test)
     # shellcheck disable=SC2086
     need_pkgs $TEST_PKGS
+    need_node
     build
     make -j"$(nproc)" check || { cat test-suite.log 2>/dev/null | tail -n 300; exit 1; }
     ;;

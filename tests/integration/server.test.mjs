@@ -234,17 +234,33 @@ test('curl: multipart with a request field referencing an upload equals the JSON
   assert.equal(sse.chunks.map((k) => k.choices[0].delta.content ?? '').join(''), ref.choices[0].message.content);
 });
 
-test('greedy answers through HTTP equal glimpse ask', async () => {
-  const prompts = ['Hello there', 'Describe this image.', 'How many circles are there in the image?'];
-  for (const prompt of prompts) {
-    const asked = await new Promise((resolve, reject) => {
-      execFile(GLIMPSE, ['ask', '--model', MODEL, '--prompt', prompt, '--max-tokens', '16', '--temp', '0',
-        '--threads', '2'], (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout)));
-    });
+// glimpse ask puts its images before the prompt in one user message, like imageMessages().
+const ask = (args) => new Promise((resolve, reject) => {
+  execFile(GLIMPSE, ['ask', '--model', MODEL, '--max-tokens', '16', '--temp', '0', '--threads', '2', ...args],
+    (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout.replace(/\n$/, ''))));
+});
+
+test('greedy answers through HTTP equal glimpse ask, with and without images', async () => {
+  for (const prompt of ['Hello there', 'Describe this image.', 'How many circles are there in the image?']) {
     const c = await client.chat.completions.create({
       model: 'server-tiny', messages: [{ role: 'user', content: prompt }], max_tokens: 16, temperature: 0 });
-    assert.equal(c.choices[0].message.content, asked.replace(/\n$/, ''), `prompt '${prompt}'`);
+    assert.equal(c.choices[0].message.content, await ask(['--prompt', prompt]), `prompt '${prompt}'`);
   }
+  writeFileSync(path.join(tmp, 'shapes.png'), png);
+  writeFileSync(path.join(tmp, 'shapes.jpg'), jpg);
+  for (const [file, img] of [['shapes.png', uri(png)], ['shapes.jpg', uri(jpg, 'image/jpeg')]]) {
+    const c = await client.chat.completions.create({
+      model: 'server-tiny', messages: imageMessages(img), max_tokens: 16, temperature: 0 });
+    const asked = await ask(['--mmproj', MMPROJ, '--image', path.join(tmp, file), '--prompt', PROMPT]);
+    assert.equal(c.choices[0].message.content, asked, file);
+  }
+  // two images in one message
+  const c2 = await client.chat.completions.create({ model: 'server-tiny', max_tokens: 16, temperature: 0,
+    messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: uri(png) } },
+      { type: 'image_url', image_url: { url: uri(jpg, 'image/jpeg') } }, { type: 'text', text: PROMPT }] }] });
+  const asked2 = await ask(['--mmproj', MMPROJ, '--image', path.join(tmp, 'shapes.png'), '--image',
+    path.join(tmp, 'shapes.jpg'), '--prompt', PROMPT]);
+  assert.equal(c2.choices[0].message.content, asked2);
 });
 
 // ---- the bad-request table -------------------------------------------------
