@@ -81,6 +81,8 @@ class VisionReference:
         self.eps = kv["clip.vision.attention.layer_norm_epsilon"]
         self.s = kv.get("clip.vision.projector.scale_factor", 1)
         self.longest_edge = kv.get("clip.vision.preproc_image_size", 0)
+        self.mean = kv["clip.vision.image_mean"]
+        self.std = kv["clip.vision.image_std"]
         use_gelu = kv.get("clip.use_gelu", False)
         use_silu = kv.get("clip.use_silu", False)
         self.act = gelu_fp16_table if use_gelu else silu if use_silu else gelu_quick_fp16_table

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "shapes"))
 import bpe  # noqa: E402
 import reference  # noqa: E402
-from preprocess import preprocess  # noqa: E402
+from preprocess import letterbox, preprocess  # noqa: E402
 from reference_vision import VisionReference  # noqa: E402
 
 IMAGE_ROW = 0xFFFFFFFF
@@ -59,6 +59,16 @@ def image_layout(tok, grid, n_out):
     return seq
 
 
+def preprocess_fixed(img, size, mean, std):
+    """LLaVA (spec §6): one letterboxed tile on llama.cpp's pad colour,
+    normalised with the file's mean/std in float32."""
+    canvas, _ = letterbox(img, size, size, fill=(122, 116, 104))
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    v = canvas.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return [np.ascontiguousarray((v - m) / s)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -72,19 +82,19 @@ def main():
 
     tok = bpe.load(a.tokenizer)
     vis = VisionReference(a.mmproj)
-    if vis.ptype != "idefics3":
-        raise SystemExit("reference_vlm.py: only idefics3 projectors are laid out here")
-    longest = vis.longest_edge or vis.S
     img = np.asarray(Image.open(a.image).convert("RGB"), dtype=np.uint8)
-    pre = preprocess(img, tile=vis.S, longest_edge=longest)
-    tiles = list(pre["tiles"]) + [pre["overview"]]
+    if vis.ptype == "idefics3":
+        pre = preprocess(img, tile=vis.S, longest_edge=vis.longest_edge or vis.S)
+        tiles = list(pre["tiles"]) + [pre["overview"]]
+    else:
+        tiles = preprocess_fixed(img, vis.S, vis.mean, vis.std)
     with torch.no_grad():
         embs = [vis.project(vis.vit(t)).to(torch.float32) for t in tiles]   # each [n_out, n_embd]
     n_out = embs[0].shape[0]
 
     # SmolVLM's template for one user message whose content starts with the image.
     seq = bpe.encode(tok, "<|im_start|>User:")
-    seq += image_layout(tok, pre["grid"], n_out)
+    seq += image_layout(tok, pre["grid"], n_out) if vis.ptype == "idefics3" else [("img", 0, i) for i in range(n_out)]
     seq += bpe.encode(tok, a.prompt + "<end_of_utterance>\nAssistant:")
 
     dec = reference.Decoder(a.model)

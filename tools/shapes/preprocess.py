@@ -76,16 +76,17 @@ def resize_bilinear(img, tw, th):
     return (top + (bot - top) * yf).astype(np.uint8)
 
 
-def letterbox(img, tw, th):
-    """Aspect-preserving bicubic resize into a black tw x th canvas, centred
-    (PAD_CEIL). Returns (canvas, (ox, oy, nw, nh))."""
+def letterbox(img, tw, th, fill=(0, 0, 0)):
+    """Aspect-preserving bicubic resize into a tw x th canvas of colour fill
+    (black for idefics3), centred (PAD_CEIL). Returns (canvas, (ox, oy, nw, nh))."""
     h, w = img.shape[:2]
     if (w, h) == (tw, th):
         return img.copy(), (0, 0, w, h)
     scale = min(F32(tw) / F32(w), F32(th) / F32(h))
     nw = min(int(np.ceil(F32(F32(w) * scale))), tw)
     nh = min(int(np.ceil(F32(F32(h) * scale))), th)
-    canvas = np.zeros((th, tw, 3), dtype=np.uint8)
+    canvas = np.empty((th, tw, 3), dtype=np.uint8)
+    canvas[:] = np.asarray(fill, dtype=np.uint8)
     ox, oy = (tw - nw) // 2, (th - nh) // 2
     canvas[oy:oy + nh, ox:ox + nw] = resize_bicubic(img, nw, nh)
     return canvas, (ox, oy, nw, nh)
