@@ -83,19 +83,6 @@ static void pixel_shuffle(const vision_hparams *hp, const float *x, float *f)
         }
 }
 
-typedef struct gelu_task {
-    float *x;
-    int64_t n;
-} gelu_task;
-
-static void gelu_part(void *arg, int ith, int nth)
-{
-    const gelu_task *t = arg;
-    int64_t lo, hi;
-    threadpool_split(t->n, ith, nth, &lo, &hi);
-    kn_gelu(t->x + lo, hi - lo);
-}
-
 void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp, const float *x,
                    float *scratch, float *out)
 {
@@ -108,8 +95,7 @@ void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp
     kn_matmul(tp, pj->mm0, x + hp->n_embd, n, scratch);
     if (pj->mm0_b)
         kn_add_bias(scratch, pj->mm0_b, n, n_mid);
-    gelu_task g = { scratch, n * n_mid };
-    threadpool_run(tp, gelu_part, &g);
+    vision_map(tp, kn_gelu, scratch, n * n_mid);
     kn_matmul(tp, pj->mm2, scratch, n, out);
     if (pj->mm2_b)
         kn_add_bias(out, pj->mm2_b, n, pj->mm2->ne[1]);

@@ -31,6 +31,9 @@ int vision_find_tensor(const gguf_file *f, const char *name, int64_t ne0, int64_
 int vision_load_vec(const gguf_file *f, const char *name, int64_t n, bool optional, float **out,
                     glimpse_err *err);
 
+/* Applies fn in place to x[0..n), split over the pool's threads. */
+void vision_map(threadpool *tp, void (*fn)(float *x, int64_t n), float *x, int64_t n);
+
 /* Finds the projector tensors of hp->projector in f, checks their shapes
  * against hp and sets hp->n_embd_text and hp->n_tokens_out. Tensors are
  * borrowed from f; biases are owned copies, freed by projector_free. */

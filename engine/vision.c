@@ -533,26 +533,30 @@ static void attn_heads(void *arg, int ith, int nth)
     }
 }
 
-typedef struct act_task {
+typedef struct map_task {
+    void (*fn)(float *x, int64_t n);
     float *x;
     int64_t n;
-    int act;
-} act_task;
+} map_task;
 
-static void act_rows(void *arg, int ith, int nth)
+static void map_part(void *arg, int ith, int nth)
 {
-    const act_task *t = arg;
+    const map_task *t = arg;
     int64_t lo, hi;
     threadpool_split(t->n, ith, nth, &lo, &hi);
-    float *x = t->x + lo;
-    int64_t n = hi - lo;
-    switch (t->act) {
-    case VISION_ACT_GELU: kn_gelu(x, n); break;
-    case VISION_ACT_GELU_QUICK: kn_gelu_quick(x, n); break;
-    default:
-        for (int64_t i = 0; i < n; i++)
-            x[i] = x[i] / (1.0f + expf(-x[i]));
-    }
+    t->fn(t->x + lo, hi - lo);
+}
+
+void vision_map(threadpool *tp, void (*fn)(float *x, int64_t n), float *x, int64_t n)
+{
+    map_task t = { fn, x, n };
+    threadpool_run(tp, map_part, &t);
+}
+
+static void silu(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] / (1.0f + expf(-x[i]));
 }
 
 static void add_rows(float *x, const float *y, int64_t n)
@@ -603,8 +607,8 @@ void vision_encode(vision_model *vm, threadpool *tp, const float *tile, float *o
 
         layer_norm(tp, vm->x, l->ln2_w, l->ln2_b, n, C, hp->eps, vm->h);
         matmul_bias(tp, l->up, l->up_b, vm->h, n, vm->ffn);
-        act_task a = { vm->ffn, n * F, hp->act };
-        threadpool_run(tp, act_rows, &a);
+        vision_map(tp, hp->act == VISION_ACT_GELU ? kn_gelu : hp->act == VISION_ACT_GELU_QUICK ? kn_gelu_quick : silu,
+                   vm->ffn, n * F);
         matmul_bias(tp, l->down, l->down_b, vm->ffn, n, vm->h);
         add_rows(vm->x, vm->h, n * C);
     }
