@@ -83,7 +83,7 @@ static void add_common_headers(http_server *s, struct MHD_Response *r)
     const char *origin = s->cfg->cors_origin;
     if (origin && origin[0]) {
         MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
-        MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After, X-Request-Id");
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "Retry-After");
         if (strcmp(origin, "*"))
             MHD_add_response_header(r, "Vary", "Origin");
     }

@@ -153,14 +153,21 @@ void api_error_from_engine(api_error *e, int rc, const glimpse_err *err)
 
 /* ---- base64 and data: URIs ------------------------------------------------------- */
 
+/* The value of a base64 digit, or -1. (A function, not a lazily filled
+ * table: HTTP threads decode concurrently.) */
+static int b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
 long base64_decode(const char *in, size_t len, unsigned char *out)
 {
-    static signed char val[256];
-    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if (!val[0]) { /* 'A' is 0, so the table stores value + 1 */
-        for (int i = 0; i < 64; i++)
-            val[(unsigned char)alpha[i]] = (signed char)(i + 1);
-    }
     size_t n = len;
     if (n % 4 == 0 && n >= 2 && in[n - 1] == '=')
         n -= in[n - 2] == '=' ? 2 : 1;
@@ -169,10 +176,10 @@ long base64_decode(const char *in, size_t len, unsigned char *out)
     size_t o = 0;
     uint32_t acc = 0;
     for (size_t i = 0; i < n; i++) {
-        int v = val[(unsigned char)in[i]];
-        if (v == 0)
+        int v = b64_val((unsigned char)in[i]);
+        if (v < 0)
             return -1;
-        acc = acc << 6 | (uint32_t)(v - 1);
+        acc = acc << 6 | (uint32_t)v;
         if (i % 4 == 3) {
             out[o++] = (unsigned char)(acc >> 16);
             out[o++] = (unsigned char)(acc >> 8);

@@ -53,6 +53,7 @@ export async function startServer(args, { timeoutMs = 30000, env = {} } = {}) {
       const code = await done;
       clearTimeout(t);
       servers.delete(proc);
+      if (code !== 0) process.stderr.write(`glimpse serve exited with ${code}; its log:\n${log}\n`);
       return code;
     },
   };

@@ -420,6 +420,19 @@ test('a client hanging up mid-stream frees its slot', { timeout: 60000 }, async 
   assert.equal(c.choices[0].message.content, ref.choices[0].message.content);
 });
 
+test('a client hanging up while waiting for a non-streaming answer cancels it', { timeout: 60000 }, async () => {
+  const m0 = await request(srv.base, 'GET', '/metrics', { headers: AUTH });
+  const cancelled0 = metric(m0.text, 'glimpse_jobs_cancelled_total');
+  const req = http.request(`${srv.base}/v1/chat/completions`, { method: 'POST',
+    headers: { 'Content-Type': 'application/json', ...AUTH } });
+  req.on('error', () => {});
+  req.end(JSON.stringify({ messages: imageMessages(), max_tokens: 1500, temperature: 1, n: 8 }));
+  await waitMetrics(srv.base, (t) => metric(t, 'glimpse_running') === 1);
+  req.destroy();
+  await waitMetrics(srv.base, (t) => metric(t, 'glimpse_running') === 0
+    && metric(t, 'glimpse_jobs_cancelled_total') === cancelled0 + 1 && metric(t, 'glimpse_requests_in_flight') === 0);
+});
+
 test('a full queue answers 429 with Retry-After; queued streams get SSE comments', { timeout: 60000 }, async () => {
   const small = await startServer(SERVER_ARGS.concat(['--queue-size', '1']));
   try {
