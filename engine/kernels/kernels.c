@@ -179,11 +179,12 @@ static void dot_rows(void *p, int ith, int nth)
 /* ---- matmul through OpenBLAS ------------------------------------------------------ */
 
 /* Token counts from which F32 / F16,BF16 weights go to sgemm. Measured on
- * one core (768x3072, AVX-512 Xeon running the AVX2 table): f32 dots ~27
- * GFLOP/s at any n_tok vs sgemm 39 at 8 tokens and 70-80 from 64; F16 dots
- * ~45 vs sgemm (with panel widening) ~35 at 16, 53 at 32, 110 from 256. */
+ * one core of a busy AVX-512 Xeon running the AVX2 table, 768x3072, best of
+ * 7: f32 dots 56/31/27/53 GFLOP/s at 8/16/32/64 tokens vs sgemm 60/50/48/88;
+ * f16 dots (4-token kernel) 74/40/68/77 at 16/32/64/128 vs sgemm with panel
+ * widening 71/34/97/88. */
 #define BLAS_MIN_TOK_F32 8
-#define BLAS_MIN_TOK_HALF 24
+#define BLAS_MIN_TOK_HALF 48
 /* Weight rows converted to f32 per sgemm call, per thread. */
 #define BLAS_PANEL 64
 
@@ -277,8 +278,8 @@ static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, co
 
 /* ---- matmul driver ------------------------------------------------------------------ */
 
-void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
-                    int64_t n_tok, float *y)
+static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const tensor *w, const float *x,
+                   int64_t n_tok, float *y)
 {
     const int64_t k = w->ne[0], n_out = w->ne[1];
     const int act = kn_act_of(w->type);
@@ -286,7 +287,7 @@ void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const 
 
     /* cblas takes int dimensions */
     const int64_t blas_min = act == KN_ACT_F32 ? BLAS_MIN_TOK_F32 : BLAS_MIN_TOK_HALF;
-    const bool blas_ok = impl->use_blas && n_tok >= blas_min && n_tok <= INT_MAX && k <= INT_MAX &&
+    const bool blas_ok = allow_blas && impl->use_blas && n_tok >= blas_min && n_tok <= INT_MAX && k <= INT_MAX &&
                          n_out <= INT_MAX && (act == KN_ACT_F32 || act == KN_ACT_F16 || act == KN_ACT_BF16);
     if (blas_ok && blas_matmul(impl, tp, w, x, n_tok, y))
         return;
@@ -337,9 +338,20 @@ void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const 
     }
 }
 
+void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
+                    int64_t n_tok, float *y)
+{
+    matmul(impl, true, tp, w, x, n_tok, y);
+}
+
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)
 {
-    kn_matmul_impl(active, tp, w, x, n_tok, y);
+    matmul(active, true, tp, w, x, n_tok, y);
+}
+
+void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)
+{
+    matmul(active, false, tp, w, x, n_tok, y);
 }
 
 /* ---- per-row kernels ------------------------------------------------------------- */

@@ -181,62 +181,98 @@ TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
 
 /* ---- float dots ---------------------------------------------------------------- */
 
-TARGET static float dot_f32(const float *a, const float *b, int64_t n)
+enum wf_kind { WF_F32, WF_F16, WF_BF16 };
+
+/* 8 values (f32, halves or bfloats) at element i of p, as f32. */
+TARGET static inline __m256 load8(enum wf_kind kind, const void *p, int64_t i)
 {
-    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    switch (kind) {
+    case WF_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    case WF_BF16: {
+        __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    }
+    case WF_F32:
+    default:
+        return _mm256_loadu_ps((const float *)p + i);
+    }
+}
+
+TARGET static inline float load1(enum wf_kind kind, const void *p, int64_t i)
+{
+    switch (kind) {
+    case WF_F16: return h2f(((const uint16_t *)p)[i]);
+    case WF_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case WF_F32:
+    default: return ((const float *)p)[i];
+    }
+}
+
+/* One weight row (w) against nt <= 2 activation rows of the same format
+ * (a, a + a_stride): four 8-lane accumulators per token, so each weight
+ * vector is loaded and widened once for both tokens. The order of the sums
+ * for a token does not depend on nt. */
+TARGET static inline void dot_float(enum wf_kind kind, int64_t n, const void *w, const uint8_t *a, size_t a_stride,
+                                    int nt, float *out)
+{
+    __m256 acc[2][4];
+    UNROLL
+    for (int t = 0; t < 2; t++)
+        for (int r = 0; r < 4; r++)
+            acc[t][r] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+        __m256 wv[4];
         UNROLL
         for (int r = 0; r < 4; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * r), _mm256_loadu_ps(b + i + 8 * r), acc[r]);
+            wv[r] = load8(kind, w, i + 8 * r);
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            UNROLL
+            for (int r = 0; r < 4; r++)
+                acc[t][r] = _mm256_fmadd_ps(wv[r], load8(kind, a + (size_t)t * a_stride, i + 8 * r), acc[t][r]);
+        }
     }
-    for (; i + 8 <= n; i += 8)
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
-    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < n; i++)
-        sum += a[i] * b[i];
-    return sum;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv = load8(kind, w, i);
+        UNROLL
+        for (int t = 0; t < nt; t++)
+            acc[t][0] = _mm256_fmadd_ps(wv, load8(kind, a + (size_t)t * a_stride, i), acc[t][0]);
+    }
+    UNROLL
+    for (int t = 0; t < nt; t++) {
+        float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+        for (int64_t j = i; j < n; j++)
+            sum += load1(kind, w, j) * load1(kind, a + (size_t)t * a_stride, j);
+        out[t] = sum;
+    }
 }
 
-TARGET static float vec_dot_f32(int64_t n, const void *w, const void *a)
+TARGET static float dot_f32(const float *a, const float *b, int64_t n)
 {
-    return dot_f32(w, a, n);
+    float r;
+    dot_float(WF_F32, n, a, (const uint8_t *)b, 0, 1, &r);
+    return r;
 }
 
-/* 8 halves or bfloats at p as f32. */
-TARGET static inline __m256 load_f16(const uint16_t *p)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-TARGET static inline __m256 load_bf16(const uint16_t *p)
-{
-    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-}
-
-#define DEFINE_VEC_DOT_HALF(name, load, to_f32)                                                   \
-    TARGET static float name(int64_t n, const void *w, const void *a)                             \
+#define DEFINE_FLOAT_DOTS(name, kind)                                                             \
+    TARGET static float vec_dot_##name(int64_t n, const void *w, const void *a)                   \
     {                                                                                             \
-        const uint16_t *x = w, *y = a;                                                            \
-        __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),          \
-                          _mm256_setzero_ps() };                                                  \
-        int64_t i = 0;                                                                            \
-        for (; i + 32 <= n; i += 32) {                                                            \
-            UNROLL                                                                                \
-            for (int r = 0; r < 4; r++)                                                           \
-                acc[r] = _mm256_fmadd_ps(load(x + i + 8 * r), load(y + i + 8 * r), acc[r]);       \
-        }                                                                                         \
-        for (; i + 8 <= n; i += 8)                                                                \
-            acc[0] = _mm256_fmadd_ps(load(x + i), load(y + i), acc[0]);                           \
-        float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))); \
-        for (; i < n; i++)                                                                        \
-            sum += to_f32(x[i]) * to_f32(y[i]);                                                   \
-        return sum;                                                                               \
+        float r;                                                                                  \
+        dot_float(kind, n, w, a, 0, 1, &r);                                                       \
+        return r;                                                                                 \
+    }                                                                                             \
+    TARGET static void vec_dot_multi_##name(int64_t n, const void *w, const void *a,              \
+                                            size_t a_stride, float *out)                          \
+    {                                                                                             \
+        for (int t = 0; t < KN_DOT_TOKENS; t += 2)                                                \
+            dot_float(kind, n, w, (const uint8_t *)a + (size_t)t * a_stride, a_stride, 2, out + t); \
     }
 
-DEFINE_VEC_DOT_HALF(vec_dot_f16, load_f16, h2f)
-DEFINE_VEC_DOT_HALF(vec_dot_bf16, load_bf16, bf16_to_f32)
+DEFINE_FLOAT_DOTS(f32, WF_F32)
+DEFINE_FLOAT_DOTS(f16, WF_F16)
+DEFINE_FLOAT_DOTS(bf16, WF_BF16)
 
 /* ---- softmax and SwiGLU ------------------------------------------------------------ */
 
@@ -649,6 +685,9 @@ const kn_impl *kn_avx2_impl(void)
     t.vec_dot[DTYPE_Q4_K] = vec_dot_q4_K;
     t.vec_dot[DTYPE_Q5_K] = vec_dot_q5_K;
     t.vec_dot[DTYPE_Q6_K] = vec_dot_q6_K;
+    t.vec_dot_multi[DTYPE_F32] = vec_dot_multi_f32;
+    t.vec_dot_multi[DTYPE_F16] = vec_dot_multi_f16;
+    t.vec_dot_multi[DTYPE_BF16] = vec_dot_multi_bf16;
     t.vec_dot_multi[DTYPE_Q4_0] = vec_dot_multi_q4_0;
     t.vec_dot_multi[DTYPE_Q4_1] = vec_dot_multi_q4_1;
     t.vec_dot_multi[DTYPE_Q5_0] = vec_dot_multi_q5_0;
