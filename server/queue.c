@@ -249,17 +249,20 @@ void gq_run(gq *q, glimpse_model *m)
 
         glimpse_err err = { 0 };
         int rc = atomic_load(&j->cancel) ? GLIMPSE_ECANCELED : job_run(j, m, &err);
-        if (rc == GLIMPSE_ECANCELED)
-            snprintf(err.msg, sizeof err.msg, "the request was cancelled");
-        job_finish(j, rc, &err);
 
+        /* counters first: a client that has its answer sees the engine free in /metrics */
         pthread_mutex_lock(&q->mu);
         q->running = NULL;
         if (rc == GLIMPSE_ECANCELED)
             q->cancelled++;
         else
             q->completed++;
+        bool stopping = q->shutdown;
         pthread_mutex_unlock(&q->mu);
+        if (rc == GLIMPSE_ECANCELED)
+            snprintf(err.msg, sizeof err.msg, "%s",
+                     stopping ? "the server is shutting down" : "the request was cancelled");
+        job_finish(j, rc, &err);
         job_unref(j);
     }
 }

@@ -365,6 +365,20 @@ test(`a table of ${BAD.length} bad requests: right status, OpenAI-shaped error, 
   assert.ok(/glimpse_http_requests_total\{route="\/v1\/chat\/completions",code="400"\} \d+/.test(m.text));
 });
 
+test('a prompt longer than the context: 400 before a stream, an error event in one', async () => {
+  const long = [{ role: 'user', content: 'the shapes '.repeat(3000) }];
+  const r = await post({ messages: long, max_tokens: 4 });
+  assert.equal(r.status, 400);
+  assert.equal(validateResponse('/v1/chat/completions', 'POST', r).error.code, 'context_length_exceeded');
+  const s = await post({ messages: long, max_tokens: 4, stream: true });
+  assert.equal(s.status, 200);
+  const sse = parseSSE(s.text);
+  assert.equal(sse.errors.length, 1);
+  assert.equal(sse.errors[0].error.code, 'context_length_exceeded');
+  assert.equal(sse.done, false, 'no [DONE] after an error');
+  assert.equal(sse.chunks.length, 0);
+});
+
 test('32 concurrent clients with images all get the right answer', { timeout: 180000 }, async () => {
   const one = (img) => client.chat.completions.create({
     model: 'server-tiny', messages: imageMessages(img), max_tokens: 8, temperature: 0 });
@@ -392,7 +406,7 @@ async function waitMetrics(base, pred, ms = 15000) {
 
 // Starts a long streaming request and resolves with its socket once the first chunk arrived.
 function longStream(base) {
-  const body = JSON.stringify({ messages: imageMessages(), max_tokens: 1500, temperature: 1, n: 8, stream: true });
+  const body = JSON.stringify({ messages: imageMessages(), max_tokens: 1500, temperature: 1, seed: 7, n: 8, stream: true });
   return new Promise((resolve, reject) => {
     const req = http.request(`${base}/v1/chat/completions`, { method: 'POST',
       headers: { 'Content-Type': 'application/json', ...AUTH } }, (res) => {
@@ -426,7 +440,7 @@ test('a client hanging up while waiting for a non-streaming answer cancels it', 
   const req = http.request(`${srv.base}/v1/chat/completions`, { method: 'POST',
     headers: { 'Content-Type': 'application/json', ...AUTH } });
   req.on('error', () => {});
-  req.end(JSON.stringify({ messages: imageMessages(), max_tokens: 1500, temperature: 1, n: 8 }));
+  req.end(JSON.stringify({ messages: imageMessages(), max_tokens: 1500, temperature: 1, seed: 7, n: 8 }));
   await waitMetrics(srv.base, (t) => metric(t, 'glimpse_running') === 1);
   req.destroy();
   await waitMetrics(srv.base, (t) => metric(t, 'glimpse_running') === 0
@@ -458,6 +472,33 @@ test('a full queue answers 429 with Retry-After; queued streams get SSE comments
     await waitMetrics(small.base, (t) => metric(t, 'glimpse_running') === 0 && metric(t, 'glimpse_queue_depth') === 0);
   } finally {
     assert.equal(await small.stop(), 0);
+  }
+});
+
+test('SIGTERM drains: /health and new requests answer 503, the running stream ends, exit 0', { timeout: 60000 }, async () => {
+  const d = await startServer(SERVER_ARGS.concat(['--drain-timeout', '1']));
+  let exited = false;
+  try {
+    const { res } = await longStream(d.base);
+    let tail = '';
+    const ended = new Promise((resolve) => { res.on('data', (x) => { tail += x; }); res.on('end', resolve); res.on('close', resolve); });
+    await waitMetrics(d.base, (t) => metric(t, 'glimpse_running') === 1);
+    const code = new Promise((resolve) => d.proc.on('exit', resolve));
+    d.proc.kill('SIGTERM');
+    const deadline = Date.now() + 5000;
+    let h;
+    do { h = await request(d.base, 'GET', '/health'); } while (h.status === 200 && Date.now() < deadline);
+    assert.equal(h.status, 503);
+    assert.deepEqual(validateResponse('/health', 'GET', h), { status: 'draining' });
+    const r2 = await request(d.base, 'POST', '/v1/chat/completions', json({ messages: MSG, max_tokens: 2 }));
+    assert.equal(r2.status, 503);
+    assert.equal(validateResponse('/v1/chat/completions', 'POST', r2).error.code, 'shutting_down');
+    await ended;
+    assert.match(tail, /data: \{"error":\{"message":"the server is shutting down"/, 'the stream ends with an error event');
+    assert.equal(await code, 0);
+    exited = true;
+  } finally {
+    if (!exited) await d.stop();
   }
 });
 
