@@ -30,10 +30,13 @@
 
 /* Waiting for the other side: SPIN_ITERS pause instructions (tens of
  * microseconds), then sched_yield for up to YIELD_MS, then a condvar sleep.
- * A decoder step issues hundreds of runs a few tens of microseconds apart;
- * measured on 2 busy cores, sleeping after the spin alone made a 30-layer
- * decode step 3x slower than one thread, and a long pure spin starved the
- * thread it waited for. */
+ * A decoder step issues hundreds of runs a few tens of microseconds apart.
+ * Measured on 2 cores shared with other work: sleeping right after the spin
+ * made the matmuls of a 30-layer decode step 3x slower with 2 threads than
+ * with 1, the yield phase made them ~2x faster than 1 thread when the other
+ * core was mostly free, and a long pure spin (10 ms) starved the thread it
+ * waited for. No policy rescues a pool with more threads than free cores:
+ * size it with threadpool_default_size and leave cores to other work. */
 #define SPIN_ITERS 2000
 #define YIELD_MS 2.0
 /* Upper bound on pool size: far above any core count we run on, and keeps the

@@ -7,7 +7,9 @@
  * product of the two block scales, accumulated in f32 across blocks; F32/F16/
  * BF16 products are accumulated in double. The K-quant dots keep ggml's eight
  * f32 lane accumulators so that the summation order (hence the rounding) is
- * the same.
+ * the same. Activations are quantised by ggml's generic (_ref) rules; the
+ * AVX2 table uses llama.cpp's x86 variant of Q8_0/Q8_1 (kernels_avx2.c), so
+ * the two paths can differ by one quant step in rare near-ties.
  */
 #include "kernels_impl.h"
 
