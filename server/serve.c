@@ -341,6 +341,9 @@ done:
         gq_shutdown(q);
     if (engine_started)
         pthread_join(engine, NULL);
+    /* the jobs are finished now; let their connections write their last events */
+    for (int waited = 0; http && http_in_flight(http) > 0 && waited < 2000; waited += 20)
+        nanosleep(&(struct timespec){ 0, 20 * 1000000L }, NULL);
     http_stop(http);
     glimpse_model_free(ec.model);
     gq_free(q);

@@ -21,7 +21,7 @@ process.on('exit', () => { for (const s of servers) s.kill('SIGKILL'); });
 
 // Starts `glimpse serve --port 0 ...` and resolves once /health says 200.
 // The port comes from the "listening on" line, so no port is ever guessed.
-export async function startServer(args, { timeoutMs = 30000, env = {} } = {}) {
+export async function startServer(args, { timeoutMs = 30000, env = {}, waitReady = true } = {}) {
   const proc = spawn(GLIMPSE, ['serve', '--host', '127.0.0.1', '--port', '0', ...args],
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   servers.add(proc);
@@ -37,7 +37,7 @@ export async function startServer(args, { timeoutMs = 30000, env = {} } = {}) {
   });
   const base = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  while (waitReady) {
     const r = await fetch(`${base}/health`).catch(() => null);
     if (r && r.status === 200) break;
     if (Date.now() > deadline) throw new Error(`server never became ready: ${log}`);

@@ -502,6 +502,31 @@ test('SIGTERM drains: /health and new requests answer 503, the running stream en
   }
 });
 
+test('while the model loads: /health and chat answer 503; a model that fails to load exits 1', { timeout: 60000 }, async () => {
+  // the engine thread blocks opening a FIFO until the test writes to it
+  const fifo = path.join(tmp, 'loading.gguf');
+  await new Promise((resolve, reject) => execFile('mkfifo', [fifo], (err) => (err ? reject(err) : resolve())));
+  const l = await startServer(['--model', fifo, '--api-key', KEY], { waitReady: false });
+  const exited = new Promise((resolve) => l.proc.on('exit', resolve));
+  try {
+    const h = await request(l.base, 'GET', '/health');
+    assert.equal(h.status, 503);
+    assert.deepEqual(validateResponse('/health', 'GET', h), { status: 'loading' });
+    const r = await request(l.base, 'POST', '/v1/chat/completions', json({ messages: MSG }));
+    assert.equal(r.status, 503);
+    assert.equal(validateResponse('/v1/chat/completions', 'POST', r).error.code, 'model_loading');
+    const m = await request(l.base, 'GET', '/metrics', { headers: AUTH });
+    assert.equal(metric(m.text, 'glimpse_model_ready'), 0);
+    // opening the FIFO lets the load go on; it fails (not a regular file), and
+    // the server may close its end before the write: EPIPE is fine
+    try { writeFileSync(fifo, 'not a model'); } catch (e) { if (e.code !== 'EPIPE') throw e; }
+    assert.equal(await exited, 1);
+    assert.match(l.log(), /cannot load the model/);
+  } finally {
+    if (l.proc.exitCode === null) l.proc.kill('SIGKILL');
+  }
+});
+
 test('every option has an environment variable and --help documents it', async () => {
   const help = await new Promise((resolve, reject) => {
     execFile(GLIMPSE, ['serve', '--help'], (err, stdout) => (err ? reject(err) : resolve(stdout)));
