@@ -93,6 +93,30 @@ static char *utf8_clean(const char *s, size_t n)
     return b.p;
 }
 
+/* Length of the well-formed UTF-8 prefix of s[0..n) (RFC 3629: no overlongs,
+ * surrogates or code points past U+10FFFF); n when all of it is. */
+static size_t utf8_valid_prefix(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        if (!len || len > n - i)
+            return i;
+        unsigned cp = len == 1 ? c : c & (0x7Fu >> len);
+        for (size_t k = 1; k < len; k++) {
+            if ((u[i + k] & 0xC0) != 0x80)
+                return i;
+            cp = cp << 6 | (u[i + k] & 0x3Fu);
+        }
+        static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return i;
+        i += len;
+    }
+    return n;
+}
+
 /* Prints a cJSON tree into a malloc'd string (cJSON uses malloc by default). */
 static char *print_json(cJSON *root, size_t *len)
 {
@@ -608,6 +632,11 @@ fail:
 int chat_parse_json(const char *body, size_t len, chat_upload *uploads, size_t n_uploads, const chat_limits *lim,
                     chat_req **out, api_error *e)
 {
+    /* JSON text is UTF-8 (RFC 8259 §8.1); cJSON would pass other bytes on into
+     * the prompt, whose text the engine takes as UTF-8 */
+    size_t ok = utf8_valid_prefix(body, len);
+    if (ok < len)
+        return api_error_set(e, 400, NULL, "invalid_json", "the request body is not valid UTF-8 (at byte %zu)", ok);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!root) {
@@ -726,6 +755,10 @@ int chat_parse_form(const mp_part *parts, size_t n_parts, const chat_limits *lim
                           "with a 'prompt' field, files must be named 'image' and '%s' cannot be a field", name);
             goto done;
         }
+        if (utf8_valid_prefix(p->data, p->data_len) < p->data_len) {
+            api_error_set(e, 400, name, "invalid_value", "the field '%s' is not valid UTF-8", name);
+            goto done;
+        }
         cJSON *v = field_value(p);
         if (!v) {
             api_error_set(e, 500, NULL, NULL, "out of memory");
@@ -742,6 +775,10 @@ int chat_parse_form(const mp_part *parts, size_t n_parts, const chat_limits *lim
         } else {
             cJSON_AddItemToObject(root, name, v);
         }
+    }
+    if (utf8_valid_prefix(prompt->data, prompt->data_len) < prompt->data_len) {
+        api_error_set(e, 400, "prompt", "invalid_value", "the field 'prompt' is not valid UTF-8");
+        goto done;
     }
     cJSON *tp = cJSON_CreateObject();
     cJSON_AddItemToArray(content, tp);

@@ -93,6 +93,10 @@ static size_t read_record(const uint8_t *d, size_t len, gq_events *ev)
 /* out holds "data: {json}\n\n" events and ends with "data: [DONE]\n\n" when done. */
 static void check_sse(const sbuf *out, bool done)
 {
+    if (!out->p) {
+        FUZZ_CHECK(!done);
+        return;
+    }
     const char *p = out->p, *end = out->p + out->len;
     bool seen_done = false;
     while (p < end) {

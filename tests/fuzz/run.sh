@@ -11,11 +11,26 @@
 # needed). Each run starts from the committed seeds in tests/fuzz/corpus/TARGET
 # and grows a working corpus in $FUZZ_BUILD/corpus/TARGET (never committed);
 # crashes, leaks and timeouts are written to $FUZZ_BUILD/artifacts/TARGET/.
+# FUZZ_REV=<git revision> (e.g. HEAD) builds that commit's sources, exported
+# into $FUZZ_BUILD/src, instead of the working tree's (whose files others may be
+# editing at the time).
 # Needs Debian's clang and libclang-rt-14-dev, and /usr/bin/python3 with numpy
 # for the vocabulary GGUF of the tokenizer target.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 B="${FUZZ_BUILD:-$(dirname "$src")/build-fuzz}"
+origin="worktree"
+[ -n "${FUZZ_REV:-}" ] && origin="$(git -C "$src" rev-parse --verify "$FUZZ_REV^{commit}")"
+# objects and programs of another source origin go: mtimes cannot tell them apart
+if [ "$(cat "$B/origin" 2>/dev/null)" != "$origin" ]; then
+  rm -rf "$B/src" "$B/obj" "$B"/fuzz_*
+  mkdir -p "$B"
+  if [ "$origin" != worktree ]; then
+    mkdir -p "$B/src" && git -C "$src" archive --format=tar "$origin" | tar -x -C "$B/src"
+  fi
+  echo "$origin" >"$B/origin"
+fi
+[ "$origin" != worktree ] && src="$B/src"
 CC="${CC:-clang}"
 PY="${PY:-/usr/bin/python3}"
 TARGETS="gguf model image tokenizer multipart chat_json datauri response"

@@ -207,6 +207,13 @@ static const struct {
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}", 400,
       "top_logprobs", "invalid_value" },
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"user\":7}", 400, "user", "invalid_type" },
+    /* bytes that are not UTF-8 inside strings (found by tests/fuzz/fuzz_chat_json: cJSON passed them
+     * into the prompt): a truncated sequence, an overlong '/', a surrogate, a code point past U+10FFFF */
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xE7" "ello\"}]}", 400, "", "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\xC0\xAF\"}]}", 400, "", "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xED\xA0\x80\"}]}", 400, "", "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":\"\xF4\x90\x80\x80\"}", 400, "",
+      "invalid_json" },
 };
 
 START_TEST(test_bad)
@@ -250,6 +257,29 @@ static mp_part field(const char *name, const char *filename, const char *data, s
     mp_part p = { name, strlen(name), filename, filename ? strlen(filename) : 0, NULL, 0, data, len };
     return p;
 }
+
+/* Form fields are text too (found by tests/fuzz/fuzz_multipart): not-UTF-8 bytes are refused. */
+START_TEST(test_form_utf8)
+{
+    mp_part parts[] = {
+        field("prompt", NULL, "What \xFF?", 7),
+        field("stop", NULL, "END", 3),
+    };
+    chat_req *cr = NULL;
+    api_error e = { 0 };
+    ck_assert_int_eq(chat_parse_form(parts, 2, &LIM, &cr, &e), -1);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_str_eq(e.param, "prompt");
+    parts[0] = field("prompt", NULL, "What?", 5);
+    parts[1] = field("stop", NULL, "\xC3", 1);
+    ck_assert_int_eq(chat_parse_form(parts, 2, &LIM, &cr, &e), -1);
+    ck_assert_str_eq(e.param, "stop");
+    parts[1] = field("stop", NULL, "\xC3\xA9", 2);
+    ck_assert_int_eq(chat_parse_form(parts, 2, &LIM, &cr, &e), 0);
+    ck_assert_str_eq(cr->req.stop[0], "\xC3\xA9");
+    chat_req_free(cr);
+}
+END_TEST
 
 START_TEST(test_form_prompt)
 {
@@ -547,6 +577,7 @@ int main(void)
     tcase_add_loop_test(tc, test_bad, 0, (int)(sizeof BAD / sizeof BAD[0]));
     tcase_add_test(tc, test_prompt_limit);
     tcase_add_test(tc, test_form_prompt);
+    tcase_add_test(tc, test_form_utf8);
     tcase_add_test(tc, test_form_request);
     tcase_add_test(tc, test_error_json);
     tcase_add_test(tc, test_completion_json);
