@@ -4,9 +4,10 @@
  *
  * Start-up order: the listener comes up first so that /health can answer 503
  * while the model loads; the engine thread loads the model, marks the server
- * ready and then runs the queue. SIGINT/SIGTERM drain: /health and new chat
- * requests answer 503, accepted requests finish (up to --drain-timeout),
- * then the engine stops and open connections are closed.
+ * ready and then runs the queue (a failed load ends the process with status
+ * 1). SIGINT/SIGTERM drain: /health and new chat requests answer 503,
+ * accepted requests finish (up to --drain-timeout), then the engine stops and
+ * open connections are closed.
  */
 #include "http.h"
 #include "log.h"
@@ -17,6 +18,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -225,6 +227,18 @@ typedef struct engine_ctx {
     int failed;
 } engine_ctx;
 
+/* The main thread sleeps on stop_sem until a signal or a failed load posts it.
+ * A handler, not sigwait: libraries (OpenBLAS) start threads before main()
+ * that do not block signals, and any thread may receive SIGTERM. */
+static sem_t stop_sem;
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+    sem_post(&stop_sem); /* async-signal-safe */
+}
+
 static void *engine_main(void *arg)
 {
     engine_ctx *e = arg;
@@ -233,7 +247,7 @@ static void *engine_main(void *arg)
         slog(GLIMPSE_LOG_ERROR, "cannot load the model %s%s%s: %s", e->mp.model_path, e->mp.mmproj_path ? " + " : "",
              e->mp.mmproj_path ? e->mp.mmproj_path : "", err.msg);
         e->failed = 1;
-        kill(getpid(), SIGTERM); /* the main thread waits in sigwait */
+        sem_post(&stop_sem);
         return NULL;
     }
     glimpse_model_info info;
@@ -286,12 +300,11 @@ int cmd_serve(int argc, char **argv)
     int engine_started = 0;
     glimpse_err err = { 0 };
 
-    /* Signals go to sigwait below: block them before any thread exists. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    sem_init(&stop_sem, 0, 0);
+    struct sigaction sa = { .sa_handler = on_stop_signal, .sa_flags = SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     http_config cfg = {
@@ -326,11 +339,11 @@ int cmd_serve(int argc, char **argv)
     }
     engine_started = 1;
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    while (sem_wait(&stop_sem) < 0 && errno == EINTR)
+        ;
     if (ec.failed)
         goto done;
-    slog(GLIMPSE_LOG_WARN, "%s: draining (up to %ld s for %ld requests)", sig == SIGINT ? "SIGINT" : "SIGTERM",
+    slog(GLIMPSE_LOG_WARN, "%s: draining (up to %ld s for %ld requests)", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
          o.drain_timeout, http_in_flight(http));
     http_drain(http);
     for (long waited = 0; http_in_flight(http) > 0 && waited < o.drain_timeout * 1000; waited += 50)
@@ -350,6 +363,7 @@ done:
     metrics_free(mx);
     free(demo_model);
     free(demo_mmproj);
+    sem_destroy(&stop_sem);
     if (status == 0)
         slog(GLIMPSE_LOG_WARN, "stopped");
     return status;
