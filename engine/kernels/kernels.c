@@ -179,7 +179,7 @@ static void dot_rows(void *p, int ith, int nth)
 /* ---- matmul through OpenBLAS ------------------------------------------------------ */
 
 /* Token counts from which F32 / F16,BF16 weights go to sgemm. Measured on
- * one core of a busy AVX-512 Xeon running the AVX2 table, 768x3072, best of
+ * one core of a busy AMD EPYC (AVX-512) running the AVX2 table, 768x3072, best of
  * 7: f32 dots 56/31/27/53 GFLOP/s at 8/16/32/64 tokens vs sgemm 60/50/48/88;
  * f16 dots (4-token kernel) 74/40/68/77 at 16/32/64/128 vs sgemm with panel
  * widening 71/34/97/88. */
