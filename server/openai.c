@@ -52,47 +52,6 @@ int api_error_set(api_error *e, int status, const char *param, const char *code,
     return -1;
 }
 
-/* s[0..n) as a NUL-terminated string of valid UTF-8 without NUL bytes:
- * anything else (a token piece may be part of a character) becomes U+FFFD.
- * Owned, free with free(); NULL on OOM. */
-static char *utf8_clean(const char *s, size_t n)
-{
-    sbuf b = { 0 };
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        size_t len = 0;
-        unsigned cp = 0;
-        if (u[i] >= 0x01 && u[i] < 0x80)
-            len = 1, cp = u[i];
-        else if ((u[i] & 0xE0) == 0xC0)
-            len = 2, cp = u[i] & 0x1Fu;
-        else if ((u[i] & 0xF0) == 0xE0)
-            len = 3, cp = u[i] & 0x0Fu;
-        else if ((u[i] & 0xF8) == 0xF0)
-            len = 4, cp = u[i] & 0x07u;
-        bool ok = len > 0 && len <= n - i;
-        for (size_t k = 1; ok && k < len; k++) {
-            ok = (u[i + k] & 0xC0) == 0x80;
-            cp = cp << 6 | (u[i + k] & 0x3Fu);
-        }
-        static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-        ok = ok && cp >= min_cp[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-        if (ok) {
-            sbuf_put(&b, s + i, len);
-            i += len;
-        } else {
-            sbuf_put(&b, "\xEF\xBF\xBD", 3);
-            i++;
-        }
-    }
-    sbuf_put(&b, "", 0);
-    if (b.oom) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
-}
-
 /* Length of the well-formed UTF-8 prefix of s[0..n) (RFC 3629: no overlongs,
  * surrogates or code points past U+10FFFF); n when all of it is. */
 static size_t utf8_valid_prefix(const char *s, size_t n)
@@ -115,6 +74,32 @@ static size_t utf8_valid_prefix(const char *s, size_t n)
         i += len;
     }
     return n;
+}
+
+/* s[0..n) as a NUL-terminated string of valid UTF-8 without NUL bytes:
+ * anything else (a token piece may be part of a character) becomes U+FFFD,
+ * one per byte. Owned, free with free(); NULL on OOM. */
+static char *utf8_clean(const char *s, size_t n)
+{
+    sbuf b = { 0 };
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_valid_prefix(s + i, n - i);
+        const char *nul = k ? memchr(s + i, '\0', k) : NULL;
+        if (nul)
+            k = (size_t)(nul - (s + i));
+        sbuf_put(&b, s + i, k);
+        i += k;
+        if (i < n) {
+            sbuf_put(&b, "\xEF\xBF\xBD", 3);
+            i++;
+        }
+    }
+    sbuf_put(&b, "", 0);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
 }
 
 /* Prints a cJSON tree into a malloc'd string (cJSON uses malloc by default). */
