@@ -185,15 +185,18 @@ static void dot_rows(void *p, int ith, int nth)
  * widening 71/34/97/88. */
 #define BLAS_MIN_TOK_F32 8
 #define BLAS_MIN_TOK_HALF 48
-/* Weight rows converted to f32 per sgemm call, per thread. */
+/* Weight rows converted to f32 per sgemm call, per thread: BLAS_PANEL, or
+ * down to BLAS_PANEL_MIN when many threads share a small scratch. */
 #define BLAS_PANEL 64
+#define BLAS_PANEL_MIN 8
 
 typedef struct blas_job {
     const kn_impl *impl;
     const tensor *w;
     int64_t k, n_out, n_tok;
     const float *x;     /* [n_tok][k]: the caller's x (F32) or x rounded to the weight's type */
-    float *panels;      /* [nth][BLAS_PANEL][k] f32, unused for F32 weights */
+    float *panels;      /* [nth][panel][k] f32, unused for F32 weights */
+    int64_t panel;      /* weight rows per panel */
     float *y;           /* [n_tok][n_out] */
 } blas_job;
 
@@ -210,9 +213,9 @@ static void blas_rows(void *p, int ith, int nth)
                     j->x, (int)j->k, wf, (int)j->k, 0.0f, j->y + lo, (int)j->n_out);
         return;
     }
-    float *panel = j->panels + (size_t)ith * BLAS_PANEL * (size_t)j->k;
-    for (int64_t o0 = lo; o0 < hi; o0 += BLAS_PANEL) {
-        int64_t rows = hi - o0 < BLAS_PANEL ? hi - o0 : BLAS_PANEL;
+    float *panel = j->panels + (size_t)ith * (size_t)j->panel * (size_t)j->k;
+    for (int64_t o0 = lo; o0 < hi; o0 += j->panel) {
+        int64_t rows = hi - o0 < j->panel ? hi - o0 : j->panel;
         /* rows are contiguous: one conversion of rows·k values */
         j->impl->to_f32(j->w->type, tensor_row(j->w, o0), panel, rows * j->k);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n_tok, (int)rows, (int)j->k, 1.0f,
@@ -244,7 +247,8 @@ static void round_rows(void *p, int ith, int nth)
 }
 
 /* The sgemm path for F32/F16/BF16 weights; false (nothing done) when the
- * reserved scratch cannot hold BLAS_MIN_TOK_HALF rounded rows plus the panels. */
+ * reserved scratch cannot hold BLAS_MIN_TOK_HALF rounded rows plus a panel of
+ * at least BLAS_PANEL_MIN rows per thread. */
 static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                         int64_t n_tok, float *y)
 {
@@ -258,7 +262,11 @@ static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, co
         return true;
     }
     const int64_t cap_rows = (int64_t)(scratch_len / sizeof(float) / (size_t)k);
-    const int64_t chunk = cap_rows - (int64_t)threadpool_size(tp) * BLAS_PANEL;
+    const int64_t nth = threadpool_size(tp);
+    j.panel = BLAS_PANEL;
+    while (cap_rows - nth * j.panel < BLAS_MIN_TOK_HALF && j.panel > BLAS_PANEL_MIN)
+        j.panel /= 2;
+    const int64_t chunk = cap_rows - nth * j.panel;
     if (chunk < BLAS_MIN_TOK_HALF)
         return false;
     float *xr = (float *)scratch;

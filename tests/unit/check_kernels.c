@@ -735,6 +735,33 @@ START_TEST(test_simd_matmul)
 }
 END_TEST
 
+/* Many threads sharing a scratch too small for 64-row panels each: the half
+ * sgemm path shrinks its panels (down to 8 rows) rather than giving up. */
+START_TEST(test_simd_matmul_small_panels)
+{
+    const kn_impl *simd = simd_impl();
+    if (!simd)
+        return;
+    const int64_t k = 96, n = 70, n_tok = 50;
+    /* 50 rounded rows + 8 threads x 16 rows: fits panels of 16, not 32 */
+    ck_assert_int_eq(kernels_reserve((50 + 8 * 16) * k, NULL), 0);
+    threadpool *tp;
+    ck_assert_int_eq(threadpool_create(8, &tp, NULL), 0);
+    for (int type = DTYPE_F16; type <= DTYPE_BF16; type += DTYPE_BF16 - DTYPE_F16) {
+        tensor w;
+        void *wd = random_weights(type, k, n, &w);
+        float *x = random_f32(n_tok * k, -1.0f, 1.0f);
+        float *y = malloc((size_t)(n_tok * n) * sizeof *y);
+        kn_matmul_impl(simd, tp, &w, x, n_tok, y);
+        check_against_dequant(&w, x, n_tok, y);
+        free(y);
+        free(x);
+        free(wd);
+    }
+    threadpool_free(tp);
+}
+END_TEST
+
 START_TEST(test_simd_dot_f32)
 {
     const kn_impl *simd = simd_impl();
@@ -1058,6 +1085,7 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_vec_dot_multi, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_simd_act_conversion);
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
+    tcase_add_test(tc, test_simd_matmul_small_panels);
     tcase_add_test(tc, test_simd_dot_f32);
     tcase_add_test(tc, test_simd_softmax_swiglu);
     tcase_add_test(tc, test_simd_gelu);
