@@ -1,11 +1,20 @@
 /*
  * decoder.c — the llama forward pass (spec §2.4) over a batch of positions.
  *
- * Matrix products run over all entries of the batch at once (kn_matmul on the
- * thread pool). Attention runs on the pool per (run of entries of one
- * sequence, KV head), reading that sequence's keys and values from the paged
- * KV cache and multiplying with single-threaded OpenBLAS sgemm (kernels_init
- * pins OpenBLAS to one thread, so pool threads do not stack BLAS threads).
+ * Matrix products run over all entries of the batch at once on the thread
+ * pool. Attention runs on the pool per (run of entries of one sequence, KV
+ * head), reading that sequence's keys and values from the paged KV cache.
+ *
+ * Batch invariance: an entry's logits do not depend on what else is in the
+ * batch (other sequences, or how a prompt was cut into chunks), so that the
+ * scheduler can batch any requests together and prefix-cached rows equal
+ * recomputed ones bit for bit. Every reduction is therefore per row, in an
+ * order fixed by the row's own length: matrix products use
+ * kn_matmul_invariant (dot products, never sgemm), and attention computes
+ * each query row's scores and weighted sum with dot products over that row's
+ * own positions (sgemm's blocking over n_ctx would depend on the run's last
+ * position). The price is prefill speed: sgemm is up to 2x faster on long
+ * prompts.
  *
  * Numerics follow llama.cpp's CPU backend without flash attention: with an
  * F16 cache, K (after RoPE) and V are rounded to half when stored, Q is
@@ -16,7 +25,6 @@
 
 #include "kernels/kernels.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,9 +58,10 @@ struct decoder {
     float *up;         /* [n_batch][n_ff] */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
-    float *att_tmp;    /* [n_threads][att_tmp_per_thread]: per thread the K and V rows of one
-                        * head as f32 [max_seq_len][d] each, a run's queries and outputs
-                        * [ATTN_CHUNK*group][d] each and scores [ATTN_CHUNK*group][max_seq_len] */
+    float *att_tmp;    /* [n_threads][att_tmp_per_thread]: per thread the K rows of one head
+                        * as f32 [max_seq_len][d], its V rows transposed [d][max_seq_len],
+                        * a run's queries [ATTN_CHUNK*group][d] and one row of scores
+                        * [max_seq_len] */
     size_t att_tmp_per_thread;
     attn_item *items;  /* [n_batch * n_head_kv] attention work items of a pass */
     int n_logits;      /* rows of logits from the last pass */
@@ -111,8 +120,7 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
     size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
-    d->att_tmp_per_thread = (2 * (size_t)c->head_dim + r_max) * (size_t)d->max_seq_len +
-                            2 * r_max * (size_t)c->head_dim;
+    d->att_tmp_per_thread = (2 * (size_t)c->head_dim + 1) * (size_t)d->max_seq_len + r_max * (size_t)c->head_dim;
     d->att_tmp = alloc_floats((size_t)d->n_threads, d->att_tmp_per_thread, &ok);
     d->items = calloc(nb * (size_t)c->n_head_kv, sizeof *d->items);
     ok = ok && d->items;
@@ -190,36 +198,38 @@ static int plan_attention(decoder *d, const dec_entry *b, int n)
     return n_items;
 }
 
-/* Copies head kvh of the K and V rows of positions [0, n_ctx) into k and v
- * [n_ctx][d] as f32 (halves are widened exactly). */
-static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *v)
+/* Copies head kvh of the K rows of positions [0, n_ctx) into k [n_ctx][d]
+ * and of the V rows into vt [d][n_ctx] (transposed, so that a weighted sum
+ * of V is a dot product), as f32 (halves are widened exactly). */
+static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *vt)
 {
     const int hd = d->m->cfg.head_dim;
     const bool half = kv_cache_params(d->kv)->type == KV_F16;
     const float *table = kv_half_table();
     for (int64_t s = 0; s < n_ctx; s++) {
         const void *krow = kv_k_row(d->kv, layer, seq, s), *vrow = kv_v_row(d->kv, layer, seq, s);
-        float *ko = k + (size_t)s * hd, *vo = v + (size_t)s * hd;
+        float *ko = k + (size_t)s * hd;
         if (half) {
             const uint16_t *kh = (const uint16_t *)krow + (size_t)kvh * hd;
             const uint16_t *vh = (const uint16_t *)vrow + (size_t)kvh * hd;
             for (int i = 0; i < hd; i++) {
                 ko[i] = table[kh[i]];
-                vo[i] = table[vh[i]];
+                vt[(size_t)i * n_ctx + s] = table[vh[i]];
             }
         } else {
+            const float *vf = (const float *)vrow + (size_t)kvh * hd;
             memcpy(ko, (const float *)krow + (size_t)kvh * hd, (size_t)hd * sizeof *ko);
-            memcpy(vo, (const float *)vrow + (size_t)kvh * hd, (size_t)hd * sizeof *vo);
+            for (int i = 0; i < hd; i++)
+                vt[(size_t)i * n_ctx + s] = vf[i];
         }
     }
 }
 
 /* Causal softmax attention of a run of entries of one sequence, for the
- * query heads of one KV head: R = entries x group query rows at once, as two
- * single-threaded sgemm calls (this runs inside a pool thread):
- *   S = scale * Q K^T   [R][n_ctx]   then per row softmax over 0..pos
- *   O = P V             [R][d]
- * The rows' masked tails are zero in P, so one product serves all rows. */
+ * query heads of one KV head (R = entries x group query rows sharing one
+ * gather of the K/V rows). Per query row at position pos:
+ *   s[j] = scale * q·k_j  for j <= pos,  p = softmax(s),  o[i] = p·vt_i
+ * each a dot product over the row's own positions only (batch invariance). */
 static void attn_worker(void *arg, int ith, int nth)
 {
     attn_task *t = arg;
@@ -229,12 +239,11 @@ static void attn_worker(void *arg, int ith, int nth)
     const bool half = kv_cache_params(d->kv)->type == KV_F16;
     const float *table = kv_half_table();
     const float scale = 1.0f / sqrtf((float)hd);
-    const size_t rows = (size_t)d->max_seq_len * hd, r_max = (size_t)ATTN_CHUNK * group;
+    const size_t rows = (size_t)d->max_seq_len * hd;
     float *kbuf = d->att_tmp + (size_t)ith * d->att_tmp_per_thread; /* [n_ctx][d] */
-    float *vbuf = kbuf + rows;                                       /* [n_ctx][d] */
-    float *qbuf = vbuf + rows;                                       /* [R][d] */
-    float *obuf = qbuf + r_max * hd;                                 /* [R][d] */
-    float *sbuf = obuf + r_max * hd;                                 /* [R][n_ctx] */
+    float *vtbuf = kbuf + rows;                                      /* [d][n_ctx] */
+    float *qbuf = vtbuf + rows;                                      /* [R][d] */
+    float *sbuf = qbuf + (size_t)ATTN_CHUNK * group * hd;            /* [n_ctx] */
     int64_t lo, hi;
     threadpool_split(t->n_items, ith, nth, &lo, &hi);
 
@@ -243,32 +252,26 @@ static void attn_worker(void *arg, int ith, int nth)
         const dec_entry *b = t->batch;
         const int64_t n_ctx = b[item->hi - 1].pos + 1;
         const int R = (item->hi - item->lo) * group;
-        gather_rows(d, t->layer, b[item->lo].seq, item->kvh, n_ctx, kbuf, vbuf);
+        gather_rows(d, t->layer, b[item->lo].seq, item->kvh, n_ctx, kbuf, vtbuf);
 
-        /* llama.cpp converts Q to the cache's type for q·k. */
         for (int r = 0; r < R; r++) {
             int i = item->lo + r / group, h = item->kvh * group + r % group;
             const float *qh = d->q + ((size_t)i * c->n_head + h) * hd;
+            float *q = qbuf + (size_t)r * hd;
+            /* llama.cpp converts Q to the cache's type for q·k ... */
             for (int j = 0; j < hd; j++)
-                qbuf[(size_t)r * hd + j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)n_ctx, hd, scale, qbuf, hd, kbuf, hd,
-                    0.0f, sbuf, (int)n_ctx);
-        for (int r = 0; r < R; r++) {
-            float *sr = sbuf + (size_t)r * n_ctx;
-            int64_t n_att = b[item->lo + r / group].pos + 1;
-            kn_softmax(sr, n_att);
+                q[j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
+            const int64_t n_att = b[i].pos + 1;
+            for (int64_t s = 0; s < n_att; s++)
+                sbuf[s] = scale * kn_dot_f32(q, kbuf + (size_t)s * hd, hd);
+            kn_softmax(sbuf, n_att);
             /* ... and the probabilities to the cache's type for p·V. */
             if (half)
                 for (int64_t s = 0; s < n_att; s++)
-                    sr[s] = table[f32_to_fp16(sr[s])];
-            memset(sr + n_att, 0, (size_t)(n_ctx - n_att) * sizeof *sr);
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, (int)n_ctx, 1.0f, sbuf, (int)n_ctx, vbuf,
-                    hd, 0.0f, obuf, hd);
-        for (int r = 0; r < R; r++) {
-            int i = item->lo + r / group, h = item->kvh * group + r % group;
-            memcpy(d->att + ((size_t)i * c->n_head + h) * hd, obuf + (size_t)r * hd, (size_t)hd * sizeof(float));
+                    sbuf[s] = table[f32_to_fp16(sbuf[s])];
+            float *o = d->att + ((size_t)i * c->n_head + h) * hd;
+            for (int j = 0; j < hd; j++)
+                o[j] = kn_dot_f32(sbuf, vtbuf + (size_t)j * n_ctx, n_att);
         }
     }
 }
@@ -328,9 +331,9 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         /* Attention block: pre-norm, Q/K/V projections, RoPE on Q and K. */
         for (int i = 0; i < n; i++)
             kn_rms_norm(d->x + (size_t)i * E, L->attn_norm, E, c->rms_eps, d->xb + (size_t)i * E);
-        kn_matmul(d->tp, L->wq, d->xb, n, d->q);
-        kn_matmul(d->tp, L->wk, d->xb, n, d->k);
-        kn_matmul(d->tp, L->wv, d->xb, n, d->v);
+        kn_matmul_invariant(d->tp, L->wq, d->xb, n, d->q);
+        kn_matmul_invariant(d->tp, L->wk, d->xb, n, d->k);
+        kn_matmul_invariant(d->tp, L->wv, d->xb, n, d->v);
         if (L->bq)
             kn_add_bias(d->q, L->bq, n, q_len);
         if (L->bk)
@@ -350,7 +353,7 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         threadpool_run(d->tp, attn_worker, &t);
 
         /* Output projection and residual. */
-        kn_matmul(d->tp, L->wo, d->att, n, d->xb);
+        kn_matmul_invariant(d->tp, L->wo, d->att, n, d->xb);
         if (L->bo)
             kn_add_bias(d->xb, L->bo, n, E);
         for (size_t j = 0; j < (size_t)n * E; j++)
@@ -359,10 +362,10 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         /* Feed-forward block: pre-norm, SwiGLU, down projection, residual. */
         for (int i = 0; i < n; i++)
             kn_rms_norm(d->x + (size_t)i * E, L->ffn_norm, E, c->rms_eps, d->xb + (size_t)i * E);
-        kn_matmul(d->tp, L->ffn_gate, d->xb, n, d->gate);
-        kn_matmul(d->tp, L->ffn_up, d->xb, n, d->up);
+        kn_matmul_invariant(d->tp, L->ffn_gate, d->xb, n, d->gate);
+        kn_matmul_invariant(d->tp, L->ffn_up, d->xb, n, d->up);
         kn_swiglu(d->gate, d->up, (int64_t)n * c->n_ff);
-        kn_matmul(d->tp, L->ffn_down, d->gate, n, d->xb);
+        kn_matmul_invariant(d->tp, L->ffn_down, d->gate, n, d->xb);
         for (size_t j = 0; j < (size_t)n * E; j++)
             d->x[j] += d->xb[j];
     }
@@ -373,7 +376,7 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         if (b[i].logits)
             kn_rms_norm(d->x + (size_t)i * E, w->output_norm, E, c->rms_eps, d->xo + (size_t)n_out++ * E);
     if (n_out > 0)
-        kn_matmul(d->tp, w->output, d->xo, n_out, d->logits);
+        kn_matmul_invariant(d->tp, w->output, d->xo, n_out, d->logits);
     d->n_logits = n_out;
     return 0;
 }

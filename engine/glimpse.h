@@ -31,6 +31,8 @@ enum glimpse_status {
     GLIMPSE_ELIMIT = -6,       /* a configured limit would be exceeded */
     GLIMPSE_ENOTFOUND = -7,    /* a key, tensor or token is absent */
     GLIMPSE_ECANCELED = -8,    /* the caller cancelled the operation */
+    GLIMPSE_EBUSY = -9,        /* the request queue is full: retry later (HTTP 429) */
+    GLIMPSE_ESHUTDOWN = -10,   /* the model is shutting down and takes no requests (HTTP 503) */
 };
 
 #define GLIMPSE_ERR_MSG_LEN 256
@@ -111,6 +113,12 @@ typedef struct glimpse_model_params {
                               * 0 = min(the model's context_length, 4096) */
     int n_batch;             /* positions per forward pass during prefill; 0 = 256 */
     int kv_type;             /* enum glimpse_kv_type */
+    /* scheduling (engine/scheduler.c); see "serving many requests" below */
+    int n_parallel;          /* sequences generated together; 0 = 4 */
+    int kv_cache_mb;         /* KV pool in MiB; 0 = room for n_ctx x n_parallel positions.
+                              * Never less than one full context. */
+    int max_queue;           /* requests waiting for admission before GLIMPSE_EBUSY; 0 = 64 */
+    int image_cache_mb;      /* image embeddings kept by content hash; 0 = 64, -1 = off */
 } glimpse_model_params;
 
 /* Fills *p with the defaults (all zero / F16, no paths). Any thread. */
@@ -120,7 +128,8 @@ void glimpse_model_params_default(glimpse_model_params *p);
  * glimpse_model_free. Any thread; the files must not change while loaded. */
 int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimpse_err *err);
 
-/* Frees everything of the model. Accepts NULL. Not while a generation runs. */
+/* Stops the model's engine thread and frees everything of the model.
+ * Accepts NULL. Every job must have been freed (glimpse_job_free) first. */
 void glimpse_model_free(glimpse_model *m);
 
 typedef struct glimpse_model_info {
@@ -217,10 +226,12 @@ typedef struct glimpse_token {
 
 #define GLIMPSE_TOKEN_NONE (-1)
 
-/* Called on the generating thread for every token, then once with
- * id == GLIMPSE_TOKEN_NONE when text was still held back at the end (an
- * incomplete UTF-8 tail or a possible stop-string prefix). Return 0 to go on,
- * non-zero to cancel: glimpse_generate then returns GLIMPSE_ECANCELED. */
+/* Called for every token, then once with id == GLIMPSE_TOKEN_NONE when text
+ * was still held back at the end (an incomplete UTF-8 tail or a possible
+ * stop-string prefix). Return 0 to go on, non-zero to cancel: the request
+ * then ends with GLIMPSE_ECANCELED. It runs on the model's engine thread,
+ * between two steps of every sequence: it must be quick (copy the event and
+ * return) and must not call any glimpse function on the same model. */
 typedef int (*glimpse_token_fn)(const glimpse_token *tok, void *user);
 
 typedef struct glimpse_request {
@@ -255,10 +266,93 @@ typedef struct glimpse_result {
  * then samples and reports tokens through req->on_token until an end-of-
  * generation token, a stop string, max_tokens or the context's end.
  * *res is filled on success and on GLIMPSE_ECANCELED.
- * Thread rule: any thread, but one generation at a time per model (a second
- * caller waits); the callback runs on the calling thread and must not call
- * glimpse_generate on the same model (it would wait for itself). */
+ * It is glimpse_submit + glimpse_job_wait + glimpse_job_free: any thread,
+ * any number at once (they are batched together); errors as glimpse_submit's. */
 int glimpse_generate(glimpse_model *m, const glimpse_request *req, glimpse_result *res, glimpse_err *err);
+
+/* ---- serving many requests (engine/scheduler.c) ------------------------------
+ *
+ * Every model runs one engine thread, started by glimpse_model_load, which
+ * serves all requests together (continuous batching): each step it admits
+ * waiting requests in FIFO order while KV cache blocks are free, encodes
+ * pending image tiles, evaluates a chunk of waiting prompts under a per-step
+ * token budget, and decodes one token of every running sequence in one
+ * forward pass. A request's tokens do not depend on what else runs (the
+ * same request and seed give the same tokens alone or in any batch).
+ * Prompt prefixes (the same system prompt, image or conversation history)
+ * are reused from the KV cache, and image embeddings from an image cache,
+ * both keyed by content and evicted least-recently-used.
+ */
+
+/* A submitted request. */
+typedef struct glimpse_job glimpse_job;
+
+/* Prepares req (template, tokenizer, image layouts: on the calling thread)
+ * and queues it. On success *out is owned by the caller: wait for it with
+ * glimpse_job_wait, then free it with glimpse_job_free. req and everything
+ * it points to may be freed after the call, except req->images, which are
+ * borrowed until the job is freed; on_token runs on the engine thread.
+ * Errors: GLIMPSE_EINVAL (bad request), GLIMPSE_ELIMIT (the prompt can
+ * never fit the context: "context_length_exceeded"), GLIMPSE_EUNSUPPORTED
+ * (images without an mmproj), GLIMPSE_EBUSY (queue full: retry later),
+ * GLIMPSE_ESHUTDOWN, GLIMPSE_ENOMEM. Any thread. */
+int glimpse_submit(glimpse_model *m, const glimpse_request *req, glimpse_job **out, glimpse_err *err);
+
+/* Blocks until the job ends; returns its status (0, GLIMPSE_ECANCELED, or an
+ * engine error) and fills *res (on 0 and GLIMPSE_ECANCELED) and *err. Any
+ * thread, while the job is not freed. */
+int glimpse_job_wait(glimpse_job *j, glimpse_result *res, glimpse_err *err);
+
+/* Asks the engine to end the job at its next step (or to drop it while it
+ * waits); its KV blocks return to the pool. Any thread, non-blocking. */
+void glimpse_job_cancel(glimpse_job *j);
+
+/* Cancels the job if it has not ended, waits for it and frees it.
+ * Accepts NULL. Any thread, once per job. */
+void glimpse_job_free(glimpse_job *j);
+
+/* From now on glimpse_submit fails with GLIMPSE_ESHUTDOWN; admitted and
+ * queued requests still run to their end (draining). Any thread. */
+void glimpse_shutdown(glimpse_model *m);
+
+/* A histogram: count[i] observations in (le[i-1], le[i]]; le[GLIMPSE_HIST_N-1]
+ * is +infinity. Counts are per bucket, not cumulative. */
+#define GLIMPSE_HIST_N 14
+typedef struct glimpse_hist {
+    double le[GLIMPSE_HIST_N];
+    uint64_t count[GLIMPSE_HIST_N];
+    uint64_t n;
+    double sum;
+} glimpse_hist;
+
+typedef struct glimpse_stats {
+    int running;                 /* admitted sequences (encoding, prefilling or decoding) */
+    int waiting;                 /* queued, not admitted */
+    int n_parallel;              /* most sequences running at once */
+    int max_queue;
+    double kv_usage;             /* blocks held by sequences / pool blocks, 0..1 */
+    int kv_blocks;               /* pool size in blocks */
+    int kv_block_size;           /* positions per block */
+    int kv_cached_blocks;        /* blocks registered in the prefix cache */
+    uint64_t prefix_queries;     /* full prompt blocks looked up in the prefix cache */
+    uint64_t prefix_hits;        /* of which were found (their prefill was skipped) */
+    uint64_t image_queries;      /* images looked up in the image-embedding cache */
+    uint64_t image_hits;         /* of which were found (the vision encoder was skipped) */
+    uint64_t preemptions;        /* sequences sent back to the queue when KV ran out */
+    uint64_t requests_done;      /* ended normally */
+    uint64_t requests_cancelled;
+    uint64_t requests_failed;
+    uint64_t steps;              /* forward passes */
+    uint64_t tokens_generated;
+    uint64_t prompt_tokens_computed; /* prompt positions evaluated (cache hits excluded) */
+    glimpse_hist batch_size;     /* entries per forward pass */
+    glimpse_hist ttft_s;         /* submit -> first token, seconds */
+    glimpse_hist itl_s;          /* between two tokens of one sequence, seconds */
+    glimpse_hist queue_s;        /* submit -> admission, seconds */
+} glimpse_stats;
+
+/* A snapshot of the scheduler's counters, for /metrics. Any thread. */
+void glimpse_stats_get(glimpse_model *m, glimpse_stats *out);
 
 #ifdef __cplusplus
 }

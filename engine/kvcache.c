@@ -1,10 +1,17 @@
 /*
- * kvcache.c — block pool, free list and per-sequence block tables.
+ * kvcache.c — block pool, per-sequence block tables, reference counts and the
+ * prefix cache (hash index + LRU list of evictable blocks).
  *
  * Layout of the pool, per layer and per kind (K, V):
  *   data[kind][layer][block][slot][row_len]   (elements of the cache type)
  * so one block of one layer is contiguous, and a sequence's position p lives
  * in block table[seq][p / block_size], slot p % block_size.
+ *
+ * A block is in exactly one of three states:
+ *   held       ref > 0 (in some tables), maybe registered;
+ *   evictable  ref == 0 and registered: on the LRU list, still findable;
+ *   free       ref == 0, not registered: on the free stack.
+ * Everything is arrays sized at creation; no operation allocates.
  */
 #include "kvcache.h"
 
@@ -26,6 +33,18 @@ struct kv_cache {
     int *tables;           /* [max_seqs][max_blocks_per_seq] block ids */
     int *n_seq_blocks;     /* [max_seqs] blocks held, -1 when the sequence is closed */
     int max_blocks_per_seq;
+    /* per block */
+    int *ref;              /* [n_blocks] tables holding it */
+    bool *registered;      /* [n_blocks] in the hash index */
+    uint64_t *hash;        /* [n_blocks] its hash when registered */
+    int *hnext;            /* [n_blocks] next block of the same index bucket, -1 ends */
+    int *lru_prev, *lru_next; /* [n_blocks] evictable list links, -1 ends */
+    int lru_head, lru_tail;   /* least / most recently released */
+    int n_evictable;
+    int n_registered;
+    int *buckets;          /* [n_buckets] first block of each bucket, -1 empty */
+    size_t n_buckets;      /* a power of two >= 2 * n_blocks */
+    uint64_t queries, hits, evictions;
 };
 
 static float half_table[65536];
@@ -72,8 +91,23 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
     kv->free_list = malloc((size_t)p->n_blocks * sizeof *kv->free_list);
     kv->tables = malloc((size_t)p->max_seqs * (size_t)kv->max_blocks_per_seq * sizeof *kv->tables);
     kv->n_seq_blocks = malloc((size_t)p->max_seqs * sizeof *kv->n_seq_blocks);
-    if (!kv->k || !kv->v || !kv->free_list || !kv->tables || !kv->n_seq_blocks)
+    size_t nb = (size_t)p->n_blocks;
+    kv->n_buckets = 16;
+    while (kv->n_buckets < 2 * nb)
+        kv->n_buckets *= 2;
+    kv->ref = calloc(nb, sizeof *kv->ref);
+    kv->registered = calloc(nb, sizeof *kv->registered);
+    kv->hash = calloc(nb, sizeof *kv->hash);
+    kv->hnext = malloc(nb * sizeof *kv->hnext);
+    kv->lru_prev = malloc(nb * sizeof *kv->lru_prev);
+    kv->lru_next = malloc(nb * sizeof *kv->lru_next);
+    kv->buckets = malloc(kv->n_buckets * sizeof *kv->buckets);
+    if (!kv->k || !kv->v || !kv->free_list || !kv->tables || !kv->n_seq_blocks || !kv->ref || !kv->registered ||
+        !kv->hash || !kv->hnext || !kv->lru_prev || !kv->lru_next || !kv->buckets)
         goto oom;
+    for (size_t i = 0; i < kv->n_buckets; i++)
+        kv->buckets[i] = -1;
+    kv->lru_head = kv->lru_tail = -1;
     /* Hand out low block ids first: a lone sequence then gets a contiguous,
      * ascending run, which keeps its rows in order in memory. */
     for (int i = 0; i < p->n_blocks; i++)
@@ -101,12 +135,94 @@ void kv_cache_free(kv_cache *kv)
     free(kv->free_list);
     free(kv->tables);
     free(kv->n_seq_blocks);
+    free(kv->ref);
+    free(kv->registered);
+    free(kv->hash);
+    free(kv->hnext);
+    free(kv->lru_prev);
+    free(kv->lru_next);
+    free(kv->buckets);
     free(kv);
 }
 
 const kv_params *kv_cache_params(const kv_cache *kv) { return &kv->p; }
 
-int kv_cache_free_blocks(const kv_cache *kv) { return kv->n_free; }
+int kv_cache_free_blocks(const kv_cache *kv) { return kv->n_free + kv->n_evictable; }
+
+/* ---- block states ------------------------------------------------------------ */
+
+static void lru_unlink(kv_cache *kv, int b)
+{
+    int p = kv->lru_prev[b], n = kv->lru_next[b];
+    if (p >= 0)
+        kv->lru_next[p] = n;
+    else
+        kv->lru_head = n;
+    if (n >= 0)
+        kv->lru_prev[n] = p;
+    else
+        kv->lru_tail = p;
+    kv->n_evictable--;
+}
+
+static void lru_push_tail(kv_cache *kv, int b)
+{
+    kv->lru_prev[b] = kv->lru_tail;
+    kv->lru_next[b] = -1;
+    if (kv->lru_tail >= 0)
+        kv->lru_next[kv->lru_tail] = b;
+    else
+        kv->lru_head = b;
+    kv->lru_tail = b;
+    kv->n_evictable++;
+}
+
+static size_t bucket_of(const kv_cache *kv, uint64_t h) { return (size_t)(h & (kv->n_buckets - 1)); }
+
+static int index_find(const kv_cache *kv, uint64_t h)
+{
+    for (int b = kv->buckets[bucket_of(kv, h)]; b >= 0; b = kv->hnext[b])
+        if (kv->hash[b] == h)
+            return b;
+    return -1;
+}
+
+static void index_remove(kv_cache *kv, int b)
+{
+    int *link = &kv->buckets[bucket_of(kv, kv->hash[b])];
+    while (*link != b)
+        link = &kv->hnext[*link];
+    *link = kv->hnext[b];
+    kv->registered[b] = false;
+    kv->n_registered--;
+}
+
+/* A block for new rows: a free one, else the least recently released cached
+ * one, which leaves the cache. The caller checked that one exists. */
+static int take_block(kv_cache *kv)
+{
+    int b;
+    if (kv->n_free > 0) {
+        b = kv->free_list[--kv->n_free];
+    } else {
+        b = kv->lru_head;
+        lru_unlink(kv, b);
+        index_remove(kv, b);
+        kv->evictions++;
+    }
+    kv->ref[b] = 1;
+    return b;
+}
+
+static void drop_ref(kv_cache *kv, int b)
+{
+    if (--kv->ref[b] > 0)
+        return;
+    if (kv->registered[b])
+        lru_push_tail(kv, b);
+    else
+        kv->free_list[kv->n_free++] = b;
+}
 
 int kv_seq_open(kv_cache *kv, int *seq, glimpse_err *err)
 {
@@ -139,12 +255,12 @@ int kv_seq_reserve(kv_cache *kv, int seq, int64_t n_pos, glimpse_err *err)
     int have = kv->n_seq_blocks[seq];
     if (need <= have)
         return 0;
-    if (need - have > kv->n_free)
+    if (need - have > kv_cache_free_blocks(kv))
         return err_set(err, GLIMPSE_ELIMIT, "kv cache: %d more blocks needed, %d free",
-                       need - have, kv->n_free);
+                       need - have, kv_cache_free_blocks(kv));
     int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
     for (int b = have; b < need; b++)
-        table[b] = kv->free_list[--kv->n_free];
+        table[b] = take_block(kv);
     kv->n_seq_blocks[seq] = need;
     return 0;
 }
@@ -155,9 +271,9 @@ void kv_seq_truncate(kv_cache *kv, int seq, int64_t n_pos)
         return;
     int keep = (int)((n_pos + kv->p.block_size - 1) / kv->p.block_size);
     int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
-    /* Push in reverse so that the next reserve takes them back in order. */
+    /* Release in reverse so that the next reserve takes free ones back in order. */
     for (int b = kv->n_seq_blocks[seq] - 1; b >= keep; b--)
-        kv->free_list[kv->n_free++] = table[b];
+        drop_ref(kv, table[b]);
     if (keep < kv->n_seq_blocks[seq])
         kv->n_seq_blocks[seq] = keep;
 }
@@ -167,6 +283,77 @@ int64_t kv_seq_capacity(const kv_cache *kv, int seq)
     if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] < 0)
         return 0;
     return (int64_t)kv->n_seq_blocks[seq] * kv->p.block_size;
+}
+
+/* ---- prefix cache -------------------------------------------------------------- */
+
+/* splitmix64's finaliser: every input bit moves every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+uint64_t kv_block_hash(uint64_t parent, const uint64_t *keys, int n_keys)
+{
+    uint64_t h = mix64(parent ^ 0x9e3779b97f4a7c15ull);
+    for (int i = 0; i < n_keys; i++)
+        h = mix64(h ^ mix64(keys[i] + (uint64_t)i));
+    /* 0 means "no parent": keep it out of the range of real hashes. */
+    return h ? h : 1;
+}
+
+int kv_seq_attach_prefix(kv_cache *kv, int seq, const uint64_t *hashes, int n)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || kv->n_seq_blocks[seq] != 0)
+        return 0;
+    int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
+    int got = 0;
+    if (n > kv->max_blocks_per_seq)
+        n = kv->max_blocks_per_seq;
+    for (; got < n; got++) {
+        kv->queries++;
+        int b = index_find(kv, hashes[got]);
+        if (b < 0)
+            break;
+        kv->hits++;
+        if (kv->ref[b]++ == 0)
+            lru_unlink(kv, b);
+        table[got] = b;
+    }
+    kv->n_seq_blocks[seq] = got;
+    return got;
+}
+
+void kv_seq_commit_block(kv_cache *kv, int seq, int block, uint64_t hash)
+{
+    if (seq < 0 || seq >= kv->p.max_seqs || block < 0 || block >= kv->n_seq_blocks[seq])
+        return;
+    int b = kv->tables[(size_t)seq * (size_t)kv->max_blocks_per_seq + (size_t)block];
+    if (kv->registered[b] || index_find(kv, hash) >= 0)
+        return;
+    kv->hash[b] = hash;
+    kv->registered[b] = true;
+    kv->n_registered++;
+    size_t i = bucket_of(kv, hash);
+    kv->hnext[b] = kv->buckets[i];
+    kv->buckets[i] = b;
+}
+
+void kv_cache_stats(const kv_cache *kv, kv_stats *out)
+{
+    *out = (kv_stats){
+        .n_blocks = kv->p.n_blocks,
+        .n_used = kv->p.n_blocks - kv->n_free - kv->n_evictable,
+        .n_cached = kv->n_registered,
+        .n_evictable = kv->n_evictable,
+        .queries = kv->queries,
+        .hits = kv->hits,
+        .evictions = kv->evictions,
+    };
 }
 
 /* Byte offset of (layer, seq, pos) inside k or v. */

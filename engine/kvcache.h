@@ -1,12 +1,21 @@
 /*
  * kvcache.h — the key/value cache: a pool of fixed-size blocks shared by
  * sequences, each sequence mapping its positions to blocks through a block
- * table (paged attention's layout).
+ * table (paged attention's layout). A position is addressed as (sequence,
+ * position), never as an offset into one contiguous array.
  *
- * Today one sequence uses it, with all its blocks reserved up front, but the
- * layout is already the paged one so that a scheduler can run many sequences
- * over one pool: a position is addressed as (sequence, position) and never as
- * an offset into one contiguous array.
+ * Blocks are reference-counted: a block may sit in the tables of several
+ * sequences at once. That is how the prefix cache works: a full block whose
+ * rows have been computed is registered under a hash that chains the hash of
+ * the block before it with the keys of its own positions (token ids, or an
+ * image's content hash and row), so equal hashes mean equal prefixes. A new
+ * sequence attaches the longest chain of registered blocks that its own
+ * hashes find, and computes only what follows. Registered blocks that no
+ * sequence holds stay in the cache and are evicted least-recently-used when
+ * the pool runs out of never-registered free blocks.
+ *
+ * Shared blocks are read-only by contract: a sequence only writes positions
+ * at or after its attached prefix, and only full blocks are ever shared.
  *
  * Rows are stored as F16 by default, like llama.cpp (spec §2.5): keys after
  * RoPE and values are rounded to half when stored. F32 rows are available for
@@ -48,20 +57,22 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err);
 void kv_cache_free(kv_cache *kv);
 
 const kv_params *kv_cache_params(const kv_cache *kv);
-/* Blocks not owned by any sequence. */
+/* Blocks no sequence holds: free ones plus cached ones that may be evicted. */
 int kv_cache_free_blocks(const kv_cache *kv);
 
 /* Opens an empty sequence; *seq is its id in [0, max_seqs).
  * GLIMPSE_ELIMIT when max_seqs are open. */
 int kv_seq_open(kv_cache *kv, int *seq, glimpse_err *err);
-/* Returns the sequence's blocks to the pool. Closing a closed id is a no-op. */
+/* Drops the sequence's references to its blocks (registered ones stay cached
+ * until evicted) and closes it. Closing a closed id is a no-op. */
 void kv_seq_close(kv_cache *kv, int seq);
 /* Makes positions [0, n_pos) of seq addressable, taking blocks from the pool
- * as needed. GLIMPSE_ELIMIT when the pool or the block table is exhausted
- * (nothing is taken then). */
+ * as needed: never-registered free blocks first, then the least recently
+ * released cached ones (which leave the cache). GLIMPSE_ELIMIT when the pool
+ * or the block table is exhausted (nothing is taken then). */
 int kv_seq_reserve(kv_cache *kv, int seq, int64_t n_pos, glimpse_err *err);
-/* Drops positions >= n_pos (their blocks go back to the pool), so that a
- * sequence can be reused for a new prompt. */
+/* Drops positions >= n_pos (the sequence's references to their blocks), so
+ * that a sequence can be reused for a new prompt. */
 void kv_seq_truncate(kv_cache *kv, int seq, int64_t n_pos);
 /* Positions currently addressable: a multiple of block_size. */
 int64_t kv_seq_capacity(const kv_cache *kv, int seq);
@@ -74,6 +85,39 @@ void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, con
  * halves or floats), valid until the position is dropped. */
 const void *kv_k_row(const kv_cache *kv, int layer, int seq, int64_t pos);
 const void *kv_v_row(const kv_cache *kv, int layer, int seq, int64_t pos);
+
+/* ---- prefix cache ------------------------------------------------------- */
+
+/* The hash of a full block: parent is the previous block's hash (0 for the
+ * first block), keys[block_size] the keys of its positions. 64-bit; a
+ * collision would splice another prefix's rows in, at odds of about
+ * n_blocks^2 / 2^64. Any thread. */
+uint64_t kv_block_hash(uint64_t parent, const uint64_t *keys, int n_keys);
+
+/* Attaches to the empty sequence seq the registered blocks of hashes[0..n)
+ * in order, stopping at the first hash not in the cache; each attached block
+ * gains a reference (leaving the evictable list if it was there). Returns the
+ * number of blocks attached (its positions are computed). Counts one prefix
+ * query per hash looked up and one hit per block attached. */
+int kv_seq_attach_prefix(kv_cache *kv, int seq, const uint64_t *hashes, int n);
+
+/* Registers block index `block` of seq (which must be full and computed)
+ * under hash. Nothing happens when the block is registered already or when
+ * another block holds that hash (two sequences computed the same prefix at
+ * once: the first stays the cached one). */
+void kv_seq_commit_block(kv_cache *kv, int seq, int block, uint64_t hash);
+
+typedef struct kv_stats {
+    int n_blocks;           /* pool size */
+    int n_used;             /* held by at least one sequence */
+    int n_cached;           /* registered in the prefix cache (held or not) */
+    int n_evictable;        /* registered and held by no sequence */
+    uint64_t queries;       /* block hashes looked up by kv_seq_attach_prefix */
+    uint64_t hits;          /* blocks attached by it */
+    uint64_t evictions;     /* registered blocks reused for other rows */
+} kv_stats;
+
+void kv_cache_stats(const kv_cache *kv, kv_stats *out);
 
 /* 65536 floats indexed by a half's bits: attention widens F16 rows with it
  * (a load instead of a bit-manipulating conversion per element). Built once

@@ -8,6 +8,7 @@
 #include "kernels/kernels.h"
 #include "kvcache.h"
 #include "sampler.h"
+#include "scheduler.h"
 #include "template.h"
 #include "threadpool.h"
 #include "tokenizer.h"
@@ -328,7 +329,10 @@ void text_model_release(text_model *m)
 
 #define DEFAULT_CTX_MAX 4096
 #define DEFAULT_BATCH 256
-#define KV_BLOCK 16
+#define DEFAULT_PARALLEL 4
+#define DEFAULT_QUEUE 64
+#define DEFAULT_IMAGE_CACHE_MB 64
+#define MAX_PARALLEL 256
 #define MAX_THREADS 256
 
 void glimpse_model_params_default(glimpse_model_params *p)
@@ -349,6 +353,12 @@ static int check_params(const glimpse_model_params *p, glimpse_err *err)
         return err_set(err, GLIMPSE_EINVAL, "model: batch size %d is out of range [0, 65536]", p->n_batch);
     if (p->kv_type != GLIMPSE_KV_F16 && p->kv_type != GLIMPSE_KV_F32)
         return err_set(err, GLIMPSE_EINVAL, "model: unknown KV cache type %d", p->kv_type);
+    if (p->n_parallel < 0 || p->n_parallel > MAX_PARALLEL)
+        return err_set(err, GLIMPSE_EINVAL, "model: %d parallel sequences is out of range [0, %d]", p->n_parallel,
+                       MAX_PARALLEL);
+    if (p->kv_cache_mb < 0 || p->kv_cache_mb > (1 << 24) || p->max_queue < 0 || p->max_queue > (1 << 20) ||
+        p->image_cache_mb < -1 || p->image_cache_mb > (1 << 20))
+        return err_set(err, GLIMPSE_EINVAL, "model: kv_cache_mb, max_queue or image_cache_mb out of range");
     return 0;
 }
 
@@ -364,8 +374,7 @@ static void set_name(glimpse_model *m, const char *path)
 }
 
 /* Loads the mmproj: the vision encoder, its projector into this model's
- * embedding space, and the matching preprocessing. Image embeddings of one
- * request live in m->emb, one row per prompt position at most. */
+ * embedding space, and the matching preprocessing. */
 static int load_vision(glimpse_model *m, const char *path, glimpse_err *err)
 {
     int rc;
@@ -384,9 +393,6 @@ static int load_vision(glimpse_model *m, const char *path, glimpse_err *err)
     };
     memcpy(m->pp.mean, hp->mean, sizeof m->pp.mean);
     memcpy(m->pp.std, hp->std, sizeof m->pp.std);
-    size_t n_emb;
-    if (!size_mul((size_t)m->n_ctx, (size_t)m->text.cfg.n_embd, &n_emb) || !(m->emb = malloc(n_emb * sizeof *m->emb)))
-        return err_set(err, GLIMPSE_ENOMEM, "model: out of memory for image embeddings");
     LOG_INFO("model: vision %s: %d layers, %d px tiles, %d embeddings per tile", path, hp->n_layer_run,
              hp->image_size, hp->n_tokens_out);
     return 0;
@@ -405,7 +411,6 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
     m = calloc(1, sizeof *m);
     if (!m)
         return err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
-    m->seq = -1;
     if ((rc = gguf_open(p->model_path, &m->file, err)) < 0)
         goto fail;
     if ((rc = text_model_load(m->file, &m->text, err)) < 0)
@@ -430,6 +435,10 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
     m->n_batch = p->n_batch ? p->n_batch : DEFAULT_BATCH;
     if (m->n_batch > m->n_ctx)
         m->n_batch = m->n_ctx;
+    m->n_parallel = p->n_parallel ? p->n_parallel : DEFAULT_PARALLEL;
+    /* A step holds one decode entry per sequence plus at least a block of prompt. */
+    if (m->n_batch < m->n_parallel + SCHED_KV_BLOCK)
+        m->n_batch = m->n_parallel + SCHED_KV_BLOCK;
     if (p->n_threads > 0) {
         m->n_threads = p->n_threads;
     } else {
@@ -439,21 +448,32 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
     if ((rc = threadpool_create(m->n_threads, &m->tp, err)) < 0)
         goto fail;
 
-    /* One sequence owns the whole pool for now; the pool is sized by
-     * positions, so a scheduler can later split it between sequences. */
+    /* The KV pool, shared by all sequences: --kv-cache-mb, else one context
+     * per parallel sequence; never less than one full context, so that any
+     * admitted request can run to its end alone. */
     kv_params kp = {
         .n_layer = c->n_layer,
         .row_len = c->n_head_kv * c->head_dim,
         .type = p->kv_type == GLIMPSE_KV_F32 ? KV_F32 : KV_F16,
-        .block_size = KV_BLOCK,
-        .n_blocks = (m->n_ctx + KV_BLOCK - 1) / KV_BLOCK,
-        .max_seqs = 1,
+        .block_size = SCHED_KV_BLOCK,
+        .max_seqs = m->n_parallel,
         .max_seq_len = m->n_ctx,
     };
+    const int64_t ctx_blocks = (m->n_ctx + SCHED_KV_BLOCK - 1) / SCHED_KV_BLOCK;
+    int64_t n_blocks = ctx_blocks * m->n_parallel;
+    if (p->kv_cache_mb > 0) {
+        int64_t block_bytes = 2 * (int64_t)c->n_layer * kp.row_len * SCHED_KV_BLOCK * (kp.type == KV_F16 ? 2 : 4);
+        n_blocks = ((int64_t)p->kv_cache_mb << 20) / block_bytes;
+    }
+    if (n_blocks < ctx_blocks)
+        n_blocks = ctx_blocks;
+    if (n_blocks > INT32_MAX / SCHED_KV_BLOCK) {
+        rc = err_set(err, GLIMPSE_ELIMIT, "model: KV cache of %lld blocks is too large", (long long)n_blocks);
+        goto fail;
+    }
+    kp.n_blocks = (int)n_blocks;
     if ((rc = kv_cache_create(&kp, &m->kv, err)) < 0 ||
-        (rc = kv_seq_open(m->kv, &m->seq, err)) < 0 ||
-        (rc = kv_seq_reserve(m->kv, m->seq, m->n_ctx, err)) < 0 ||
-        (rc = decoder_create(&m->text, m->kv, m->tp, m->n_batch, 1, &m->dec, err)) < 0 ||
+        (rc = decoder_create(&m->text, m->kv, m->tp, m->n_batch, m->n_parallel, &m->dec, err)) < 0 ||
         (rc = sampler_scratch_create(c->n_vocab, &m->scratch, err)) < 0)
         goto fail;
 
@@ -461,26 +481,28 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
      * plus everything the stop matcher may have held back. */
     m->piece_cap = detok_out_max(m->tok);
     m->out_cap = m->piece_cap + STOP_HOLD_MAX;
-    m->prompt = malloc((size_t)m->n_ctx * sizeof *m->prompt);
-    m->ids = malloc((size_t)m->n_ctx * sizeof *m->ids);
-    m->batch = malloc((size_t)m->n_batch * sizeof *m->batch);
     m->piece = malloc(m->piece_cap);
     m->out = malloc(m->out_cap);
-    if (!m->prompt || !m->ids || !m->batch || !m->piece || !m->out) {
+    if (!m->piece || !m->out) {
         rc = err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
         goto fail;
     }
     if (p->mmproj_path && (rc = load_vision(m, p->mmproj_path, err)) < 0)
         goto fail;
-    if (pthread_mutex_init(&m->lock, NULL) != 0) {
-        rc = err_set(err, GLIMPSE_ENOMEM, "model: cannot create a mutex");
+    int img_mb = p->image_cache_mb ? p->image_cache_mb : DEFAULT_IMAGE_CACHE_MB;
+    sched_params sp = {
+        .n_parallel = m->n_parallel,
+        .max_queue = p->max_queue ? p->max_queue : DEFAULT_QUEUE,
+        .step_tokens = m->n_batch,
+        .image_cache_bytes = img_mb < 0 ? 0 : (size_t)img_mb << 20,
+    };
+    if ((rc = scheduler_create(m, &sp, &m->sched, err)) < 0)
         goto fail;
-    }
-    m->lock_ok = true;
     m->load_ms = time_ms() - t0;
     LOG_INFO("model: %s: %d layers, n_embd %d, vocab %d, context %d, %d threads, %s template, kernels %s, "
-             "loaded in %.0f ms", m->name, c->n_layer, c->n_embd, c->n_vocab, m->n_ctx, m->n_threads,
-             chat_template_name(m->tmpl), kernels_isa(), m->load_ms);
+             "%d parallel sequences, KV pool %d blocks of %d, loaded in %.0f ms", m->name, c->n_layer, c->n_embd,
+             c->n_vocab, m->n_ctx, m->n_threads, chat_template_name(m->tmpl), kernels_isa(), m->n_parallel,
+             kp.n_blocks, SCHED_KV_BLOCK, m->load_ms);
     *out = m;
     return 0;
 
@@ -493,14 +515,10 @@ void glimpse_model_free(glimpse_model *m)
 {
     if (!m)
         return;
-    if (m->lock_ok)
-        pthread_mutex_destroy(&m->lock);
-    free(m->prompt);
-    free(m->ids);
-    free(m->emb);
+    /* The engine thread first: it uses everything below. */
+    scheduler_free(m->sched);
     vision_free(m->vision);
     gguf_close(m->mmproj_file);
-    free(m->batch);
     free(m->piece);
     free(m->out);
     sampler_scratch_free(m->scratch);

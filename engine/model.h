@@ -78,7 +78,7 @@ struct kv_cache;
 struct decoder;
 struct threadpool;
 struct sampler_scratch;
-struct dec_entry;
+struct scheduler;
 
 struct glimpse_model {
     gguf_file *file;                 /* owned: the text GGUF mapping */
@@ -87,28 +87,23 @@ struct glimpse_model {
     struct threadpool *tp;           /* owned: the one compute pool */
     struct kv_cache *kv;             /* owned */
     struct decoder *dec;             /* owned */
-    struct sampler_scratch *scratch; /* owned: sampling working memory [n_vocab] */
+    struct sampler_scratch *scratch; /* owned: sampling working memory [n_vocab] (engine thread) */
+    struct scheduler *sched;         /* owned: the engine thread and its queue */
     int tmpl;                        /* enum chat_template (template.h) */
-    int seq;                         /* the KV sequence generation uses */
-    int n_ctx;                       /* positions the sequence holds */
-    int n_batch;                     /* positions per forward pass */
+    int n_ctx;                       /* positions one sequence may hold */
+    int n_batch;                     /* entries per forward pass (the step's token budget) */
+    int n_parallel;                  /* sequences run together */
     int n_threads;
-    prompt_pos *prompt;              /* [n_ctx] the fused prompt: tokens and image rows */
-    int32_t *ids;                    /* [n_ctx] scratch for tokenizing one text chunk */
     /* vision, when an mmproj is loaded (all NULL otherwise) */
     gguf_file *mmproj_file;          /* owned: the mmproj GGUF mapping */
     struct vision_model *vision;     /* owned */
     image_pp_params pp;              /* how images are preprocessed for it */
-    float *emb;                      /* [n_ctx][n_embd] image embeddings of the current request */
-    struct dec_entry *batch;         /* [n_batch] entries of one pass */
-    char *piece;                     /* [piece_cap] one token's text from the detokenizer */
+    char *piece;                     /* [piece_cap] one token's text from the detokenizer (engine thread) */
     size_t piece_cap;
     char *out;                       /* [out_cap] text released by one token (piece + held back) */
     size_t out_cap;
     char name[128];                  /* general.name or the file's base name */
     double load_ms;
-    pthread_mutex_t lock;            /* serialises glimpse_generate calls */
-    bool lock_ok;                    /* lock was initialised */
 };
 
 #endif /* GLIMPSE_MODEL_H */

@@ -19,6 +19,8 @@ const char *glimpse_status_str(int code)
         { GLIMPSE_ELIMIT, "limit exceeded" },
         { GLIMPSE_ENOTFOUND, "not found" },
         { GLIMPSE_ECANCELED, "cancelled" },
+        { GLIMPSE_EBUSY, "busy" },
+        { GLIMPSE_ESHUTDOWN, "shutting down" },
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (table[i].code == code)

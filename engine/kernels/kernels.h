@@ -53,6 +53,15 @@ bool kn_matmul_supports(int wtype, int64_t k);
  * are processed in several passes. */
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
+/* kn_matmul without the sgemm path: every output row is the weight rows' dot
+ * products with its own activation row, each summed in an order fixed by k
+ * alone (the multi-token dots equal the one-token dot bit for bit). So a
+ * row's result does not depend on n_tok or on the other rows: the scheduler's
+ * batch invariance rests on this. sgemm is not used because its result for a
+ * row may change with the number of rows (kernel choice, blocking), and the
+ * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
+void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
+
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
 /* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */

@@ -1,0 +1,459 @@
+/*
+ * check_scheduler.c — continuous batching seen from the public API.
+ *
+ * The central property is batch invariance: a request gives the same tokens
+ * and the same logprobs, bit for bit, whether it runs alone on a fresh model
+ * or among 15 others (identical or different, prefilling while others
+ * decode, hitting the prefix cache, preempted when the KV pool runs out).
+ * Comparing logprobs exactly makes any numeric dependence on the batch show
+ * even where it would not flip a token. The expected side is always the same
+ * request run alone on its own freshly loaded model.
+ *
+ * Also: prefix-cache and image-cache hits, admission control (queue full,
+ * shutdown, prompts that can never fit), cancellation giving back KV blocks.
+ */
+#include "glimpse.h"
+
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define MAX_TOK 96
+#define N_CONC 16
+
+/* What one request produced. */
+typedef struct trace {
+    int32_t ids[MAX_TOK];
+    float logprobs[MAX_TOK];
+    int n;
+    char text[4096];
+    size_t text_len;
+    int cancel_after; /* > 0: the callback cancels after this many tokens */
+} trace;
+
+static int on_token(const glimpse_token *t, void *user)
+{
+    trace *tr = user;
+    if (t->id != GLIMPSE_TOKEN_NONE && tr->n < MAX_TOK) {
+        tr->ids[tr->n] = t->id;
+        tr->logprobs[tr->n] = t->logprob;
+        tr->n++;
+    }
+    if (tr->text_len + t->text_len < sizeof tr->text) {
+        memcpy(tr->text + tr->text_len, t->text, t->text_len);
+        tr->text_len += t->text_len;
+    }
+    return tr->cancel_after > 0 && tr->n >= tr->cancel_after;
+}
+
+static glimpse_model *load(int n_parallel, int n_batch, int n_ctx, int kv_mb)
+{
+    glimpse_model_params p;
+    glimpse_model_params_default(&p);
+    p.model_path = fixture_path("tiny-f16.gguf");
+    p.n_threads = 2;
+    p.n_parallel = n_parallel;
+    p.n_batch = n_batch;
+    p.n_ctx = n_ctx;
+    p.kv_cache_mb = kv_mb;
+    glimpse_model *m;
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_model_load(&p, &m, &err) == 0, "%s (run `make check` to build fixtures)", err.msg);
+    return m;
+}
+
+/* Request variants: prompts of different lengths (several prefill chunks at
+ * n_batch 32), greedy and sampled. */
+static const char *const prompts[] = {
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog again and "
+    "again, while the dog sleeps in the warm afternoon sun by the river bank.",
+    "Once upon a time",
+    "A list of colours: red, green, blue, yellow, orange, purple, pink, brown, black, white, grey, cyan, "
+    "magenta, violet, indigo, turquoise, beige, maroon, navy, olive, teal, coral, salmon, gold, silver.",
+    "Hello, how are you today? I am fine.",
+};
+#define N_VARIANTS 4
+
+static void variant(int v, glimpse_request *r, trace *tr)
+{
+    glimpse_request_default(r);
+    r->prompt = prompts[v];
+    r->max_tokens = 24 + 8 * v;
+    r->sampling.temperature = v % 2 ? 0.9f : 0.0f;
+    r->sampling.top_k = v % 2 ? 40 : 0;
+    r->sampling.seed = 1234 + (uint64_t)v;
+    r->on_token = on_token;
+    r->user = tr;
+}
+
+static void run_alone(glimpse_model *m, int v, trace *tr, glimpse_result *res)
+{
+    glimpse_request r;
+    glimpse_err err = { 0 };
+    memset(tr, 0, sizeof *tr);
+    variant(v, &r, tr);
+    ck_assert_msg(glimpse_generate(m, &r, res, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(res->completion_tokens, tr->n);
+}
+
+static void assert_same(const trace *want, const trace *got, const char *what, int i)
+{
+    ck_assert_msg(got->n == want->n, "%s %d: %d tokens, alone %d", what, i, got->n, want->n);
+    for (int t = 0; t < want->n; t++) {
+        ck_assert_msg(got->ids[t] == want->ids[t], "%s %d: token %d is %d, alone %d", what, i, t, got->ids[t],
+                      want->ids[t]);
+        ck_assert_msg(memcmp(&got->logprobs[t], &want->logprobs[t], sizeof(float)) == 0,
+                      "%s %d: logprob of token %d is %.9g, alone %.9g (not bit-identical)", what, i, t,
+                      (double)got->logprobs[t], (double)want->logprobs[t]);
+    }
+    ck_assert(got->text_len == want->text_len && memcmp(got->text, want->text, want->text_len) == 0);
+}
+
+/* Submits n requests at once (variant vs[i]) and waits for all. */
+static void run_together(glimpse_model *m, const int *vs, int n, trace *tr)
+{
+    glimpse_job *jobs[N_CONC];
+    glimpse_err err = { 0 };
+    for (int i = 0; i < n; i++) {
+        glimpse_request r;
+        memset(&tr[i], 0, sizeof tr[i]);
+        variant(vs[i], &r, &tr[i]);
+        ck_assert_msg(glimpse_submit(m, &r, &jobs[i], &err) == 0, "%s", err.msg);
+    }
+    for (int i = 0; i < n; i++) {
+        glimpse_result res;
+        ck_assert_msg(glimpse_job_wait(jobs[i], &res, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(res.completion_tokens, tr[i].n);
+        glimpse_job_free(jobs[i]);
+    }
+}
+
+static trace alone[N_VARIANTS];
+
+/* The references: every variant alone, each on a fresh model. */
+static void make_alone(void)
+{
+    for (int v = 0; v < N_VARIANTS; v++) {
+        glimpse_model *m = load(1, 32, 512, 0);
+        glimpse_result res;
+        run_alone(m, v, &alone[v], &res);
+        ck_assert_int_ge(alone[v].n, 8);
+        glimpse_model_free(m);
+    }
+}
+
+START_TEST(sixteen_identical_equal_alone)
+{
+    make_alone();
+    static trace tr[N_CONC];
+    int vs[N_CONC];
+    for (int v = 0; v < 2; v++) { /* greedy, then sampled with one seed */
+        for (int i = 0; i < N_CONC; i++)
+            vs[i] = v;
+        glimpse_model *m = load(N_CONC, 32, 512, 0);
+        run_together(m, vs, N_CONC, tr);
+        for (int i = 0; i < N_CONC; i++)
+            assert_same(&alone[v], &tr[i], v ? "sampled copy" : "greedy copy", i);
+        /* again on the same model: now from the prefix cache */
+        run_together(m, vs, N_CONC, tr);
+        for (int i = 0; i < N_CONC; i++)
+            assert_same(&alone[v], &tr[i], "cached copy", i);
+        glimpse_stats st;
+        glimpse_stats_get(m, &st);
+        if (v == 0) /* the longer prompt: several full blocks */
+            ck_assert_uint_gt(st.prefix_hits, 0);
+        ck_assert_uint_gt(st.batch_size.count[4] + st.batch_size.count[5], 0); /* 9..32 entries per step */
+        glimpse_model_free(m);
+    }
+}
+END_TEST
+
+START_TEST(mixed_batch_equals_alone)
+{
+    make_alone();
+    static trace tr[N_CONC];
+    int vs[N_CONC];
+    for (int i = 0; i < N_CONC; i++)
+        vs[i] = (i * 3 + 1) % N_VARIANTS;
+    glimpse_model *m = load(8, 32, 512, 0); /* 8 run, 8 wait for a slot */
+    run_together(m, vs, N_CONC, tr);
+    for (int i = 0; i < N_CONC; i++)
+        assert_same(&alone[vs[i]], &tr[i], "mixed", i);
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.running, 0);
+    ck_assert_int_eq(st.waiting, 0);
+    ck_assert(st.kv_usage == 0.0);
+    ck_assert_uint_eq(st.requests_done, N_CONC);
+    ck_assert_uint_eq(st.ttft_s.n, N_CONC);
+    ck_assert_uint_eq(st.queue_s.n, N_CONC);
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(preemption_keeps_outputs)
+{
+    make_alone();
+    /* A pool of 1 MiB (42 blocks of 16 positions with this model) for 16
+     * sequences that each grow to 2..9 blocks: some must be preempted. */
+    static trace tr[N_CONC];
+    int vs[N_CONC];
+    for (int i = 0; i < N_CONC; i++)
+        vs[i] = (i + 2) % N_VARIANTS;
+    glimpse_model *m = load(N_CONC, 32, 256, 1);
+    run_together(m, vs, N_CONC, tr);
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.kv_blocks, 42);
+    ck_assert_uint_gt(st.preemptions, 0);
+    for (int i = 0; i < N_CONC; i++)
+        assert_same(&alone[vs[i]], &tr[i], "preempted", i);
+    ck_assert(st.kv_usage == 0.0);
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(prefix_cache_skips_prefill)
+{
+    glimpse_model *m = load(2, 32, 512, 0);
+    trace a, b;
+    glimpse_result ra, rb;
+    glimpse_stats s0, s1, s2;
+    glimpse_stats_get(m, &s0);
+    run_alone(m, 0, &a, &ra);
+    glimpse_stats_get(m, &s1);
+    ck_assert_uint_eq(s1.prompt_tokens_computed - s0.prompt_tokens_computed, (uint64_t)ra.prompt_tokens);
+    ck_assert_uint_eq(s1.prefix_hits, 0);
+    run_alone(m, 0, &b, &rb);
+    glimpse_stats_get(m, &s2);
+    /* every full block but the one holding the last prompt position */
+    uint64_t hit_blocks = (uint64_t)(rb.prompt_tokens - 1) / 16;
+    ck_assert_uint_ge(hit_blocks, 2);
+    ck_assert_uint_eq(s2.prefix_hits - s1.prefix_hits, hit_blocks);
+    ck_assert_uint_eq(s2.prompt_tokens_computed - s1.prompt_tokens_computed,
+                      (uint64_t)rb.prompt_tokens - hit_blocks * 16);
+    assert_same(&a, &b, "from cache", 0);
+    glimpse_model_free(m);
+}
+END_TEST
+
+/* ---- admission control ------------------------------------------------------- */
+
+/* A callback that holds the engine thread until released, so that the
+ * queue's state can be set up deterministically. */
+static atomic_int gate_open, gate_reached;
+
+static int gated(const glimpse_token *t, void *user)
+{
+    (void)t;
+    (void)user;
+    atomic_store(&gate_reached, 1);
+    while (!atomic_load(&gate_open))
+        usleep(1000);
+    return 0;
+}
+
+START_TEST(queue_full_shutdown_and_context)
+{
+    glimpse_model_params p;
+    glimpse_model_params_default(&p);
+    p.model_path = fixture_path("tiny-f16.gguf");
+    p.n_threads = 1;
+    p.n_parallel = 1;
+    p.max_queue = 2;
+    p.n_ctx = 64;
+    glimpse_model *m;
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_model_load(&p, &m, &err) == 0, "%s", err.msg);
+
+    glimpse_request r;
+    glimpse_request_default(&r);
+    r.prompt = "Once upon a time";
+    r.max_tokens = 4;
+    r.sampling.temperature = 0;
+    r.on_token = gated;
+    atomic_store(&gate_open, 0);
+    atomic_store(&gate_reached, 0);
+    glimpse_job *first, *q1, *q2, *extra;
+    ck_assert_int_eq(glimpse_submit(m, &r, &first, &err), 0);
+    while (!atomic_load(&gate_reached))
+        usleep(1000);
+    /* the engine is inside first's callback: the next two wait, the third is refused */
+    r.on_token = NULL;
+    ck_assert_int_eq(glimpse_submit(m, &r, &q1, &err), 0);
+    ck_assert_int_eq(glimpse_submit(m, &r, &q2, &err), 0);
+    ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_EBUSY);
+    ck_assert(extra == NULL);
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.running, 1);
+    ck_assert_int_eq(st.waiting, 2);
+
+    /* a prompt longer than the context can never run */
+    static char long_prompt[2000];
+    for (size_t i = 0; i + 1 < sizeof long_prompt; i++)
+        long_prompt[i] = i % 5 == 4 ? ' ' : 'a' + (char)(i % 7);
+    r.prompt = long_prompt;
+    ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_ELIMIT);
+    r.prompt = "Once upon a time";
+
+    /* cancelling a waiting job: it ends without running */
+    glimpse_job_cancel(q2);
+
+    /* shutting down: new requests are refused, admitted and queued ones drain */
+    glimpse_shutdown(m);
+    ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_ESHUTDOWN);
+    atomic_store(&gate_open, 1);
+    glimpse_result res;
+    ck_assert_int_eq(glimpse_job_wait(first, &res, &err), 0);
+    ck_assert_int_eq(res.completion_tokens, 4);
+    ck_assert_int_eq(glimpse_job_wait(q1, &res, &err), 0);
+    ck_assert_int_eq(res.completion_tokens, 4);
+    ck_assert_int_eq(glimpse_job_wait(q2, &res, &err), GLIMPSE_ECANCELED);
+    ck_assert_int_eq(res.completion_tokens, 0);
+    glimpse_job_free(first);
+    glimpse_job_free(q1);
+    glimpse_job_free(q2);
+    glimpse_stats_get(m, &st);
+    ck_assert_uint_eq(st.requests_done, 2);
+    ck_assert_uint_eq(st.requests_cancelled, 1);
+    ck_assert(st.kv_usage == 0.0);
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(cancel_returns_blocks)
+{
+    glimpse_model *m = load(4, 32, 512, 0);
+    trace tr[4];
+    glimpse_job *jobs[4];
+    glimpse_err err = { 0 };
+    for (int i = 0; i < 4; i++) {
+        glimpse_request r;
+        memset(&tr[i], 0, sizeof tr[i]);
+        variant(i, &r, &tr[i]);
+        tr[i].cancel_after = i % 2 ? 3 : 0; /* two cancel from their callback */
+        ck_assert_int_eq(glimpse_submit(m, &r, &jobs[i], &err), 0);
+    }
+    glimpse_job_free(jobs[2]); /* one is dropped by its owner at any step */
+    for (int i = 0; i < 4; i++) {
+        if (i == 2)
+            continue;
+        glimpse_result res;
+        int rc = glimpse_job_wait(jobs[i], &res, &err);
+        ck_assert_int_eq(rc, i % 2 ? GLIMPSE_ECANCELED : 0);
+        if (i % 2)
+            ck_assert_int_eq(res.completion_tokens, 3);
+        glimpse_job_free(jobs[i]);
+    }
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.running + st.waiting, 0);
+    ck_assert(st.kv_usage == 0.0);
+    ck_assert_uint_eq(st.requests_cancelled + st.requests_done, 4);
+    ck_assert_uint_ge(st.requests_cancelled, 2);
+    glimpse_model_free(m);
+}
+END_TEST
+
+/* ---- images ------------------------------------------------------------------ */
+
+START_TEST(image_cache_and_invariance)
+{
+    glimpse_model_params p;
+    glimpse_model_params_default(&p);
+    char model_path[4096], mmproj_path[4096]; /* fixture_path's buffer is static */
+    snprintf(model_path, sizeof model_path, "%s", fixture_path("vlm.gguf"));
+    snprintf(mmproj_path, sizeof mmproj_path, "%s", fixture_path("vlm-mmproj.gguf"));
+    p.model_path = model_path;
+    p.mmproj_path = mmproj_path;
+    p.n_threads = 2;
+    p.n_parallel = 4;
+    p.n_batch = 32;
+    glimpse_model *m, *fresh;
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_model_load(&p, &m, &err) == 0, "%s", err.msg);
+    ck_assert_msg(glimpse_model_load(&p, &fresh, &err) == 0, "%s", err.msg);
+    size_t len;
+    void *png = read_file(source_path("../shared/testdata/images/jpeg-turbo/vgl_5674_0098.png"), &len);
+    ck_assert(png != NULL);
+    glimpse_image *img, *img_fresh;
+    ck_assert_msg(glimpse_image_decode(m, png, len, NULL, &img, &err) == 0, "%s", err.msg);
+    ck_assert_msg(glimpse_image_decode(fresh, png, len, NULL, &img_fresh, &err) == 0, "%s", err.msg);
+    free(png);
+
+    glimpse_part parts[2] = { { GLIMPSE_PART_IMAGE, NULL, 0 }, { GLIMPSE_PART_TEXT, "What is in this picture?", 0 } };
+    glimpse_message msg = { "user", parts, 2 };
+    glimpse_request r;
+    glimpse_request_default(&r);
+    r.messages = &msg;
+    r.n_messages = 1;
+    r.max_tokens = 16;
+    r.sampling.temperature = 0;
+    r.on_token = on_token;
+
+    /* alone, on its own model */
+    trace want, got[4];
+    glimpse_result res;
+    memset(&want, 0, sizeof want);
+    const glimpse_image *one = img_fresh;
+    r.images = &one;
+    r.n_images = 1;
+    r.user = &want;
+    ck_assert_msg(glimpse_generate(fresh, &r, &res, &err) == 0, "%s", err.msg);
+    ck_assert_int_gt(res.image_tokens, 0);
+
+    /* four at once on the other model: encoded once or more, then cached */
+    const glimpse_image *imgs[1] = { img };
+    r.images = imgs;
+    glimpse_job *jobs[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&got[i], 0, sizeof got[i]);
+        r.user = &got[i];
+        ck_assert_int_eq(glimpse_submit(m, &r, &jobs[i], &err), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(glimpse_job_wait(jobs[i], &res, &err), 0);
+        glimpse_job_free(jobs[i]);
+        assert_same(&want, &got[i], "image copy", i);
+    }
+    glimpse_stats s1, s2;
+    glimpse_stats_get(m, &s1);
+    ck_assert_uint_eq(s1.image_queries, 4); /* encoded once, by whoever came first */
+    ck_assert_uint_eq(s1.image_hits, 3);
+    /* once more: the image embeddings and the prompt's prefix are cached */
+    memset(&got[0], 0, sizeof got[0]);
+    r.user = &got[0];
+    ck_assert_int_eq(glimpse_generate(m, &r, &res, &err), 0);
+    assert_same(&want, &got[0], "image from cache", 0);
+    glimpse_stats_get(m, &s2);
+    ck_assert_uint_gt(s2.prefix_hits, s1.prefix_hits);
+    ck_assert(res.image_encode_ms == 0.0);
+    glimpse_image_free(img);
+    glimpse_image_free(img_fresh);
+    glimpse_model_free(m);
+    glimpse_model_free(fresh);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("scheduler");
+    TCase *tc = tcase_create("batching");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, sixteen_identical_equal_alone);
+    tcase_add_test(tc, mixed_batch_equals_alone);
+    tcase_add_test(tc, preemption_keeps_outputs);
+    tcase_add_test(tc, prefix_cache_skips_prefill);
+    tcase_add_test(tc, queue_full_shutdown_and_context);
+    tcase_add_test(tc, cancel_returns_blocks);
+    tcase_add_test(tc, image_cache_and_invariance);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(suite());
+}
