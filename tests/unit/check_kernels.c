@@ -355,7 +355,7 @@ START_TEST(test_matmul_supports)
 }
 END_TEST
 
-/* Q8_1 is Q8_0 plus s = half(d·Σq): same d and quants as H1's Q8_0. */
+/* Q8_1 is Q8_0 plus s = half(d·Σq): same d and quants as quant.c's Q8_0. */
 START_TEST(test_q8_1_matches_q8_0)
 {
     const int64_t k = 32 * 9;
