@@ -366,6 +366,8 @@ static int parse_part(chat_req *cr, const cJSON *it, const char *param, bool use
     const cJSON *val = NULL;
     for (const cJSON *k = it->child; k; k = k->next) {
         if (!strcmp(k->string, want)) {
+            if (val)
+                return api_error_set(e, 400, param, "invalid_value", "'%s' is given twice in a content part", want);
             val = k;
         } else if (strcmp(k->string, "type")) {
             snprintf(p2, sizeof p2, "%.64s.%.40s", param, k->string);
@@ -435,6 +437,9 @@ static int parse_messages(chat_req *cr, const cJSON *msgs, chat_upload *ups, siz
             return api_error_set(e, 400, param, "invalid_type", "each message must be an object");
         const cJSON *role = NULL, *content = NULL;
         for (const cJSON *k = m->child; k; k = k->next) {
+            /* a repeated key is refused: the parts were counted with the first "content" */
+            if ((!strcmp(k->string, "role") && role) || (!strcmp(k->string, "content") && content))
+                return api_error_set(e, 400, param, "invalid_value", "'%s' is given twice in a message", k->string);
             if (!strcmp(k->string, "role"))
                 role = k;
             else if (!strcmp(k->string, "content"))

@@ -207,6 +207,13 @@ static const struct {
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}", 400,
       "top_logprobs", "invalid_value" },
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"user\":7}", 400, "user", "invalid_type" },
+    /* a repeated "content" (found by tests/fuzz/fuzz_chat_json: the parts were counted with the first one
+     * and written with the last, past the end of their array) */
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+      "{\"type\":\"text\",\"text\":\"b\"}]}]}", 400, "messages[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", 400, "messages[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}", 400,
+      "messages[0].content[0]", "invalid_value" },
     /* bytes that are not UTF-8 inside strings (found by tests/fuzz/fuzz_chat_json: cJSON passed them
      * into the prompt): a truncated sequence, an overlong '/', a surrogate, a code point past U+10FFFF */
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xE7" "ello\"}]}", 400, "", "invalid_json" },
