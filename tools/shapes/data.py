@@ -68,6 +68,9 @@ class Prompter:
         self.nl = ids[bpe.byte_encode(bpe.utf8_decode(b"\n"))]
         self.nlnl = ids[bpe.byte_encode(bpe.utf8_decode(b"\n\n"))]
         self.pad = tok["padding_token_id"]
+        # llama.cpp ends generation at any end-of-generation token: the EOS and
+        # the texts it recognises as end of turn.
+        self.eog = {ids[t] for t in ("<end_of_utterance>", "<|im_end|>", "<|endoftext|>")}
 
     @functools.lru_cache(maxsize=4096)
     def enc(self, text):

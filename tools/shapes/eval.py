@@ -85,11 +85,12 @@ def torch_answer(net, cfg, prompter, image_path, question, max_tokens=24):
     slots = (seq == data.IMG).nonzero().flatten()[None]
     images = torch.from_numpy(np.concatenate([pre["tiles"], pre["overview"][None]]))[None]
     seq = torch.where(seq == data.IMG, torch.full_like(seq, prompter.pad), seq)
+    emb, _ = net.image_embeddings(images[0])                     # [n_img, tokens_per_image, D]
+    emb = emb.reshape(1, -1, cfg.t_dim)
     out = []
     for _ in range(max_tokens):
-        logits, _ = net(seq[None], slots, images)
-        t = int(logits[0, -1].argmax())
-        if t == prompter.eou:
+        t = int(net.decode(seq[None], slots, emb)[0, -1].argmax())
+        if t in prompter.eog:
             break
         out.append(t)
         seq = torch.cat([seq, torch.tensor([t])])
@@ -100,7 +101,9 @@ def run_cmd(template, item):
     prompt = "<__media__>" + item["question"]
     argv = [a.replace("{image}", item["image"]).replace("{question}", item["question"])
             .replace("{prompt}", prompt) for a in template]
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=300)
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+    if r.returncode != 0:   # counted as a wrong answer, and visible in results.json
+        return "<exit %d: %s>" % (r.returncode, r.stderr.decode("utf-8", "replace").strip()[-300:])
     return r.stdout.decode("utf-8", "replace").strip()
 
 

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 class Config:
     # vision
     image_size: int = 128
-    patch_size: int = 16
-    v_dim: int = 128
-    v_ffn: int = 512
-    v_layers: int = 3
-    v_heads: int = 4
+    patch_size: int = 8
+    v_dim: int = 96
+    v_ffn: int = 384
+    v_layers: int = 2
+    v_heads: int = 3
     v_eps: float = 1e-6
-    scale_factor: int = 2
+    scale_factor: int = 4
     # text
     vocab_size: int = 512
     t_dim: int = 128
@@ -189,16 +189,20 @@ class ShapesVLM(nn.Module):
         the sequence positions of the K image embeddings per example, in the
         order of images [B, n_img, 3, S, S] flattened (tiles first, overview
         last). Returns (logits [B, T, vocab], aux logits [B*n_img, G*G, 12])."""
-        B, T = ids.shape
+        B = ids.shape[0]
         emb, feat = self.image_embeddings(images.flatten(0, 1))
-        emb = emb.reshape(B, -1, self.c.t_dim)                              # [B, K, D]
+        return self.decode(ids, img_pos, emb.reshape(B, -1, self.c.t_dim)), self.aux(feat)
+
+    def decode(self, ids, img_pos, emb):
+        """Logits [B, T, vocab] of ids [B, T] with image embeddings emb [B, K, D]
+        placed at positions img_pos [B, K]."""
+        T = ids.shape[1]
         x = self.embed(ids)
         x = x.scatter(1, img_pos[..., None].expand(-1, -1, self.c.t_dim), emb.to(x.dtype))
         pos = torch.arange(T)
         for b in self.blocks:
             x = b(x, pos)
-        logits = F.linear(self.norm(x), self.embed.weight)                 # tied output
-        return logits, self.aux(feat)
+        return F.linear(self.norm(x), self.embed.weight)                   # tied output
 
 
 def n_params(model, exported_only=True):
