@@ -25,6 +25,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -674,8 +675,11 @@ static kn_impl avx2_impl;
 
 const kn_impl *kn_avx2_impl(void)
 {
+    /* clang's __builtin_cpu_supports knows no "f16c": ask CPUID (leaf 1, ECX). */
+    unsigned eax, ebx, ecx, edx;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !f16c)
         return NULL;
     if (avx2_impl.isa)
         return &avx2_impl;
