@@ -3,7 +3,7 @@
  * dot products of every weight type (quantised ones also for 4 tokens at
  * once), the Q8_0/Q8_1/F16 activation conversions, F16/BF16 widening for
  * the sgemm path, the f32 dot, softmax, SwiGLU and the GELU table lookups.
- * Everything else (norms, RoPE, Q8_K quantisation) stays the scalar reference.
+ * and Q8_K quantisation. Everything else (norms, RoPE) stays the scalar reference.
  *
  * Only the functions marked TARGET use AVX2 instructions; kn_avx2_impl checks
  * the CPU before handing them out, so the file is safe to link everywhere.
@@ -144,6 +144,57 @@ TARGET static void from_float_q8_1(const float *x, void *dst, int64_t n)
         int sum;
         const float d = quant_block_q8(x + 32 * b, &y[b].d, y[b].qs, &sum);
         y[b].s = f32_to_fp16(d * (float)sum);
+    }
+}
+
+/* Q8_K exactly as quant.c (ggml's quantize_row_q8_K_ref, which llama.cpp's
+ * x86 build also runs): max is the first value of largest magnitude,
+ * q = min(127, round-half-even(-127/max · x)) (cvtps rounds like ggml's
+ * nearest_int), d = 1/iscale in f32, bsums over 16s; an all-zero block is all
+ * zero. (A NaN input is skipped by the magnitude search as in the scalar loop,
+ * but its own quant differs: the two roundings treat NaN differently.) */
+TARGET static void from_float_q8_K(const float *x, void *dst, int64_t n)
+{
+    block_q8_K *y = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 vmax = _mm256_setzero_ps();
+        for (int i = 0; i < QK_K; i += 8)
+            vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), vmax); /* NaN -> keep vmax */
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        if (amax == 0.0f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        float max = amax;
+        for (int i = 0; i < QK_K; i += 8) {
+            __m256 eq = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), _mm256_set1_ps(amax), _CMP_EQ_OQ);
+            int mask = _mm256_movemask_ps(eq);
+            if (mask) {
+                max = x[i + __builtin_ctz((unsigned)mask)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i top = _mm256_set1_epi32(127);
+        for (int i = 0; i < QK_K; i += 32) {
+            __m256i q[4];
+            UNROLL
+            for (int r = 0; r < 4; r++)
+                q[r] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(x + i + 8 * r))), top);
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[b].qs + i), p);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(y[b].qs + 16 * j)));
+            y[b].bsums[j] = (int16_t)hsum_epi32(_mm256_madd_epi16(v, _mm256_set1_epi16(1)));
+        }
+        y[b].d = 1 / iscale;
     }
 }
 
@@ -689,6 +740,7 @@ const kn_impl *kn_avx2_impl(void)
     t.from_float[KN_ACT_F16] = from_float_f16;
     t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
     t.from_float[KN_ACT_Q8_1] = from_float_q8_1;
+    t.from_float[KN_ACT_Q8_K] = from_float_q8_K;
     t.vec_dot[DTYPE_F32] = vec_dot_f32;
     t.vec_dot[DTYPE_F16] = vec_dot_f16;
     t.vec_dot[DTYPE_BF16] = vec_dot_bf16;

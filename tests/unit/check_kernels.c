@@ -693,6 +693,26 @@ START_TEST(test_simd_act_conversion)
     }
     ck_assert_int_le(n_diff, 40); /* the tie block, and rare near-ties */
 
+    /* Q8_K: bit-identical blocks, including a zero block and a magnitude tie
+     * of opposite signs (the first one is the max). */
+    const int64_t kk = QK_K * 3;
+    float *xk = random_f32(kk, -4.0f, 4.0f);
+    for (int i = 0; i < QK_K; i++)
+        xk[QK_K + i] = 0.0f;
+    xk[2 * QK_K + 7] = -9.0f;
+    xk[2 * QK_K + 100] = 9.0f;
+    block_q8_K rk[3], sk[3];
+    memset(rk, 0x55, sizeof rk);
+    memset(sk, 0xaa, sizeof sk);
+    kn_ref_impl.from_float[KN_ACT_Q8_K](xk, rk, kk);
+    simd->from_float[KN_ACT_Q8_K](xk, sk, kk);
+    for (int b = 0; b < 3; b++) {
+        ck_assert_mem_eq(&rk[b].d, &sk[b].d, sizeof rk[b].d);
+        ck_assert_mem_eq(rk[b].bsums, sk[b].bsums, sizeof rk[b].bsums);
+        ck_assert_mem_eq(rk[b].qs, sk[b].qs, sizeof rk[b].qs);
+    }
+    free(xk);
+
     uint16_t rh[k], sh[k];
     for (int64_t n = 1; n <= 40; n++) {
         kn_ref_impl.from_float[KN_ACT_F16](x, rh, n);
