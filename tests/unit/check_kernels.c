@@ -137,7 +137,7 @@ START_TEST(test_threadpool_runs_each_part_once)
         ck_assert_int_eq(threadpool_create(n, &tp, &err), 0);
         ck_assert_int_eq(threadpool_size(tp), n);
         count_job j = { .expect_nth = n };
-        for (int r = 0; r < 2000; r++) {
+        for (int r = 0; r < 500; r++) {
             for (int i = 0; i < 8; i++)
                 atomic_store(&j.calls[i], 0);
             threadpool_run(tp, count_fn, &j);
