@@ -143,6 +143,7 @@ typedef struct glimpse_model_info {
     int n_ctx_train;           /* the model's context_length */
     int n_ctx;                 /* positions one generation may use */
     int n_threads;
+    int n_parallel;            /* sequences generated together */
     int has_vision;            /* 1 when an mmproj is loaded */
     double load_ms;            /* wall time of glimpse_model_load */
 } glimpse_model_info;

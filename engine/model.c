@@ -545,6 +545,7 @@ void glimpse_model_info_get(const glimpse_model *m, glimpse_model_info *out)
     out->n_ctx_train = c->n_ctx_train;
     out->n_ctx = m->n_ctx;
     out->n_threads = m->n_threads;
+    out->n_parallel = m->n_parallel;
     out->has_vision = m->vision != NULL;
     out->load_ms = m->load_ms;
 }

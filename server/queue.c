@@ -6,7 +6,11 @@
  * queue unrun). The owner's request memory is freed with the last one, so
  * the engine never reads freed memory when a client leaves mid-generation.
  *
- * Locks: gq.mu guards the list, the running pointer and the counters;
+ * Several engine workers may run gq_run at once (one per parallel sequence):
+ * each blocks in glimpse_generate while the engine's scheduler batches all
+ * of their requests into the same forward passes.
+ *
+ * Locks: gq.mu guards the list, the running count and the counters;
  * gq_job.mu guards a job's state, mailbox and reference count. A thread
  * holding a job's lock never takes the queue's lock.
  */
@@ -44,8 +48,9 @@ struct gq {
     pthread_cond_t cv;     /* signalled on submit and shutdown */
     gq_job *head, *tail;
     size_t n_queued, capacity;
-    gq_job *running;
+    size_t n_running;
     bool shutdown;
+    atomic_int stop;       /* = shutdown, read by token callbacks without the lock */
     uint64_t cancelled, completed;
 };
 
@@ -137,7 +142,7 @@ static void job_finish_canceled(gq_job *j, const char *why)
 static int on_token(const glimpse_token *t, void *user)
 {
     gq_job *j = user;
-    if (atomic_load(&j->cancel))
+    if (atomic_load(&j->cancel) || atomic_load(&j->q->stop))
         return 1;
     pthread_mutex_lock(&j->mu);
     gq_events *e = &j->pending;
@@ -208,6 +213,7 @@ int gq_create(size_t capacity, gq **out, glimpse_err *err)
     }
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->cv, NULL);
+    atomic_init(&q->stop, 0);
     q->capacity = capacity;
     *out = q;
     return 0;
@@ -239,7 +245,7 @@ void gq_run(gq *q, glimpse_model *m)
         j->next = NULL;
         j->queued = false;
         q->n_queued--;
-        q->running = j;
+        q->n_running++;
         pthread_mutex_unlock(&q->mu);
 
         pthread_mutex_lock(&j->mu);
@@ -252,7 +258,7 @@ void gq_run(gq *q, glimpse_model *m)
 
         /* counters first: a client that has its answer sees the engine free in /metrics */
         pthread_mutex_lock(&q->mu);
-        q->running = NULL;
+        q->n_running--;
         if (rc == GLIMPSE_ECANCELED)
             q->cancelled++;
         else
@@ -274,8 +280,7 @@ void gq_shutdown(gq *q)
     gq_job *list = q->head;
     q->head = q->tail = NULL;
     q->n_queued = 0;
-    if (q->running)
-        atomic_store(&q->running->cancel, 1);
+    atomic_store(&q->stop, 1); /* running jobs stop at their next token */
     for (gq_job *j = list; j; j = j->next)
         j->queued = false;
     pthread_cond_broadcast(&q->cv);
@@ -410,7 +415,7 @@ void gq_stats_get(gq *q, gq_stats *out)
     pthread_mutex_lock(&q->mu);
     out->capacity = q->capacity;
     out->queued = q->n_queued;
-    out->running = q->running ? 1 : 0;
+    out->running = q->n_running;
     out->cancelled = q->cancelled;
     out->completed = q->completed;
     pthread_mutex_unlock(&q->mu);

@@ -73,7 +73,7 @@ typedef struct gq_status {
 typedef struct gq_stats {
     size_t capacity;
     size_t queued;        /* jobs waiting */
-    size_t running;       /* jobs the engine works on (0 or 1 here) */
+    size_t running;       /* jobs the engine works on (up to the gq_run callers) */
     uint64_t cancelled;   /* jobs ended by gq_job_cancel or a reader that left */
     uint64_t completed;   /* jobs that ran to their end */
 } gq_stats;
@@ -94,11 +94,12 @@ typedef struct gq_spec {
 int gq_create(size_t capacity, gq **out, glimpse_err *err);
 void gq_free(gq *q);
 
-/* The engine loop: pops jobs and runs them on m until gq_shutdown. Runs on
- * the one engine thread. */
+/* A worker loop: pops jobs and runs them on m until gq_shutdown. Several
+ * threads may run it at once (one per parallel sequence of the model): the
+ * model's engine thread batches their requests. */
 void gq_run(gq *q, glimpse_model *m);
 
-/* Makes gq_run return after cancelling the running job and failing the
+/* Makes gq_run return after cancelling the running jobs and failing the
  * queued ones (rc GLIMPSE_ECANCELED). Any thread. */
 void gq_shutdown(gq *q);
 

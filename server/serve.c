@@ -54,7 +54,7 @@ static void engine_log(int level, const char *msg, void *user) { slog(level, "en
 typedef struct serve_opts {
     const char *model, *mmproj, *host, *api_key, *cors_origin, *model_name, *log_level;
     long port, threads, ctx, max_body_mb, max_connections, timeout, keepalive_ms, queue_size, max_images;
-    long max_image_pixels, max_prompt_bytes, max_n, drain_timeout;
+    long max_image_pixels, max_prompt_bytes, max_n, drain_timeout, parallel, kv_cache_mb;
 } serve_opts;
 
 enum opt_kind { OPT_STR, OPT_INT };
@@ -81,6 +81,8 @@ static const opt_def OPTS[] = {
     { "threads", I(threads, 0, 1024), "0 (all CPUs)", "compute threads of the engine" },
     { "ctx-size", I(ctx, 0, 1 << 20), "0 (min(model, 4096))", "positions per request (prompt + answer)" },
     { "queue-size", I(queue_size, 1, 1 << 20), "64", "requests waiting for the engine before 429" },
+    { "parallel", I(parallel, 0, 256), "0 (4)", "requests generated together (continuous batching)" },
+    { "kv-cache-mb", I(kv_cache_mb, 0, 1 << 24), "0 (ctx-size x parallel)", "KV cache pool in MiB, shared by all requests" },
     { "max-connections", I(max_connections, 1, 1 << 16), "256", "open HTTP connections" },
     { "timeout", I(timeout, 1, 86400), "120", "seconds an idle connection stays open" },
     { "max-body-mb", I(max_body_mb, 1, 4096), "32", "request body size in MiB (413 beyond)" },
@@ -239,6 +241,13 @@ static void on_stop_signal(int sig)
     sem_post(&stop_sem); /* async-signal-safe */
 }
 
+static void *worker_main(void *arg)
+{
+    engine_ctx *e = arg;
+    gq_run(e->q, e->model);
+    return NULL;
+}
+
 static void *engine_main(void *arg)
 {
     engine_ctx *e = arg;
@@ -255,7 +264,19 @@ static void *engine_main(void *arg)
     slog(GLIMPSE_LOG_INFO, "model %s loaded in %.0f ms: %d layers, n_embd %d, context %d, %d threads, vision %s",
          info.name, info.load_ms, info.n_layer, info.n_embd, info.n_ctx, info.n_threads, info.has_vision ? "yes" : "no");
     http_set_model(e->http, e->model);
+    /* One queue worker per parallel sequence: each waits in glimpse_generate
+     * while the model's own engine thread batches all of them. */
+    enum { MAX_WORKERS = 256 };
+    pthread_t workers[MAX_WORKERS];
+    int n_workers = 0;
+    for (int i = 1; i < info.n_parallel && i < MAX_WORKERS; i++) {
+        if (pthread_create(&workers[n_workers], NULL, worker_main, e) != 0)
+            break;
+        n_workers++;
+    }
     gq_run(e->q, e->model);
+    for (int i = 0; i < n_workers; i++)
+        pthread_join(workers[i], NULL);
     return NULL;
 }
 
@@ -331,6 +352,8 @@ int cmd_serve(int argc, char **argv)
     ec.mp.mmproj_path = o.mmproj && o.mmproj[0] ? o.mmproj : NULL;
     ec.mp.n_threads = (int)o.threads;
     ec.mp.n_ctx = (int)o.ctx;
+    ec.mp.n_parallel = (int)o.parallel;
+    ec.mp.kv_cache_mb = (int)o.kv_cache_mb;
     ec.q = q;
     ec.http = http;
     if (pthread_create(&engine, NULL, engine_main, &ec)) {

@@ -448,7 +448,8 @@ test('a client hanging up while waiting for a non-streaming answer cancels it', 
 });
 
 test('a full queue answers 429 with Retry-After; queued streams get SSE comments', { timeout: 60000 }, async () => {
-  const small = await startServer(SERVER_ARGS.concat(['--queue-size', '1']));
+  // one sequence at a time, so that the second request has to wait in the queue
+  const small = await startServer(SERVER_ARGS.concat(['--queue-size', '1', '--parallel', '1']));
   try {
     const running = await longStream(small.base);
     await waitMetrics(small.base, (t) => metric(t, 'glimpse_running') === 1);
