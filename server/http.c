@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_FORM_PARTS 64
 #define WAIT_SLICE_MS 200 /* how often a waiting non-streaming request checks its client */
@@ -40,9 +41,18 @@ struct http_server {
     _Atomic(const glimpse_model *) model;
     atomic_int draining;
     atomic_long in_flight;
+    atomic_long unstarted;     /* connections that have not sent a request yet */
+    MHD_socket listen_fd;      /* after http_drain: the closed listener, freed by http_stop */
     int port;
     double started;   /* unix time, for /v1/models */
 };
+
+/* Per-connection state (MHD's socket_context), for the shutdown: whether the
+ * connection has sent its first request. Touched only by the connection's
+ * own thread. */
+typedef struct conn_sock {
+    bool unstarted;
+} conn_sock;
 
 /* Per-request state (MHD's con_cls). */
 typedef struct conn {
@@ -80,6 +90,9 @@ static double now_s(void)
 
 static void add_common_headers(http_server *s, struct MHD_Response *r)
 {
+    /* while draining, a kept-alive connection carries no further request */
+    if (atomic_load(&s->draining))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     const char *origin = s->cfg->cors_origin;
     if (origin && origin[0]) {
         MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
@@ -352,9 +365,8 @@ static enum MHD_Result handle_chat(struct MHD_Connection *con, conn *c)
     const http_config *cfg = s->cfg;
     api_error e;
     const glimpse_model *m = atomic_load(&s->model);
-    if (!m || atomic_load(&s->draining)) {
-        api_error_set(&e, 503, NULL, m ? "shutting_down" : "model_loading",
-                      m ? "the server is shutting down" : "the model is still loading; retry shortly");
+    if (!m) {
+        api_error_set(&e, 503, NULL, "model_loading", "the model is still loading; retry shortly");
         return reply_error(con, c, &e);
     }
     if (c->too_large) {
@@ -484,7 +496,9 @@ static enum MHD_Result on_headers(struct MHD_Connection *con, conn *c, const cha
                       "send the request as application/json or multipart/form-data (got %.100s)", ct ? ct : "none");
         return reply_error(con, c, &e);
     }
-    if (!atomic_load(&s->model) || atomic_load(&s->draining))
+    /* While draining, requests still come in on connections accepted before the
+     * listener closed; they reached this replica, so they are served. */
+    if (!atomic_load(&s->model))
         return handle_chat(con, c); /* answers 503 without reading the body */
     c->post_chat = true;
     atomic_fetch_add(&s->in_flight, 1);
@@ -510,7 +524,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
         c->fd = ci ? ci->connect_fd : MHD_INVALID_SOCKET;
         *con_cls = c;
-        return on_headers(con, c, url, method);
+        enum MHD_Result rc = on_headers(con, c, url, method);
+        /* only now: on_headers has counted a chat request in flight, so the shutdown sees one of the two */
+        const union MHD_ConnectionInfo *si = MHD_get_connection_info(con, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        conn_sock *cs = si ? si->socket_context : NULL;
+        if (cs && cs->unstarted) {
+            cs->unstarted = false;
+            atomic_fetch_sub(&s->unstarted, 1);
+        }
+        return rc;
     }
     if (!c->post_chat) /* a response is queued already; MHD discards the body */
         return MHD_YES;
@@ -558,6 +580,26 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, 
     free(c);
 }
 
+static void on_connection(void *cls, struct MHD_Connection *con, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    http_server *s = cls;
+    conn_sock *cs = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        /* without memory the connection is just not waited for at shutdown */
+        if ((cs = calloc(1, sizeof *cs))) {
+            cs->unstarted = true;
+            atomic_fetch_add(&s->unstarted, 1);
+        }
+        *socket_context = cs;
+    } else if (cs) {
+        if (cs->unstarted)
+            atomic_fetch_sub(&s->unstarted, 1);
+        free(cs);
+        *socket_context = NULL;
+    }
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -592,8 +634,10 @@ int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, gl
     s->q = q;
     s->mx = mx;
     s->started = (double)time(NULL);
+    s->listen_fd = MHD_INVALID_SOCKET;
+    /* MHD_USE_ITC: http_drain's MHD_quiesce_daemon needs it */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_access, s,
@@ -602,6 +646,7 @@ int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, gl
                             MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
                             MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
                             MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {
@@ -621,14 +666,30 @@ int http_port(const http_server *s) { return s->port; }
 
 void http_set_model(http_server *s, const glimpse_model *m) { atomic_store(&s->model, m); }
 
-void http_drain(http_server *s) { atomic_store(&s->draining, 1); }
+void http_drain(http_server *s)
+{
+    atomic_store(&s->draining, 1);
+    if (s->listen_fd != MHD_INVALID_SOCKET)
+        return;
+    /* MHD stops accepting, but the socket would still complete handshakes into
+     * its backlog; shutting it down makes the kernel refuse new connections
+     * at once. It is closed only after MHD_stop_daemon, when MHD's polling
+     * thread has certainly let go of it. */
+    s->listen_fd = MHD_quiesce_daemon(s->d);
+    if (s->listen_fd != MHD_INVALID_SOCKET)
+        shutdown(s->listen_fd, SHUT_RDWR);
+}
 
 long http_in_flight(http_server *s) { return atomic_load(&s->in_flight); }
+
+long http_unstarted(http_server *s) { return atomic_load(&s->unstarted); }
 
 void http_stop(http_server *s)
 {
     if (!s)
         return;
     MHD_stop_daemon(s->d);
+    if (s->listen_fd != MHD_INVALID_SOCKET)
+        close(s->listen_fd);
     free(s);
 }

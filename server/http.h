@@ -39,12 +39,16 @@ int http_port(const http_server *s);
 /* Serves requests with m (borrowed; it must outlive http_stop). Any thread. */
 void http_set_model(http_server *s, const glimpse_model *m);
 
-/* Stops accepting chat requests (503) and reports not ready on /health,
- * while requests already accepted finish. Any thread. */
+/* Starts the shutdown: /health answers 503, the listener closes (new
+ * connections are refused), and connections already open are answered
+ * with "Connection: close", chat requests included. Main thread. */
 void http_drain(http_server *s);
 
 /* Chat requests accepted and not yet answered completely. Any thread. */
 long http_in_flight(http_server *s);
+
+/* Open connections that have not sent a request yet. Any thread. */
+long http_unstarted(http_server *s);
 
 /* Stops the daemon (closing open connections) and frees s. Accepts NULL. Main thread. */
 void http_stop(http_server *s);

@@ -5,9 +5,11 @@
  * Start-up order: the listener comes up first so that /health can answer 503
  * while the model loads; the engine thread loads the model, marks the server
  * ready and then runs the queue (a failed load ends the process with status
- * 1). SIGINT/SIGTERM drain: /health and new chat requests answer 503,
- * accepted requests finish (up to --drain-timeout), then the engine stops and
- * open connections are closed.
+ * 1). The first SIGINT/SIGTERM drains: /health answers 503, the listener
+ * closes (new connections are refused, so a load balancer retries them on
+ * another replica), requests in flight finish, streams too, and the process
+ * exits 0. A second signal, or --shutdown-timeout with requests still running,
+ * exits 1 at once.
  */
 #include "http.h"
 #include "log.h"
@@ -54,7 +56,7 @@ static void engine_log(int level, const char *msg, void *user) { slog(level, "en
 typedef struct serve_opts {
     const char *model, *mmproj, *host, *api_key, *cors_origin, *model_name, *log_level;
     long port, threads, ctx, max_body_mb, max_connections, timeout, keepalive_ms, queue_size, max_images;
-    long max_image_pixels, max_prompt_bytes, max_n, drain_timeout, parallel, kv_cache_mb;
+    long max_image_pixels, max_prompt_bytes, max_n, shutdown_timeout, parallel, kv_cache_mb;
 } serve_opts;
 
 enum opt_kind { OPT_STR, OPT_INT };
@@ -91,7 +93,8 @@ static const opt_def OPTS[] = {
     { "max-prompt-bytes", I(max_prompt_bytes, 1, 1L << 30), "1048576", "bytes of message text per request" },
     { "max-n", I(max_n, 1, 128), "8", "choices per request (n)" },
     { "sse-keepalive-ms", I(keepalive_ms, 50, 600000), "5000", "SSE comment interval while a stream waits" },
-    { "drain-timeout", I(drain_timeout, 0, 3600), "30", "seconds SIGTERM waits for accepted requests" },
+    { "shutdown-timeout", I(shutdown_timeout, 0, 3600), "30",
+      "seconds SIGTERM waits for requests in flight (then, or at a second signal, exit 1)" },
     { "log-level", S(log_level), "info", "error, warn, info (one line per request) or debug" },
 };
 #undef S
@@ -140,7 +143,7 @@ static int parse_serve(int argc, char **argv, serve_opts *o)
     *o = (serve_opts){ .host = "127.0.0.1", .port = 8080, .cors_origin = "*", .queue_size = 64,
                        .max_connections = 256, .timeout = 120, .max_body_mb = 32, .max_images = 8,
                        .max_image_pixels = 16777216, .max_prompt_bytes = 1048576, .max_n = 8,
-                       .keepalive_ms = 5000, .drain_timeout = 30, .log_level = "info" };
+                       .keepalive_ms = 5000, .shutdown_timeout = 30, .log_level = "info" };
     for (size_t i = 0; i < N_OPTS; i++) {
         char env[64];
         snprintf(env, sizeof env, "GLIMPSE_%s", OPTS[i].name);
@@ -233,11 +236,12 @@ typedef struct engine_ctx {
  * A handler, not sigwait: libraries (OpenBLAS) start threads before main()
  * that do not block signals, and any thread may receive SIGTERM. */
 static sem_t stop_sem;
-static volatile sig_atomic_t stop_signal;
+static volatile sig_atomic_t stop_signal, n_stop_signals;
 
 static void on_stop_signal(int sig)
 {
     stop_signal = sig;
+    n_stop_signals++; /* the handler blocks both signals, so this never races with itself */
     sem_post(&stop_sem); /* async-signal-safe */
 }
 
@@ -324,6 +328,8 @@ int cmd_serve(int argc, char **argv)
     sem_init(&stop_sem, 0, 0);
     struct sigaction sa = { .sa_handler = on_stop_signal, .sa_flags = SA_RESTART };
     sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT);
+    sigaddset(&sa.sa_mask, SIGTERM);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -366,11 +372,23 @@ int cmd_serve(int argc, char **argv)
         ;
     if (ec.failed)
         goto done;
-    slog(GLIMPSE_LOG_WARN, "%s: draining (up to %ld s for %ld requests)", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
-         o.drain_timeout, http_in_flight(http));
+    const char *sig_name = stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
     http_drain(http);
-    for (long waited = 0; http_in_flight(http) > 0 && waited < o.drain_timeout * 1000; waited += 50)
-        nanosleep(&(struct timespec){ 0, 50 * 1000000L }, NULL);
+    slog(GLIMPSE_LOG_WARN, "%s: listener closed, draining (up to %ld s for %ld requests)", sig_name,
+         o.shutdown_timeout, http_in_flight(http));
+    /* A connection accepted just before the listener closed carries a request
+     * that reached this replica (a load balancer will not retry it): wait for
+     * it to arrive, for a second at most, since an idle client may never send. */
+    for (long waited = 0; n_stop_signals < 2 && waited < o.shutdown_timeout * 1000 &&
+                          (http_in_flight(http) > 0 || (http_unstarted(http) > 0 && waited < 1000));
+         waited += 20)
+        nanosleep(&(struct timespec){ 0, 20 * 1000000L }, NULL); /* a signal cuts it short */
+    if (http_in_flight(http) > 0) {
+        /* exit at once: no engine step or connection is waited for any longer */
+        slog(GLIMPSE_LOG_WARN, "%s: %s, exiting with %ld requests unfinished", sig_name,
+             n_stop_signals < 2 ? "shutdown timeout" : "second signal", http_in_flight(http));
+        _exit(1);
+    }
     status = 0;
 done:
     if (q)
