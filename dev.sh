@@ -13,8 +13,9 @@ cd "$(dirname "$0")"
 BUILD_PKGS="build-essential autoconf automake pkg-config libmicrohttpd-dev libcjson-dev
   libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libopenblas-dev check"
 # The tests compare the engine with independent references written in Python;
-# the server's integration tests drive it with curl and node (the openai npm client).
-TEST_PKGS="python3 python3-numpy python3-torch python3-pil curl"
+# the server's integration tests drive it with curl and node (the openai npm client);
+# the deployment tests put Debian's nginx in front of three servers and read docker/'s YAML.
+TEST_PKGS="python3 python3-numpy python3-torch python3-pil python3-yaml curl nginx"
 
 need_pkgs() {
   local missing=()
