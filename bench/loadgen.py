@@ -151,7 +151,7 @@ def run_phase(args, concurrency, bodies, headers):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-    ap.add_argument("--model", default="any", help="model id sent in requests")
+    ap.add_argument("--model", help="model id sent in requests (default: the first of /v1/models)")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     ap.add_argument("--concurrency", default="1,8", help="comma-separated client counts, one phase each")
     ap.add_argument("--requests", type=int, default=16, help="requests per phase")
@@ -169,9 +169,16 @@ def main():
     if args.api_key:
         headers["Authorization"] = "Bearer " + args.api_key
 
+    if not args.model:
+        u = urllib.parse.urlsplit(args.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request("GET", (u.path.rstrip("/") or "") + "/v1/models", headers=headers)
+        args.model = json.loads(conn.getresponse().read())["data"][0]["id"]
+        conn.close()
+
     print(f"# loadgen: {args.url}  {platform.node()}  {platform.processor() or platform.machine()}  "
           f"{os.cpu_count()} CPUs  load {os.getloadavg()[0]:.2f}")
-    print(f"# requests/phase {args.requests}  max_tokens {args.max_tokens}  image {args.image}"
+    print(f"# model {args.model}  requests/phase {args.requests}  max_tokens {args.max_tokens}  image {args.image}"
           f"{' %dx%d' % (args.image_size, args.image_size) if args.image != 'none' else ''}  "
           f"temperature {args.temperature}")
 
@@ -212,6 +219,8 @@ def main():
               f"ITL p50 {ph['itl50'] * 1000:.1f} ms p95 {ph['itl95'] * 1000:.1f} ms", flush=True)
     base = phases[0]
     for ph in phases[1:]:
+        if base["rps"] == 0 or base["tps"] == 0:
+            break
         print(f"ratio c={ph['conc']} / c={base['conc']}: requests/s x{ph['rps'] / base['rps']:.2f}  "
               f"output tok/s x{ph['tps'] / base['tps']:.2f}")
     return 0 if all(ph["n_bad"] == 0 for ph in phases) else 1

@@ -353,7 +353,7 @@ typedef struct glimpse_stats {
 } glimpse_stats;
 
 /* A snapshot of the scheduler's counters, for /metrics. Any thread. */
-void glimpse_stats_get(glimpse_model *m, glimpse_stats *out);
+void glimpse_stats_get(const glimpse_model *m, glimpse_stats *out);
 
 #ifdef __cplusplus
 }

@@ -724,7 +724,7 @@ void glimpse_shutdown(glimpse_model *m)
     pthread_mutex_unlock(&s->lock);
 }
 
-void glimpse_stats_get(glimpse_model *m, glimpse_stats *out)
+void glimpse_stats_get(const glimpse_model *m, glimpse_stats *out)
 {
     scheduler *s = m->sched;
     kv_stats ks;

@@ -204,9 +204,13 @@ static enum MHD_Result route_health(struct MHD_Connection *con, conn *c)
 static enum MHD_Result route_metrics(struct MHD_Connection *con, conn *c)
 {
     gq_stats qs;
+    glimpse_stats es;
     gq_stats_get(c->srv->q, &qs);
+    const glimpse_model *model = atomic_load(&c->srv->model);
+    if (model)
+        glimpse_stats_get(model, &es);
     size_t len = 0;
-    char *text = metrics_render(c->srv->mx, &qs, atomic_load(&c->srv->model) != NULL, &len);
+    char *text = metrics_render(c->srv->mx, &qs, model != NULL, model ? &es : NULL, &len);
     if (!text)
         return reply_json(con, c, 500, NULL, 0);
     return reply(con, c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, NULL);

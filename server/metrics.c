@@ -164,7 +164,64 @@ static void put_histogram(text *t, const char *name, const char *labels, const h
     }
 }
 
-char *metrics_render(metrics *m, const gq_stats *qs, int ready, size_t *len)
+/* A histogram of the engine's (per-bucket counts, own bounds) as Prometheus
+ * cumulative buckets. */
+static void put_engine_histogram(text *t, const char *name, const char *help, const glimpse_hist *h)
+{
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < GLIMPSE_HIST_N - 1; i++) {
+        cum += h->count[i];
+        put(t, "%s_bucket{le=\"%g\"} %llu\n", name, h->le[i], (unsigned long long)cum);
+    }
+    put(t, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)h->n, name,
+        h->sum, name, (unsigned long long)h->n);
+}
+
+/* The scheduler's gauges, counters and histograms (engine/glimpse.h glimpse_stats). */
+static void put_engine(text *t, const glimpse_stats *es)
+{
+    put(t,
+        "# HELP glimpse_sequences_running Sequences admitted by the scheduler (encoding images, prefill or decode).\n"
+        "# TYPE glimpse_sequences_running gauge\nglimpse_sequences_running %d\n"
+        "# HELP glimpse_sequences_waiting Requests waiting for admission (KV blocks or a sequence slot).\n"
+        "# TYPE glimpse_sequences_waiting gauge\nglimpse_sequences_waiting %d\n"
+        "# HELP glimpse_kv_cache_usage_ratio KV cache blocks held by sequences over the pool's blocks.\n"
+        "# TYPE glimpse_kv_cache_usage_ratio gauge\nglimpse_kv_cache_usage_ratio %.6f\n"
+        "# HELP glimpse_kv_cache_blocks Blocks in the KV pool.\n"
+        "# TYPE glimpse_kv_cache_blocks gauge\nglimpse_kv_cache_blocks %d\n"
+        "# HELP glimpse_kv_cache_cached_blocks Blocks registered in the prefix cache.\n"
+        "# TYPE glimpse_kv_cache_cached_blocks gauge\nglimpse_kv_cache_cached_blocks %d\n"
+        "# HELP glimpse_prefix_cache_queries_total Full prompt blocks looked up in the prefix cache.\n"
+        "# TYPE glimpse_prefix_cache_queries_total counter\nglimpse_prefix_cache_queries_total %llu\n"
+        "# HELP glimpse_prefix_cache_hits_total Prompt blocks found in the prefix cache (not recomputed).\n"
+        "# TYPE glimpse_prefix_cache_hits_total counter\nglimpse_prefix_cache_hits_total %llu\n"
+        "# HELP glimpse_image_cache_queries_total Images looked up in the image-embedding cache.\n"
+        "# TYPE glimpse_image_cache_queries_total counter\nglimpse_image_cache_queries_total %llu\n"
+        "# HELP glimpse_image_cache_hits_total Images found in the image-embedding cache (not encoded).\n"
+        "# TYPE glimpse_image_cache_hits_total counter\nglimpse_image_cache_hits_total %llu\n"
+        "# HELP glimpse_preemptions_total Sequences sent back to the queue because the KV cache ran out.\n"
+        "# TYPE glimpse_preemptions_total counter\nglimpse_preemptions_total %llu\n"
+        "# HELP glimpse_engine_steps_total Forward passes of the engine.\n"
+        "# TYPE glimpse_engine_steps_total counter\nglimpse_engine_steps_total %llu\n"
+        "# HELP glimpse_prompt_tokens_computed_total Prompt positions evaluated (prefix-cache hits excluded).\n"
+        "# TYPE glimpse_prompt_tokens_computed_total counter\nglimpse_prompt_tokens_computed_total %llu\n",
+        es->running, es->waiting, es->kv_usage, es->kv_blocks, es->kv_cached_blocks,
+        (unsigned long long)es->prefix_queries, (unsigned long long)es->prefix_hits,
+        (unsigned long long)es->image_queries, (unsigned long long)es->image_hits,
+        (unsigned long long)es->preemptions, (unsigned long long)es->steps,
+        (unsigned long long)es->prompt_tokens_computed);
+    put_engine_histogram(t, "glimpse_batch_size", "Entries (decode tokens + prompt positions) per forward pass.",
+                         &es->batch_size);
+    put_engine_histogram(t, "glimpse_engine_time_to_first_token_seconds",
+                         "From submission to the engine to a sequence's first token.", &es->ttft_s);
+    put_engine_histogram(t, "glimpse_inter_token_latency_seconds", "Between two tokens of one sequence.",
+                         &es->itl_s);
+    put_engine_histogram(t, "glimpse_queue_time_seconds", "From submission to the engine to admission.",
+                         &es->queue_s);
+}
+
+char *metrics_render(metrics *m, const gq_stats *qs, int ready, const glimpse_stats *es, size_t *len)
 {
     text t = { 0 };
     pthread_mutex_lock(&m->mu);
@@ -223,6 +280,8 @@ char *metrics_render(metrics *m, const gq_stats *qs, int ready, size_t *len)
         "# TYPE glimpse_model_ready gauge\nglimpse_model_ready %d\n",
         qs->queued, qs->capacity, qs->running, (unsigned long long)qs->cancelled, (unsigned long long)qs->completed,
         ready ? 1 : 0);
+    if (es)
+        put_engine(&t, es);
     if (t.oom) {
         free(t.p);
         return NULL;
