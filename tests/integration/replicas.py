@@ -1,0 +1,138 @@
+#!/usr/bin/python3
+"""replicas.py — three `glimpse serve` replicas behind Debian's nginx running
+docker/nginx/glimpse.conf (only the addresses, the listen port and the log
+path replaced), all on loopback.
+
+Wave 1: 200 mixed requests (text, data: URI images, multipart uploads;
+streaming and not; some pinned with X-Session-Id) through nginx: all succeed,
+each replica serves at least 20 %, each session stays on one replica.
+Wave 2: streams through nginx while one replica gets SIGTERM with streams in
+flight: no request fails, the stopped replica finished its streams and
+exited 0, and new requests went to the other two.
+Exit status 0 = pass."""
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import deploy
+from deploy import Nginx, Server, chat, chat_body, check
+
+KINDS = ("text", "image", "form", "text", "image")
+SESSIONS = ("alice", "bob", "carol")
+
+
+def send(nginx, rid, kind, max_tokens, seed, session=None):
+    ctype, body, stream = chat_body(kind, max_tokens, seed)
+    headers = {"X-Request-Id": rid}
+    if session:
+        headers["X-Session-Id"] = session
+    ok, status, detail = chat(nginx.port, ctype, body, stream, headers)
+    return rid, ok, status, detail
+
+
+def wave1(nginx, servers):
+    jobs = []
+    for i in range(200):
+        session = SESSIONS[i % 3] if i % 8 == 0 else None  # 25 requests in three sessions
+        jobs.append(("w1-%d" % i, KINDS[i % len(KINDS)], 8 + i % 17, i, session))
+    with ThreadPoolExecutor(12) as ex:
+        results = list(ex.map(lambda j: send(nginx, *j), jobs))
+    bad = [r for r in results if not r[1]]
+    check(not bad, "%d of 200 requests failed, e.g. %s" % (len(bad), bad[:3]))
+    log = nginx.access()
+    by_port = {s.port: 0 for s in servers}
+    session_ports = {}
+    for rid, kind, _, _, session in jobs:
+        check(rid in log, "request %s is not in nginx's access log" % rid)
+        upstream, _, status = log[rid]
+        check(status == 200 and "," not in upstream, "request %s: upstream %s status %d" % (rid, upstream, status))
+        port = int(upstream.rsplit(":", 1)[1])
+        by_port[port] += 1
+        if session:
+            session_ports.setdefault(session, set()).add(port)
+    print("wave 1: 200/200 succeeded; requests per replica: %s; sessions -> replicas: %s"
+          % (sorted(by_port.values()), {k: sorted(v) for k, v in session_ports.items()}))
+    for port, n in by_port.items():
+        check(n >= 40, "replica on port %d served %d of 200 requests (< 20 %%)" % (port, n))
+    for session, ports in session_ports.items():
+        check(len(ports) == 1, "session %s was spread over replicas %s" % (session, sorted(ports)))
+
+
+def wave2(nginx, servers):
+    victim = servers[1]
+    n_req = 60
+    t0 = time.time()
+    results = []
+    lock = threading.Lock()
+    issued = threading.Semaphore(0)
+
+    def one(i):
+        issued.release()
+        r = send(nginx, "w2-%d" % i, ("text", "image", "form")[i % 3], 60 + i % 40, 1000 + i)
+        with lock:
+            results.append(r)
+
+    with ThreadPoolExecutor(9) as ex:
+        futures = [ex.submit(one, i) for i in range(n_req)]
+        # SIGTERM in the middle of the wave, once the victim has requests in flight
+        for _ in range(20):
+            issued.acquire()
+        deadline = time.time() + 30
+        while victim.metric("glimpse_requests_in_flight") < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        t_signal = time.time()
+        victim.proc.send_signal(signal.SIGTERM)
+        for f in futures:
+            f.result()
+    code = victim.wait_exit(60)
+    bad = [r for r in results if not r[1]]
+    check(not bad, "%d of %d requests failed while a replica stopped, e.g. %s" % (len(bad), n_req, bad[:3]))
+    check(code == 0, "the stopped replica exited with %s" % code)
+    vlog = victim.log()
+    m = re.search(r"SIGTERM: listener closed, draining \(up to \d+ s for (\d+) requests\)", vlog)
+    check(m, "the stopped replica logged no drain")
+    in_flight = int(m.group(1))
+    check(in_flight >= 1, "the replica had no request in flight at SIGTERM: the test proved nothing")
+    after = vlog[m.end():]
+    finished = after.count("/v1/chat/completions 200")
+    check("connection ended early" not in vlog, "a connection to the stopped replica ended early")
+    check(finished >= in_flight, "the stopped replica finished %d of its %d requests" % (finished, in_flight))
+    # nginx's view: the victim's requests all ended 200; later ones went elsewhere
+    log = nginx.access()
+    victim_addr = "127.0.0.1:%d" % victim.port
+    served_by_victim = retried = 0
+    for rid, (upstream, ustatus, status) in log.items():
+        if not rid.startswith("w2-"):
+            continue
+        addrs = [a.strip() for a in upstream.split(",")]
+        check(status == 200, "request %s: status %d via %s (%s)" % (rid, status, upstream, ustatus))
+        if addrs[-1] == victim_addr:
+            served_by_victim += 1
+        if len(addrs) > 1:
+            retried += 1
+            check(addrs[-1] != victim_addr, "request %s was retried onto the stopped replica" % rid)
+    print("wave 2: %d/%d succeeded; SIGTERM %.1f s in with %d requests in flight on the replica, which finished "
+          "%d after the signal and %d in all, exit 0; %d requests retried on another replica after a refused connection"
+          % (n_req, n_req, t_signal - t0, in_flight, finished, served_by_victim, retried))
+
+
+def main():
+    servers = [Server(["--threads", "1"]) for _ in range(3)]
+    for s in servers:
+        s.wait_ready()
+    nginx = Nginx([s.port for s in servers])
+    try:
+        wave1(nginx, servers)
+        wave2(nginx, servers)
+        for s in (servers[0], servers[2]):
+            s.proc.send_signal(signal.SIGTERM)
+            check(s.wait_exit(30) == 0, "a replica did not stop cleanly")
+    finally:
+        print("nginx error log:\n" + nginx.error_log()[-1500:])
+        nginx.stop()
+
+
+if __name__ == "__main__":
+    deploy.run_test(main, 600)
