@@ -2,11 +2,13 @@
 # dev.sh — the README's quick start, on a fresh Debian 12 machine or a used one.
 #
 #   ./dev.sh serve [OPTIONS]   install missing packages, build, serve the demo model
-#   ./dev.sh test              install missing packages, build, run every test
+#   ./dev.sh test              install missing packages, build, run every test,
+#                              then again under ASan+UBSan+LSan in build-asan/
 #   ./dev.sh build             install missing packages and build ./glimpse only
 #
 # Packages come from Debian (apt-get, as root or through sudo). The build is
-# in-tree; the program is ./glimpse.
+# in-tree; the program is ./glimpse. SANITIZE=0 ./dev.sh test skips the
+# sanitizer pass.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,6 +52,39 @@ build() {
   make -j"$(nproc)"
 }
 
+# The sanitizer pass of `test`: the Check suites and the CLI/server integration
+# tests again, built with AddressSanitizer, UndefinedBehaviorSanitizer and
+# LeakSanitizer (configure --enable-sanitizers) in build-asan/. Any report
+# fails: ASan and LSan abort, UBSan halts. Check runs each test in a forked
+# child whose exit runs the leak check, so a test that leaks fails too.
+# configure refuses an out-of-tree build of a tree configured in place (as
+# build() leaves it), so build-asan/src gets a copy of the sources: the files
+# git tracks or would track, plus the generated autotools files, mtimes kept
+# so that make rebuilds only what changed. The Python tool tests check no C
+# code and are skipped; the fixtures of the first build are reused.
+SAN_TESTS='$(check_PROGRAMS) tests/integration/ask.sh tests/integration/server.sh'
+sanitize() {
+  local b=build-asan here
+  here="$(pwd)"
+  git rev-parse --git-dir >/dev/null 2>&1 || { echo "dev.sh: the sanitizer pass needs a git checkout" >&2; exit 1; }
+  mkdir -p "$b/src" "$b/tests"
+  { git ls-files -z -co --exclude-standard
+    printf '%s\0' configure Makefile.in aclocal.m4 config.h.in build-aux
+  } | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$b/src"
+  # what the tests find beside the sources: the shared test images, npm packages, fixtures
+  [ -d ../shared ] && ln -sfn "$(cd ../shared && pwd)" "$b/shared"
+  ln -sfn "$here/node_modules" "$b/src/node_modules"
+  [ -d tests/fixtures ] && ln -sfn "$here/tests/fixtures" "$b/tests/fixtures"
+  cd "$b"
+  # shellcheck disable=SC2086
+  [ -f Makefile ] || src/configure -q --enable-sanitizers ${CONFIGURE_FLAGS:-}
+  make -j"$(nproc)"
+  ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+    make -j"$(nproc)" check TESTS="$SAN_TESTS" || { cat test-suite.log 2>/dev/null | tail -n 300; exit 1; }
+  cd "$here"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -61,6 +96,7 @@ case "$cmd" in
     need_node
     build
     make -j"$(nproc)" check || { cat test-suite.log 2>/dev/null | tail -n 300; exit 1; }
+    [ "${SANITIZE:-1}" = 0 ] || sanitize
     ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
