@@ -97,14 +97,27 @@ def torch_answer(net, cfg, prompter, image_path, question, max_tokens=24):
     return prompter.decode(out).strip()
 
 
-def run_cmd(template, item):
+def run_cmd(template, item, complete=None, tries=5):
+    """The command's answer for one item. complete(stdout) says whether the
+    output is whole; an incomplete one is retried."""
     prompt = "<__media__>" + item["question"]
     argv = [a.replace("{image}", item["image"]).replace("{question}", item["question"])
             .replace("{prompt}", prompt) for a in template]
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
-    if r.returncode != 0:   # counted as a wrong answer, and visible in results.json
-        return "<exit %d: %s>" % (r.returncode, r.stderr.decode("utf-8", "replace").strip()[-300:])
-    return r.stdout.decode("utf-8", "replace").strip()
+    for _ in range(tries):
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+        if r.returncode != 0:   # counted as a wrong answer, and visible in results.json
+            return "<exit %d: %s>" % (r.returncode, r.stderr.decode("utf-8", "replace").strip()[-300:])
+        out = r.stdout.decode("utf-8", "replace")
+        if complete is None or complete(out):
+            return out.strip()
+    return "<incomplete: %r>" % out
+
+
+def llama_complete(out):
+    """llama-mtmd-cli prints tokens through its asynchronous logger and now and
+    then exits before the end of the text reaches stdout; a whole answer is
+    followed by its closing blank lines."""
+    return out.endswith("\n\n")
 
 
 def report(name, items, key):
@@ -138,15 +151,15 @@ def main(argv=None):
         for it in items:
             it["torch"] = torch_answer(net, cfg, prompter, it["image"], it["question"])
         report("pytorch (%s)" % args.ckpt, items, "torch")
-    template = None
+    template, complete = None, None
     if args.cmd:
         template = shlex.split(args.cmd)
     elif args.llama:
         bindir, models = args.llama.split(":", 1)
-        template = llama_cmd(bindir, models)
+        template, complete = llama_cmd(bindir, models), llama_complete
     if template:
         with concurrent.futures.ThreadPoolExecutor(args.j) as ex:
-            for it, ans in zip(items, ex.map(lambda it: run_cmd(template, it), items)):
+            for it, ans in zip(items, ex.map(lambda it: run_cmd(template, it, complete), items)):
                 it["cmd"] = ans
         report("command (%s)" % " ".join(template[:1]), items, "cmd")
         if args.ckpt:
