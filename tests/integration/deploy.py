@@ -156,10 +156,12 @@ def image_data_uri(name):
         return "data:image/%s;base64,%s" % (name.rsplit(".", 1)[1], base64.b64encode(f.read()).decode())
 
 
-def chat_body(kind, max_tokens, seed):
+def chat_body(kind, max_tokens, seed, stream=None):
     """A request of one of the kinds 'text', 'image' (a data: URI) or 'form'
-    (multipart with an uploaded file): (content type, body bytes, stream)."""
-    stream = seed % 2 == 1
+    (multipart with an uploaded file), streaming if asked or, by default, if
+    the seed is odd: (content type, body bytes, stream)."""
+    if stream is None:
+        stream = seed % 2 == 1
     if kind == "form":
         boundary = uuid.uuid4().hex
         with open(os.path.join(FIXTURES, "server-shapes.jpg"), "rb") as f:
@@ -279,15 +281,25 @@ class Nginx:
         except OSError:
             return ""
 
-    def access(self):
-        """The access log: request id -> (upstream addresses, upstream statuses, status)."""
-        out = {}
-        with open(self.access_log) as f:
-            for line in f:
-                m = re.search(r'" (\d{3}) \d+ rid=(\S+) upstream=(.*?) upstream_status=(.*?) rt=', line)
-                if m:
-                    out[m.group(2)] = (m.group(3), m.group(4), int(m.group(1)))
-        return out
+    def access(self, rids):
+        """The access log's lines of the requests rids: request id ->
+        (upstream addresses, upstream statuses, status). nginx writes a line
+        when it has finished the request, which can be just after the client
+        has read the whole answer: waits for up to 10 s for all of them."""
+        deadline = time.time() + 10
+        while True:
+            out = {}
+            with open(self.access_log) as f:
+                for line in f:
+                    m = re.search(r'" (\d{3}) \d+ rid=(\S+) upstream=(.*?) upstream_status=(.*?) rt=', line)
+                    if m and m.group(2) in rids:
+                        out[m.group(2)] = (m.group(3), m.group(4), int(m.group(1)))
+            missing = set(rids) - set(out)
+            if not missing:
+                return out
+            if time.time() > deadline:
+                fail("requests missing from nginx's access log: %s" % sorted(missing)[:5])
+            time.sleep(0.05)
 
     def stop(self):
         self.proc.terminate()

@@ -4,11 +4,12 @@ docker/nginx/glimpse.conf (only the addresses, the listen port and the log
 path replaced), all on loopback.
 
 Wave 1: 200 mixed requests (text, data: URI images, multipart uploads;
-streaming and not; some pinned with X-Session-Id) through nginx: all succeed,
-each replica serves at least 20 %, each session stays on one replica.
-Wave 2: streams through nginx while one replica gets SIGTERM with streams in
-flight: no request fails, the stopped replica finished its streams and
-exited 0, and new requests went to the other two.
+streaming and not) through nginx: all succeed, each replica serves at least
+20 %. Then 24 requests in three sessions (X-Session-Id): each session stays
+on one replica.
+Wave 2: 60 streams through nginx; one replica gets SIGTERM while it runs
+some: no request fails, the stopped replica finished its streams and exited
+0, and later requests went to the other two.
 Exit status 0 = pass."""
 import re
 import signal
@@ -23,8 +24,8 @@ KINDS = ("text", "image", "form", "text", "image")
 SESSIONS = ("alice", "bob", "carol")
 
 
-def send(nginx, rid, kind, max_tokens, seed, session=None):
-    ctype, body, stream = chat_body(kind, max_tokens, seed)
+def send(nginx, rid, kind, max_tokens, seed, session=None, stream=None):
+    ctype, body, stream = chat_body(kind, max_tokens, seed, stream)
     headers = {"X-Request-Id": rid}
     if session:
         headers["X-Session-Id"] = session
@@ -32,32 +33,40 @@ def send(nginx, rid, kind, max_tokens, seed, session=None):
     return rid, ok, status, detail
 
 
+def replica_of(log, rid):
+    """The port of the one replica that answered rid, which must be a 200."""
+    upstream, _, status = log[rid]
+    check(status == 200 and "," not in upstream, "request %s: upstream %s status %d" % (rid, upstream, status))
+    return int(upstream.rsplit(":", 1)[1])
+
+
 def wave1(nginx, servers):
-    jobs = []
-    for i in range(200):
-        session = SESSIONS[i % 3] if i % 8 == 0 else None  # 25 requests in three sessions
-        jobs.append(("w1-%d" % i, KINDS[i % len(KINDS)], 8 + i % 17, i, session))
+    jobs = [("w1-%d" % i, KINDS[i % len(KINDS)], 8 + i % 17, i) for i in range(200)]
     with ThreadPoolExecutor(12) as ex:
         results = list(ex.map(lambda j: send(nginx, *j), jobs))
     bad = [r for r in results if not r[1]]
     check(not bad, "%d of 200 requests failed, e.g. %s" % (len(bad), bad[:3]))
-    log = nginx.access()
+    log = nginx.access([j[0] for j in jobs])
     by_port = {s.port: 0 for s in servers}
-    session_ports = {}
-    for rid, kind, _, _, session in jobs:
-        check(rid in log, "request %s is not in nginx's access log" % rid)
-        upstream, _, status = log[rid]
-        check(status == 200 and "," not in upstream, "request %s: upstream %s status %d" % (rid, upstream, status))
-        port = int(upstream.rsplit(":", 1)[1])
-        by_port[port] += 1
-        if session:
-            session_ports.setdefault(session, set()).add(port)
-    print("wave 1: 200/200 succeeded; requests per replica: %s; sessions -> replicas: %s"
-          % (sorted(by_port.values()), {k: sorted(v) for k, v in session_ports.items()}))
+    for rid, *_ in jobs:
+        by_port[replica_of(log, rid)] += 1
+    print("wave 1: 200/200 succeeded; requests per replica: %s" % sorted(by_port.values()))
     for port, n in by_port.items():
         check(n >= 40, "replica on port %d served %d of 200 requests (< 20 %%)" % (port, n))
-    for session, ports in session_ports.items():
-        check(len(ports) == 1, "session %s was spread over replicas %s" % (session, sorted(ports)))
+
+
+def sessions(nginx):
+    jobs = [("s-%d" % i, KINDS[i % len(KINDS)], 8, i, SESSIONS[i % 3]) for i in range(24)]
+    with ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(lambda j: send(nginx, *j), jobs))
+    check(all(r[1] for r in results), "session requests failed: %s" % [r for r in results if not r[1]][:3])
+    log = nginx.access([j[0] for j in jobs])
+    ports = {}
+    for rid, _, _, _, session in jobs:
+        ports.setdefault(session, set()).add(replica_of(log, rid))
+    print("sessions -> replicas: %s" % {k: sorted(v) for k, v in ports.items()})
+    for session, p in ports.items():
+        check(len(p) == 1, "session %s was spread over replicas %s" % (session, sorted(p)))
 
 
 def wave2(nginx, servers):
@@ -70,7 +79,7 @@ def wave2(nginx, servers):
 
     def one(i):
         issued.release()
-        r = send(nginx, "w2-%d" % i, ("text", "image", "form")[i % 3], 60 + i % 40, 1000 + i)
+        r = send(nginx, "w2-%d" % i, ("text", "image", "form")[i % 3], 150 + i % 100, 1000 + i, stream=True)
         with lock:
             results.append(r)
 
@@ -86,6 +95,7 @@ def wave2(nginx, servers):
         victim.proc.send_signal(signal.SIGTERM)
         for f in futures:
             f.result()
+    t_end = time.time()
     code = victim.wait_exit(60)
     bad = [r for r in results if not r[1]]
     check(not bad, "%d of %d requests failed while a replica stopped, e.g. %s" % (len(bad), n_req, bad[:3]))
@@ -94,13 +104,13 @@ def wave2(nginx, servers):
     m = re.search(r"SIGTERM: listener closed, draining \(up to \d+ s for (\d+) requests\)", vlog)
     check(m, "the stopped replica logged no drain")
     in_flight = int(m.group(1))
-    check(in_flight >= 1, "the replica had no request in flight at SIGTERM: the test proved nothing")
+    check(in_flight >= 1, "the replica had no stream in flight at SIGTERM: the test proved nothing")
     after = vlog[m.end():]
     finished = after.count("/v1/chat/completions 200")
     check("connection ended early" not in vlog, "a connection to the stopped replica ended early")
     check(finished >= in_flight, "the stopped replica finished %d of its %d requests" % (finished, in_flight))
     # nginx's view: the victim's requests all ended 200; later ones went elsewhere
-    log = nginx.access()
+    log = nginx.access(["w2-%d" % i for i in range(n_req)])
     victim_addr = "127.0.0.1:%d" % victim.port
     served_by_victim = retried = 0
     for rid, (upstream, ustatus, status) in log.items():
@@ -113,9 +123,9 @@ def wave2(nginx, servers):
         if len(addrs) > 1:
             retried += 1
             check(addrs[-1] != victim_addr, "request %s was retried onto the stopped replica" % rid)
-    print("wave 2: %d/%d succeeded; SIGTERM %.1f s in with %d requests in flight on the replica, which finished "
+    print("wave 2: %d/%d succeeded in %.1f s; SIGTERM %.1f s in (after 20 requests started) with %d requests in flight on the replica, which finished "
           "%d after the signal and %d in all, exit 0; %d requests retried on another replica after a refused connection"
-          % (n_req, n_req, t_signal - t0, in_flight, finished, served_by_victim, retried))
+          % (n_req, n_req, t_end - t0, t_signal - t0, in_flight, finished, served_by_victim, retried))
 
 
 def main():
@@ -125,6 +135,7 @@ def main():
     nginx = Nginx([s.port for s in servers])
     try:
         wave1(nginx, servers)
+        sessions(nginx)
         wave2(nginx, servers)
         for s in (servers[0], servers[2]):
             s.proc.send_signal(signal.SIGTERM)
