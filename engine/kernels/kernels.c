@@ -2,9 +2,13 @@
  * kernels.c — run-time choice of kernel implementations, and the matmul driver.
  *
  * Which path runs where:
- *   - kernels_init picks one kn_impl table for the process: the AVX2+FMA table
- *     (kernels_avx2.c) when the CPU has AVX2, FMA and F16C, else the scalar
- *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar forces the reference.
+ *   - kernels_init picks one kn_impl table for the process: the AVX-512 table
+ *     (kernels_avx512.c: the AVX2 table plus 16-lane kernels) when the CPU has
+ *     AVX-512F/BW/VL, else the AVX2+FMA table (kernels_avx2.c) when it has
+ *     AVX2, FMA and F16C, else the scalar reference (kernels_ref.c).
+ *     GLIMPSE_KERNELS=scalar or =avx2 caps the choice.
+ *   - kn_attention (fused, online softmax) is the table's: AVX-512 for head
+ *     sizes that are multiples of 16, the reference otherwise and on AVX2.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then computes the
@@ -86,14 +90,16 @@ bool kn_matmul_supports(int wtype, int64_t k)
 void kernels_init(void)
 {
     const char *env = getenv("GLIMPSE_KERNELS");
-    const kn_impl *simd = kn_avx2_impl();
+    const kn_impl *avx2 = kn_avx2_impl(), *avx512 = kn_avx512_impl();
     kn_ref_init_tables();
     /* sgemm runs inside our pool's threads: OpenBLAS must not add its own. */
     openblas_set_num_threads(1);
-    if ((env && strcmp(env, "scalar") == 0) || !simd)
+    if ((env && strcmp(env, "scalar") == 0) || !avx2)
         active = &kn_ref_impl;
+    else if ((env && strcmp(env, "avx2") == 0) || !avx512)
+        active = avx2;
     else
-        active = simd;
+        active = avx512;
 }
 
 const char *kernels_isa(void)
@@ -407,4 +413,28 @@ void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
 float kn_dot_f32(const float *a, const float *b, int64_t n)
 {
     return active->dot_f32(a, b, n);
+}
+
+size_t kn_attention_scratch(int n_q, int head_dim)
+{
+    return 2 * (size_t)KN_ATTN_BLOCK * (size_t)head_dim + 2 * (size_t)n_q * (size_t)head_dim + 2 * (size_t)n_q;
+}
+
+kn_attn_scratch kn_attn_split(float *buf, int n_q, int head_dim)
+{
+    kn_attn_scratch s;
+    const size_t d = (size_t)head_dim, nq = (size_t)n_q;
+    s.kt = buf;
+    s.vb = s.kt + d * KN_ATTN_BLOCK;
+    s.qc = s.vb + d * KN_ATTN_BLOCK;
+    s.acc = s.qc + nq * d;
+    s.m = s.acc + nq * d;
+    s.l = s.m + nq;
+    return s;
+}
+
+void kn_attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                  float scale, float *out, size_t out_stride, float *buf)
+{
+    active->attention(kv, q, q_stride, n_q, n_keys, scale, out, out_stride, buf);
 }

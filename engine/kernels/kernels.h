@@ -83,4 +83,37 @@ void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n);
 /* Dot product of two f32 vectors. */
 float kn_dot_f32(const float *a, const float *b, int64_t n);
 
+/* ---- fused attention ----------------------------------------------------------- */
+
+/* Keys per step of the online softmax. Every query walks its own keys in
+ * blocks of KN_ATTN_BLOCK from key 0, whatever else is in the call, so a
+ * query's output does not depend on the other queries (batch invariance). */
+#define KN_ATTN_BLOCK 16
+
+/* One head's keys and values: n rows of head_dim values, K and V both
+ * DTYPE_F32 or both DTYPE_F16, row j at k[j] and v[j]. Row pointers let the
+ * paged KV cache and strided f32 activations share one kernel. */
+typedef struct kn_attn_kv {
+    int type;
+    int head_dim;
+    int64_t n;
+    const void *const *k;   /* [n] rows of head_dim values */
+    const void *const *v;   /* [n] rows of head_dim values */
+} kn_attn_kv;
+
+/* Floats of scratch kn_attention needs for n_q queries of head_dim d. */
+size_t kn_attention_scratch(int n_q, int head_dim);
+
+/* Softmax attention of n_q query rows over one head's keys, fused: one pass
+ * over the keys with a running max and sum (online softmax), no score matrix:
+ *   o_i = sum_{j < n_i} p_ij v_j,   p_i = softmax_j(scale * q_i . k_j)
+ * n_i = n_keys[i] (causal attention: the query's position + 1), or kv->n for
+ * every query when n_keys is NULL; 1 <= n_i <= kv->n. Query i is read at
+ * q + i*q_stride, its output written at out + i*out_stride (head_dim floats).
+ * With F16 keys the queries are rounded to half first, as llama.cpp converts
+ * Q to K's type; products and sums are f32, the probabilities are not
+ * rounded. scratch: kn_attention_scratch(n_q, head_dim) floats. Any thread. */
+void kn_attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                  float scale, float *out, size_t out_stride, float *scratch);
+
 #endif /* GLIMPSE_KERNELS_H */

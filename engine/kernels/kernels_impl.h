@@ -67,6 +67,8 @@ typedef struct kn_impl {
     void (*gelu_quick)(float *x, int64_t n);
     void (*softmax)(float *x, int64_t n);
     void (*add_bias)(float *y, const float *b, int64_t n_tok, int64_t n);
+    void (*attention)(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                      float scale, float *out, size_t out_stride, float *scratch);
 } kn_impl;
 
 /* Always available. */
@@ -80,6 +82,20 @@ const uint16_t *kn_gelu_table(bool quick);
 /* The AVX2+FMA table, or NULL when the CPU (or compiler) lacks AVX2/FMA/F16C.
  * Borrowed, static; built on first call (not thread-safe before kernels_init). */
 const kn_impl *kn_avx2_impl(void);
+
+/* The AVX-512 table (AVX-512F/BW/VL on top of the AVX2 table), or NULL when
+ * the CPU lacks them. Borrowed, static; built on first call. */
+const kn_impl *kn_avx512_impl(void);
+
+/* The fused attention's scratch layout, shared by every table:
+ * kt [head_dim][KN_ATTN_BLOCK] keys of a block transposed, vb [KN_ATTN_BLOCK]
+ * [head_dim] its values, qc [n_q][head_dim] the queries in K's precision,
+ * acc [n_q][head_dim] unnormalised outputs, m [n_q] running maxima, l [n_q]
+ * running sums. */
+typedef struct kn_attn_scratch {
+    float *kt, *vb, *qc, *acc, *m, *l;
+} kn_attn_scratch;
+kn_attn_scratch kn_attn_split(float *scratch, int n_q, int head_dim);
 
 /* Activation format paired with a weight type, or -1 if it is not one. */
 int kn_act_of(int wtype);

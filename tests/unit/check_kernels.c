@@ -565,6 +565,140 @@ START_TEST(test_gelu_tables)
 }
 END_TEST
 
+/* ---- fused attention -------------------------------------------------------------- */
+
+/* A head's K/V rows scattered like pages of the KV cache: row j of n lives at
+ * a shuffled slot of a buffer (of halves or floats), reached through the row
+ * pointers of kv. Values in [-2, 2); halves are exact copies of their floats. */
+typedef struct attn_case {
+    kn_attn_kv kv;
+    void *buf;
+    const void **k, **v;
+    float *kf, *vf;   /* [n][d] the rows' values as f32 (after rounding to half) */
+} attn_case;
+
+static void attn_case_make(attn_case *c, int type, int d, int64_t n)
+{
+    const size_t esz = type == DTYPE_F16 ? 2 : 4;
+    c->buf = malloc(2 * (size_t)n * (size_t)d * esz);
+    c->k = malloc((size_t)n * sizeof *c->k);
+    c->v = malloc((size_t)n * sizeof *c->v);
+    c->kf = random_f32(n * d, -2.0f, 2.0f);
+    c->vf = random_f32(n * d, -2.0f, 2.0f);
+    ck_assert(c->buf && c->k && c->v);
+    for (int64_t j = 0; j < n; j++) {
+        /* K rows in the even slots, last row first; V rows in the odd ones */
+        const int64_t ks = 2 * (n - 1 - j), vs = 2 * j + 1;
+        uint8_t *kp = (uint8_t *)c->buf + (size_t)ks * d * esz, *vp = (uint8_t *)c->buf + (size_t)vs * d * esz;
+        for (int t = 0; t < d; t++) {
+            float *kx = &c->kf[j * d + t], *vx = &c->vf[j * d + t];
+            if (type == DTYPE_F16) {
+                ((uint16_t *)kp)[t] = f32_to_fp16(*kx);
+                ((uint16_t *)vp)[t] = f32_to_fp16(*vx);
+                *kx = fp16_to_f32(((uint16_t *)kp)[t]);
+                *vx = fp16_to_f32(((uint16_t *)vp)[t]);
+            } else {
+                ((float *)kp)[t] = *kx;
+                ((float *)vp)[t] = *vx;
+            }
+        }
+        c->k[j] = kp;
+        c->v[j] = vp;
+    }
+    c->kv = (kn_attn_kv){ .type = type, .head_dim = d, .n = n, .k = c->k, .v = c->v };
+}
+
+static void attn_case_free(attn_case *c)
+{
+    free(c->buf);
+    free(c->k);
+    free(c->v);
+    free(c->kf);
+    free(c->vf);
+}
+
+/* Two-pass softmax attention in double over the first n_i keys. */
+static void attn_double(const attn_case *c, const float *q, int64_t n_i, float scale, double *o)
+{
+    const int d = c->kv.head_dim;
+    double *s = malloc((size_t)n_i * sizeof *s), max = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < n_i; j++) {
+        double dot = 0;
+        for (int t = 0; t < d; t++) {
+            double qt = c->kv.type == DTYPE_F16 ? fp16_to_f32(f32_to_fp16(q[t])) : q[t];
+            dot += qt * c->kf[j * d + t];
+        }
+        s[j] = dot * scale;
+        max = fmax(max, s[j]);
+    }
+    for (int64_t j = 0; j < n_i; j++)
+        sum += s[j] = exp(s[j] - max);
+    for (int t = 0; t < d; t++) {
+        o[t] = 0;
+        for (int64_t j = 0; j < n_i; j++)
+            o[t] += s[j] / sum * c->vf[j * d + t];
+    }
+    free(s);
+}
+
+static const int attn_dims[] = { 16, 48, 64, 72, 128 };
+static const int64_t attn_lens[] = { 1, 15, 16, 17, 33, 100, 257 };
+
+/* For each shape: n_q queries (odd counts, so groups of four leave a tail)
+ * with causal lengths, or all keys; strided q and out rows. Calls check(). */
+typedef void (*attn_check_fn)(const attn_case *c, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                              float scale, const kn_impl *impl);
+
+static void attn_shapes(const kn_impl *impl, attn_check_fn check)
+{
+    for (int ti = 0; ti < 2; ti++)
+        for (size_t di = 0; di < sizeof attn_dims / sizeof *attn_dims; di++)
+            for (size_t li = 0; li < sizeof attn_lens / sizeof *attn_lens; li++) {
+                const int type = ti ? DTYPE_F16 : DTYPE_F32, d = attn_dims[di];
+                const int64_t n = attn_lens[li];
+                const int n_q = 9;
+                const size_t q_stride = (size_t)d + 5;
+                attn_case c;
+                attn_case_make(&c, type, d, n);
+                float *q = random_f32((int64_t)n_q * (int64_t)q_stride, -3.0f, 3.0f);
+                int64_t n_keys[9];
+                for (int i = 0; i < n_q; i++) /* rising, like a run of positions; the last sees all */
+                    n_keys[i] = i == n_q - 1 ? n : 1 + (int64_t)(rng_u64() % (uint64_t)n);
+                check(&c, q, q_stride, n_q, n_keys, 1.0f / sqrtf((float)d), impl);
+                check(&c, q, q_stride, n_q, NULL, 1.0f / sqrtf((float)d), impl);
+                free(q);
+                attn_case_free(&c);
+            }
+}
+
+/* Outputs are convex combinations of values in [-2, 2]: errors are absolute. */
+static void check_attn_vs_double(const attn_case *c, const float *q, size_t q_stride, int n_q,
+                                 const int64_t *n_keys, float scale, const kn_impl *impl)
+{
+    const int d = c->kv.head_dim;
+    const size_t o_stride = (size_t)d + 3;
+    float *out = malloc((size_t)n_q * o_stride * sizeof *out);
+    float *scratch = malloc(kn_attention_scratch(n_q, d) * sizeof *scratch);
+    double *o = malloc((size_t)d * sizeof *o);
+    impl->attention(&c->kv, q, q_stride, n_q, n_keys, scale, out, o_stride, scratch);
+    for (int i = 0; i < n_q; i++) {
+        attn_double(c, q + (size_t)i * q_stride, n_keys ? n_keys[i] : c->kv.n, scale, o);
+        for (int t = 0; t < d; t++)
+            ck_assert_msg(fabs(out[(size_t)i * o_stride + t] - o[t]) <= 2e-5,
+                          "%s d=%d n=%lld query %d dim %d: %.9g, double %.9g", impl->isa, d, (long long)c->kv.n, i,
+                          t, out[(size_t)i * o_stride + t], o[t]);
+    }
+    free(o);
+    free(scratch);
+    free(out);
+}
+
+START_TEST(test_attention_ref)
+{
+    attn_shapes(&kn_ref_impl, check_attn_vs_double);
+}
+END_TEST
+
 /* ---- SIMD vs reference ---------------------------------------------------------- */
 
 /* The SIMD table under test, or NULL (the test then has nothing to compare). */
@@ -863,14 +997,61 @@ START_TEST(test_simd_gelu)
 }
 END_TEST
 
+/* Each SIMD table's attention vs the reference's (same blocks, f32 sums in
+ * another order), and each query alone vs within the call, bit for bit:
+ * the batch invariance the decoder relies on. */
+static void check_attn_simd(const attn_case *c, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                            float scale, const kn_impl *impl)
+{
+    const int d = c->kv.head_dim;
+    float *out = malloc((size_t)n_q * d * sizeof *out), *ref = malloc((size_t)n_q * d * sizeof *ref);
+    float *one = malloc((size_t)d * sizeof *one);
+    float *scratch = malloc(kn_attention_scratch(n_q, d) * sizeof *scratch);
+    impl->attention(&c->kv, q, q_stride, n_q, n_keys, scale, out, (size_t)d, scratch);
+    kn_ref_impl.attention(&c->kv, q, q_stride, n_q, n_keys, scale, ref, (size_t)d, scratch);
+    for (int i = 0; i < n_q; i++) {
+        for (int t = 0; t < d; t++)
+            ck_assert_msg(fabs(out[i * d + t] - ref[i * d + t]) <= 2e-6,
+                          "%s d=%d n=%lld query %d dim %d: %.9g, ref %.9g", impl->isa, d, (long long)c->kv.n, i, t,
+                          out[i * d + t], ref[i * d + t]);
+        impl->attention(&c->kv, q + (size_t)i * q_stride, q_stride, 1, n_keys ? n_keys + i : NULL, scale, one,
+                        (size_t)d, scratch);
+        ck_assert_msg(memcmp(one, out + i * d, (size_t)d * sizeof *one) == 0,
+                      "%s d=%d n=%lld query %d differs alone and in a batch", impl->isa, d, (long long)c->kv.n, i);
+    }
+    free(scratch);
+    free(one);
+    free(ref);
+    free(out);
+}
+
+START_TEST(test_simd_attention)
+{
+    const kn_impl *tables[] = { kn_avx2_impl(), kn_avx512_impl() };
+    int n = 0;
+    for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
+        if (tables[i]) {
+            attn_shapes(tables[i], check_attn_simd);
+            n++;
+        }
+    if (n < 2)
+        fprintf(stderr, "check_kernels: %d SIMD tables on this CPU for the attention comparison\n", n);
+    /* the reference is its own batch-invariance case */
+    attn_shapes(&kn_ref_impl, check_attn_simd);
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     setenv("GLIMPSE_KERNELS", "scalar", 1);
     kernels_init();
     ck_assert_str_eq(kernels_isa(), "scalar");
-    unsetenv("GLIMPSE_KERNELS");
+    setenv("GLIMPSE_KERNELS", "avx2", 1);
     kernels_init();
     ck_assert_str_eq(kernels_isa(), kn_avx2_impl() ? "avx2" : "scalar");
+    unsetenv("GLIMPSE_KERNELS");
+    kernels_init();
+    ck_assert_str_eq(kernels_isa(), kn_avx512_impl() ? "avx512" : kn_avx2_impl() ? "avx2" : "scalar");
 }
 END_TEST
 
@@ -1098,6 +1279,7 @@ Suite *kernels_suite(void)
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_softmax_swiglu_dot);
     tcase_add_test(tc, test_gelu_tables);
+    tcase_add_test(tc, test_attention_ref);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("simd");
@@ -1109,6 +1291,7 @@ Suite *kernels_suite(void)
     tcase_add_test(tc, test_simd_dot_f32);
     tcase_add_test(tc, test_simd_softmax_swiglu);
     tcase_add_test(tc, test_simd_gelu);
+    tcase_add_test(tc, test_simd_attention);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 
