@@ -42,7 +42,8 @@ import http.client
 def make_image(seed, size):
     from PIL import Image, ImageDraw
     rnd = random.Random(seed)
-    img = Image.effect_noise((size, size), 40 + rnd.random() * 40).convert("RGB")
+    # noise from the seeded generator (PIL's effect_noise is not seeded)
+    img = Image.frombytes("L", (size, size), rnd.randbytes(size * size)).convert("RGB")
     d = ImageDraw.Draw(img)
     for _ in range(12):
         x0, y0 = rnd.randrange(size), rnd.randrange(size)

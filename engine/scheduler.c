@@ -377,8 +377,9 @@ static void admit(scheduler *s)
 
 /* Encodes up to budget pending tiles, oldest job first. Engine thread,
  * without the lock: only the engine touches entries and encoding jobs'
- * tiles. Returns the tiles encoded. */
-static int encode_tiles(scheduler *s, glimpse_job **jobs, int n_jobs, int budget)
+ * tiles. A tile is the unit: streams decoding meanwhile wait for one tile
+ * per step (the encoder cannot be paused inside a tile). */
+static void encode_tiles(scheduler *s, glimpse_job **jobs, int n_jobs, int budget)
 {
     glimpse_model *m = s->m;
     const vision_hparams *hp = m->vision ? vision_get_hparams(m->vision) : NULL;
@@ -402,7 +403,6 @@ static int encode_tiles(scheduler *s, glimpse_job **jobs, int n_jobs, int budget
             e->ready = e->tiles_done == e->n_tiles;
         }
     }
-    return done;
 }
 
 /* Registers the full blocks j has computed in the prefix cache. */
