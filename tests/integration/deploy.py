@@ -71,10 +71,12 @@ class Server:
     """A `glimpse serve --port 0` on 127.0.0.1; the port comes from its log."""
     all = []
 
-    def __init__(self, args=(), env=None):
+    def __init__(self, args=(), env=None, cpu=None):
+        """cpu: run on that one CPU only."""
         cmd = [GLIMPSE, "serve", "--host", "127.0.0.1", "--port", "0", "--model", MODEL, "--mmproj", MMPROJ]
         self.proc = subprocess.Popen(cmd + list(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=dict(os.environ, **(env or {})))
+                                     env=dict(os.environ, **(env or {})),
+                                     preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}))
         _procs.append(self.proc)
         Server.all.append(self)
         self._log = []
