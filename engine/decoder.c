@@ -10,16 +10,16 @@
  * scheduler can batch any requests together and prefix-cached rows equal
  * recomputed ones bit for bit. Every reduction is therefore per row, in an
  * order fixed by the row's own length: matrix products use
- * kn_matmul_invariant (dot products, never sgemm), and attention computes
- * each query row's scores and weighted sum with dot products over that row's
- * own positions (sgemm's blocking over n_ctx would depend on the run's last
- * position). The price is prefill speed: sgemm is up to 2x faster on long
- * prompts.
+ * kn_matmul_invariant (dot products, never sgemm), and attention is the
+ * fused kn_attention, which walks each query row's own positions in fixed
+ * blocks whatever else is in the call. The price is prefill speed: sgemm is
+ * up to 2x faster on long prompts.
  *
- * Numerics follow llama.cpp's CPU backend without flash attention: with an
- * F16 cache, K (after RoPE) and V are rounded to half when stored, Q is
- * rounded to half before q·k, and the softmax probabilities are rounded to
- * half before they weight V (spec §2.5); sums are in f32.
+ * Numerics follow llama.cpp's CPU backend with flash attention (its default,
+ * spec §2.5): with an F16 cache, K (after RoPE) and V are rounded to half
+ * when stored and Q is rounded to half before q·k; the online softmax and
+ * the weighted sum of V are in f32 (ggml accumulates V in half there: ours
+ * is the more exact of the two).
  */
 #include "decoder.h"
 
@@ -29,9 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Entries of one sequence attended together: they share the conversion of
- * the sequence's K/V rows to f32, which then costs little next to the products
- * (ATTN_CHUNK * group query rows per K/V row). */
+/* Entries of one sequence attended together: they share each block of the
+ * sequence's K/V rows loaded by kn_attention (ATTN_CHUNK * group query rows
+ * per block). */
 #define ATTN_CHUNK 16
 
 typedef struct attn_item {
@@ -58,10 +58,10 @@ struct decoder {
     float *up;         /* [n_batch][n_ff] */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
-    float *att_tmp;    /* [n_threads][att_tmp_per_thread]: per thread the K rows of one head
-                        * as f32 [max_seq_len][d], its V rows transposed [d][max_seq_len],
-                        * a run's queries [ATTN_CHUNK*group][d] and one row of scores
-                        * [max_seq_len] */
+    void *att_tmp;     /* [n_threads][att_tmp_per_thread bytes]: per thread the K and V row
+                        * pointers of one head [2][max_seq_len], a run's query and output
+                        * rows [2][R][d] and their key counts [R] (R = ATTN_CHUNK * group),
+                        * then kn_attention's scratch for R queries */
     size_t att_tmp_per_thread;
     attn_item *items;  /* [n_batch * n_head_kv] attention work items of a pass */
     int n_logits;      /* rows of logits from the last pass */
@@ -119,9 +119,12 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
-    size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
-    d->att_tmp_per_thread = (2 * (size_t)c->head_dim + 1) * (size_t)d->max_seq_len + r_max * (size_t)c->head_dim;
-    d->att_tmp = alloc_floats((size_t)d->n_threads, d->att_tmp_per_thread, &ok);
+    const size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
+    /* every part is a multiple of 8 bytes, so pointers and int64 stay aligned */
+    d->att_tmp_per_thread = 2 * (size_t)d->max_seq_len * sizeof(void *) +
+                            2 * r_max * (size_t)c->head_dim * sizeof(float) + r_max * sizeof(int64_t) +
+                            (kn_attention_scratch((int)r_max, c->head_dim) + 1) / 2 * 2 * sizeof(float);
+    d->att_tmp = alloc_floats((size_t)d->n_threads, d->att_tmp_per_thread / sizeof(float), &ok);
     d->items = calloc(nb * (size_t)c->n_head_kv, sizeof *d->items);
     ok = ok && d->items;
     if (!ok) {
@@ -198,80 +201,51 @@ static int plan_attention(decoder *d, const dec_entry *b, int n)
     return n_items;
 }
 
-/* Copies head kvh of the K rows of positions [0, n_ctx) into k [n_ctx][d]
- * and of the V rows into vt [d][n_ctx] (transposed, so that a weighted sum
- * of V is a dot product), as f32 (halves are widened exactly). */
-static void gather_rows(const decoder *d, int layer, int seq, int kvh, int64_t n_ctx, float *k, float *vt)
-{
-    const int hd = d->m->cfg.head_dim;
-    const bool half = kv_cache_params(d->kv)->type == KV_F16;
-    const float *table = kv_half_table();
-    for (int64_t s = 0; s < n_ctx; s++) {
-        const void *krow = kv_k_row(d->kv, layer, seq, s), *vrow = kv_v_row(d->kv, layer, seq, s);
-        float *ko = k + (size_t)s * hd;
-        if (half) {
-            const uint16_t *kh = (const uint16_t *)krow + (size_t)kvh * hd;
-            const uint16_t *vh = (const uint16_t *)vrow + (size_t)kvh * hd;
-            for (int i = 0; i < hd; i++) {
-                ko[i] = table[kh[i]];
-                vt[(size_t)i * n_ctx + s] = table[vh[i]];
-            }
-        } else {
-            const float *vf = (const float *)vrow + (size_t)kvh * hd;
-            memcpy(ko, (const float *)krow + (size_t)kvh * hd, (size_t)hd * sizeof *ko);
-            for (int i = 0; i < hd; i++)
-                vt[(size_t)i * n_ctx + s] = vf[i];
-        }
-    }
-}
-
-/* Causal softmax attention of a run of entries of one sequence, for the
- * query heads of one KV head (R = entries x group query rows sharing one
- * gather of the K/V rows). Per query row at position pos:
- *   s[j] = scale * q·k_j  for j <= pos,  p = softmax(s),  o[i] = p·vt_i
- * each a dot product over the row's own positions only (batch invariance). */
+/* Causal attention of a run of entries of one sequence, for the query heads
+ * of one KV head: R = entries x group query rows in one kn_attention call,
+ * so they share each block of K/V rows it loads from the paged cache. Query
+ * row r (entry lo + r/group, head kvh*group + r%group) sees positions
+ * [0, pos] of its entry; kn_attention keeps its result independent of the
+ * other rows (batch invariance). */
 static void attn_worker(void *arg, int ith, int nth)
 {
     attn_task *t = arg;
     decoder *d = t->d;
     const text_config *c = &d->m->cfg;
     const int hd = c->head_dim, group = c->n_head / c->n_head_kv;
-    const bool half = kv_cache_params(d->kv)->type == KV_F16;
-    const float *table = kv_half_table();
-    const float scale = 1.0f / sqrtf((float)hd);
-    const size_t rows = (size_t)d->max_seq_len * hd;
-    float *kbuf = d->att_tmp + (size_t)ith * d->att_tmp_per_thread; /* [n_ctx][d] */
-    float *vtbuf = kbuf + rows;                                      /* [d][n_ctx] */
-    float *qbuf = vtbuf + rows;                                      /* [R][d] */
-    float *sbuf = qbuf + (size_t)ATTN_CHUNK * group * hd;            /* [n_ctx] */
+    const int r_max = ATTN_CHUNK * group;
+    uint8_t *tmp = (uint8_t *)d->att_tmp + (size_t)ith * d->att_tmp_per_thread;
+    const void **krows = (const void **)tmp, **vrows = krows + d->max_seq_len;  /* [max_seq_len] each */
+    float *qbuf = (float *)(vrows + d->max_seq_len);                           /* [R][d] */
+    float *obuf = qbuf + (size_t)r_max * hd;                                   /* [R][d] */
+    int64_t *n_keys = (int64_t *)(obuf + (size_t)r_max * hd);                  /* [R] */
+    float *scratch = (float *)(n_keys + r_max);
+    const kn_attn_kv kv0 = { .type = kv_cache_params(d->kv)->type == KV_F16 ? DTYPE_F16 : DTYPE_F32,
+                             .head_dim = hd, .k = krows, .v = vrows };
+    const size_t esz = kv0.type == DTYPE_F16 ? sizeof(uint16_t) : sizeof(float);
     int64_t lo, hi;
     threadpool_split(t->n_items, ith, nth, &lo, &hi);
 
     for (int64_t it = lo; it < hi; it++) {
         const attn_item *item = &d->items[it];
         const dec_entry *b = t->batch;
-        const int64_t n_ctx = b[item->hi - 1].pos + 1;
+        const int seq = b[item->lo].seq;
         const int R = (item->hi - item->lo) * group;
-        gather_rows(d, t->layer, b[item->lo].seq, item->kvh, n_ctx, kbuf, vtbuf);
-
+        kn_attn_kv kv = kv0;
+        kv.n = b[item->hi - 1].pos + 1;
+        for (int64_t s = 0; s < kv.n; s++) {
+            krows[s] = (const uint8_t *)kv_k_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
+            vrows[s] = (const uint8_t *)kv_v_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
+        }
         for (int r = 0; r < R; r++) {
-            int i = item->lo + r / group, h = item->kvh * group + r % group;
-            const float *qh = d->q + ((size_t)i * c->n_head + h) * hd;
-            float *q = qbuf + (size_t)r * hd;
-            /* llama.cpp converts Q to the cache's type for q·k ... */
-            for (int j = 0; j < hd; j++)
-                q[j] = half ? table[f32_to_fp16(qh[j])] : qh[j];
-            const int64_t n_att = b[i].pos + 1;
-            for (int64_t s = 0; s < n_att; s++)
-                sbuf[s] = scale * kn_dot_f32(q, kbuf + (size_t)s * hd, hd);
-            kn_softmax(sbuf, n_att);
-            /* ... and the probabilities to the cache's type for p·V. */
-            if (half)
-                for (int64_t s = 0; s < n_att; s++)
-                    sbuf[s] = table[f32_to_fp16(sbuf[s])];
-            float *o = d->att + ((size_t)i * c->n_head + h) * hd;
-            for (int j = 0; j < hd; j++)
-                o[j] = kn_dot_f32(sbuf, vtbuf + (size_t)j * n_ctx, n_att);
+            const int i = item->lo + r / group, h = item->kvh * group + r % group;
+            memcpy(qbuf + (size_t)r * hd, d->q + ((size_t)i * c->n_head + h) * hd, (size_t)hd * sizeof(float));
+            n_keys[r] = b[i].pos + 1;
+        }
+        kn_attention(&kv, qbuf, (size_t)hd, R, n_keys, 1.0f / sqrtf((float)hd), obuf, (size_t)hd, scratch);
+        for (int r = 0; r < R; r++) {
+            const int i = item->lo + r / group, h = item->kvh * group + r % group;
+            memcpy(d->att + ((size_t)i * c->n_head + h) * hd, obuf + (size_t)r * hd, (size_t)hd * sizeof(float));
         }
     }
 }
