@@ -357,6 +357,76 @@ START_TEST(cancel_returns_blocks)
 }
 END_TEST
 
+/* ---- fairness ---------------------------------------------------------------- */
+
+static atomic_int a_tokens, a_tokens_at_b_first, b_tokens;
+
+static int stream_a(const glimpse_token *t, void *user)
+{
+    (void)user;
+    if (t->id == GLIMPSE_TOKEN_NONE)
+        return 0;
+    if (atomic_fetch_add(&a_tokens, 1) == 0) {
+        atomic_store(&gate_reached, 1);
+        while (!atomic_load(&gate_open))
+            usleep(1000);
+    }
+    return 0;
+}
+
+static int stream_b(const glimpse_token *t, void *user)
+{
+    (void)user;
+    if (t->id != GLIMPSE_TOKEN_NONE && atomic_fetch_add(&b_tokens, 1) == 0)
+        atomic_store(&a_tokens_at_b_first, atomic_load(&a_tokens));
+    return 0;
+}
+
+START_TEST(long_prompt_does_not_starve_streams)
+{
+    /* A streams; then B arrives with a prompt of many step budgets (32
+     * entries a step). A must get a token in every step of B's prefill. */
+    glimpse_model *m = load(2, 32, 1024, 0);
+    glimpse_err err = { 0 };
+    atomic_store(&a_tokens, 0);
+    atomic_store(&b_tokens, 0);
+    atomic_store(&gate_open, 0);
+    atomic_store(&gate_reached, 0);
+    glimpse_request ra, rb;
+    glimpse_request_default(&ra);
+    ra.prompt = prompts[1];
+    ra.max_tokens = 80;
+    ra.sampling.temperature = 0;
+    ra.on_token = stream_a;
+    glimpse_job *ja, *jb;
+    ck_assert_int_eq(glimpse_submit(m, &ra, &ja, &err), 0);
+    while (!atomic_load(&gate_reached))
+        usleep(1000);
+    static char long_prompt[4096];
+    long_prompt[0] = '\0';
+    for (int i = 0; i < 4; i++)
+        strcat(long_prompt, prompts[2]);
+    glimpse_request_default(&rb);
+    rb.prompt = long_prompt;
+    rb.max_tokens = 2;
+    rb.sampling.temperature = 0;
+    rb.on_token = stream_b;
+    ck_assert_int_eq(glimpse_submit(m, &rb, &jb, &err), 0);
+    atomic_store(&gate_open, 1); /* B is queued before A's second step */
+    glimpse_result res_a, res_b;
+    ck_assert_int_eq(glimpse_job_wait(jb, &res_b, &err), 0);
+    ck_assert_int_eq(glimpse_job_wait(ja, &res_a, &err), 0);
+    int steps_b = (res_b.prompt_tokens + 30) / 31; /* at least 31 prompt entries a step beside A's */
+    ck_assert_int_ge(steps_b, 4);
+    ck_assert_msg(atomic_load(&a_tokens_at_b_first) - 1 >= steps_b,
+                  "A got %d tokens during B's prefill of %d positions (>= %d steps)",
+                  atomic_load(&a_tokens_at_b_first) - 1, res_b.prompt_tokens, steps_b);
+    glimpse_job_free(ja);
+    glimpse_job_free(jb);
+    glimpse_model_free(m);
+}
+END_TEST
+
 /* ---- images ------------------------------------------------------------------ */
 
 START_TEST(image_cache_and_invariance)
@@ -448,6 +518,7 @@ static Suite *suite(void)
     tcase_add_test(tc, prefix_cache_skips_prefill);
     tcase_add_test(tc, queue_full_shutdown_and_context);
     tcase_add_test(tc, cancel_returns_blocks);
+    tcase_add_test(tc, long_prompt_does_not_starve_streams);
     tcase_add_test(tc, image_cache_and_invariance);
     suite_add_tcase(s, tc);
     return s;
