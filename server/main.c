@@ -395,6 +395,7 @@ static int cmd_ask(int argc, char **argv)
     mp.mmproj_path = o.mmproj;
     mp.n_threads = (int)o.threads;
     mp.n_ctx = (int)o.ctx;
+    mp.n_parallel = 1; /* one request: a KV pool of one context */
     glimpse_model *model = NULL;
     if (glimpse_model_load(&mp, &model, &err) < 0) {
         fprintf(stderr, "glimpse ask: cannot load %s: %s\n", o.model, err.msg);
