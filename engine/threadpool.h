@@ -4,7 +4,7 @@
  * task creates none and allocates nothing.
  *
  * Thread rule: one thread (the owner, usually the engine thread) calls
- * threadpool_run; it takes part as thread 0. The pool is not re-entrant.
+ * threadpool_run; it runs parts of the task too. The pool is not re-entrant.
  */
 #ifndef GLIMPSE_THREADPOOL_H
 #define GLIMPSE_THREADPOOL_H
@@ -13,7 +13,11 @@
 
 typedef struct threadpool threadpool;
 
-/* Called on every thread with ith in [0, nth). */
+/* Part ith of nth (nth = the pool's size). Each part of a run runs exactly
+ * once, on whichever pool thread claims it first: the caller and the workers
+ * take parts until none is left, so a worker the OS is slow to schedule
+ * costs nothing. No two threads run the same ith at once, so scratch indexed
+ * by ith is private to the part; a part must not wait for another part. */
 typedef void (*threadpool_fn)(void *arg, int ith, int nth);
 
 /* The number of threads worth running: the CPUs this process may run on
@@ -27,8 +31,8 @@ int threadpool_create(int n_threads, threadpool **out, glimpse_err *err);
 void threadpool_free(threadpool *tp);
 int threadpool_size(const threadpool *tp);
 
-/* Runs fn on all threads and returns when every one has finished. A NULL tp
- * runs fn(arg, 0, 1) on the caller. */
+/* Runs the nth parts of fn and returns when every one has finished. A NULL
+ * tp runs fn(arg, 0, 1) on the caller. */
 void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg);
 
 /* Splits [0, n) into nth nearly equal parts; part ith is [*lo, *hi). */
