@@ -67,6 +67,7 @@ struct threadpool {
 
     threadpool_fn fn;       /* task of the current generation */
     void *arg;
+    int n_parts;            /* its number of parts */
     atomic_uint gen;        /* bumped once per run (and once at shutdown) */
     /* (generation << 32) | next part to hand out: the generation in the same
      * word lets a worker that is late for a run never claim a part of the
@@ -82,7 +83,7 @@ static bool ready(threadpool *tp, enum wait_for what, unsigned seen)
 {
     if (what == WAIT_GENERATION)
         return atomic_load_explicit(&tp->gen, memory_order_acquire) != seen;
-    return atomic_load_explicit(&tp->n_done, memory_order_acquire) == tp->n_threads;
+    return atomic_load_explicit(&tp->n_done, memory_order_acquire) == tp->n_parts;
 }
 
 /* Polls for `what` without sleeping: a short spin, then sched_yield for up to
@@ -124,13 +125,13 @@ static void run_parts(threadpool *tp, unsigned gen, bool is_worker)
     uint64_t c = atomic_load_explicit(&tp->claim, memory_order_acquire);
     for (;;) {
         const int part = (int)(uint32_t)c;
-        if ((unsigned)(c >> 32) != gen || part >= tp->n_threads)
+        if ((unsigned)(c >> 32) != gen || part >= tp->n_parts)
             return;
         if (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        tp->fn(tp->arg, part, tp->n_threads);
-        if (atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_acq_rel) + 1 == tp->n_threads && is_worker) {
+        tp->fn(tp->arg, part, tp->n_parts);
+        if (atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_acq_rel) + 1 == tp->n_parts && is_worker) {
             /* The caller may be asleep on `done`; taking the mutex orders
              * this signal after its check of n_done. */
             pthread_mutex_lock(&tp->mu);
@@ -276,15 +277,22 @@ int threadpool_size(const threadpool *tp)
 
 void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg)
 {
+    threadpool_run_parts(tp, fn, arg, tp ? tp->n_threads : 1);
+}
+
+void threadpool_run_parts(threadpool *tp, threadpool_fn fn, void *arg, int n_parts)
+{
     if (!tp || tp->n_threads == 1) {
-        fn(arg, 0, 1);
+        for (int p = 0; p < n_parts; p++)
+            fn(arg, p, n_parts);
         return;
     }
     /* Only this thread bumps gen while the pool runs, and every part of the
-     * previous run has finished: nobody reads fn, arg or n_done now. */
+     * previous run has finished: nobody reads fn, arg, n_parts or n_done now. */
     const unsigned gen = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
     tp->fn = fn;
     tp->arg = arg;
+    tp->n_parts = n_parts;
     atomic_store_explicit(&tp->n_done, 0, memory_order_relaxed);
     /* Releases fn/arg/n_done to whoever claims a part of this generation. */
     atomic_store_explicit(&tp->claim, (uint64_t)gen << 32, memory_order_release);

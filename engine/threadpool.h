@@ -13,8 +13,9 @@
 
 typedef struct threadpool threadpool;
 
-/* Part ith of nth (nth = the pool's size). Each part of a run runs exactly
- * once, on whichever pool thread claims it first: the caller and the workers
+/* Part ith of nth (nth = the pool's size, or threadpool_run_parts' count).
+ * Each part of a run runs exactly once, on whichever pool thread claims it
+ * first: the caller and the workers
  * take parts until none is left, so a worker the OS is slow to schedule
  * costs nothing. No two threads run the same ith at once, so scratch indexed
  * by ith is private to the part; a part must not wait for another part. */
@@ -34,6 +35,10 @@ int threadpool_size(const threadpool *tp);
 /* Runs the nth parts of fn and returns when every one has finished. A NULL
  * tp runs fn(arg, 0, 1) on the caller. */
 void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg);
+/* The same with n_parts >= 1 parts (nth = n_parts) instead of one per
+ * thread: finer parts even out threads that the OS runs unevenly, for tasks
+ * whose parts need no per-thread scratch. */
+void threadpool_run_parts(threadpool *tp, threadpool_fn fn, void *arg, int n_parts);
 
 /* Splits [0, n) into nth nearly equal parts; part ith is [*lo, *hi). */
 static inline void threadpool_split(int64_t n, int ith, int nth, int64_t *lo, int64_t *hi)

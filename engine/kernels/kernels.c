@@ -129,6 +129,10 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 /* Weight rows per tile: 16 rows of a few KB each stay in L1/L2 while every
  * token of the chunk is multiplied with them. */
 #define ROW_TILE 16
+/* Parts per pool thread of the dot products: on a shared machine the OS runs
+ * our threads unevenly, and small parts let the thread that runs take over
+ * the work of the one that does not (threadpool.c). */
+#define PARTS_PER_THREAD 4
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
@@ -348,7 +352,10 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
             else
                 threadpool_run(tp, convert_rows, &j);
         }
-        threadpool_run(tp, dot_rows, &j);
+        int64_t n_parts = (int64_t)threadpool_size(tp) * PARTS_PER_THREAD;
+        if (n_parts > (n_out + ROW_TILE - 1) / ROW_TILE)
+            n_parts = (n_out + ROW_TILE - 1) / ROW_TILE;
+        threadpool_run_parts(tp, dot_rows, &j, (int)n_parts);
     }
 }
 
