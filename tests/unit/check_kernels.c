@@ -151,6 +151,29 @@ START_TEST(test_threadpool_runs_each_part_once)
 }
 END_TEST
 
+/* Any number of parts, more or fewer than threads, each run exactly once;
+ * without a pool the caller runs them all in turn. */
+START_TEST(test_threadpool_run_parts)
+{
+    threadpool *tp;
+    ck_assert_int_eq(threadpool_create(3, &tp, NULL), 0);
+    for (int n_parts = 1; n_parts <= 8; n_parts++)
+        for (int pool = 0; pool < 2; pool++) {
+            count_job j = { .expect_nth = n_parts };
+            for (int r = 0; r < 50; r++) {
+                for (int i = 0; i < 8; i++)
+                    atomic_store(&j.calls[i], 0);
+                threadpool_run_parts(pool ? tp : NULL, count_fn, &j, n_parts);
+                for (int i = 0; i < n_parts; i++)
+                    ck_assert_msg(atomic_load(&j.calls[i]) == 1, "%d parts (pool %d): part %d ran %d times",
+                                  n_parts, pool, i, atomic_load(&j.calls[i]));
+            }
+            ck_assert_int_eq(atomic_load(&j.bad_nth), 0);
+        }
+    threadpool_free(tp);
+}
+END_TEST
+
 /* Runs with a pause between them let the workers fall asleep on the condvar,
  * so both the spinning and the sleeping hand-offs are exercised. */
 START_TEST(test_threadpool_wakes_sleeping_workers)
@@ -1264,6 +1287,7 @@ Suite *kernels_suite(void)
     TCase *tc = tcase_create("threadpool");
     tcase_add_test(tc, test_threadpool_runs_each_part_once);
     tcase_add_test(tc, test_threadpool_wakes_sleeping_workers);
+    tcase_add_test(tc, test_threadpool_run_parts);
     tcase_add_test(tc, test_threadpool_null_and_errors);
     tcase_add_test(tc, test_threadpool_split_covers_range);
     tcase_add_test(tc, test_threadpool_default_size);
