@@ -1,8 +1,11 @@
 /*
  * kernels_avx512.c — the AVX-512 table: the AVX2 table with the kernels that
- * gain from 16-lane registers replaced. Today that is the fused attention
- * (online softmax over blocks of KN_ATTN_BLOCK = 16 keys: one block of
- * scores is one zmm register).
+ * gain from 16-lane registers replaced: the F32/F16/BF16 dot products (one
+ * and four tokens) and the fused attention (online softmax over blocks of
+ * KN_ATTN_BLOCK = 16 keys: one block of scores is one zmm register).
+ *
+ * Float dots vs the reference: f32 sums in 16 x 4 lanes instead of double,
+ * so they differ by float rounding (as the AVX2 ones do).
  *
  * Only the functions marked TARGET use AVX-512 instructions; kn_avx512_impl
  * checks the CPU before handing them out, so the file is safe to link
@@ -29,6 +32,9 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define INLINE TARGET static inline __attribute__((always_inline))
+/* Loops over accumulator arrays must be unrolled, or -O2 keeps the
+ * accumulators in memory (as in kernels_avx2.c). */
+#define UNROLL _Pragma("GCC unroll 4")
 
 /* e^x as exp256 in kernels_avx2.c (same reduction, same polynomial): within
  * ~1 ulp of expf, +inf above 88.8, 0 below -86.6 (and for -inf). */
@@ -52,6 +58,104 @@ INLINE __m512 exp512(__m512 x)
     const __m512 half = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(126)), 23));
     return _mm512_maskz_mul_ps(keep, _mm512_mul_ps(p, half), _mm512_set1_ps(2.0f));
 }
+
+/* ---- float dots ---------------------------------------------------------------- */
+
+enum wf_kind { WF_F32, WF_F16, WF_BF16 };
+
+/* 16 values (f32, halves or bfloats) at element i of p, as f32. */
+INLINE __m512 load16(enum wf_kind kind, const void *p, int64_t i)
+{
+    switch (kind) {
+    case WF_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+    case WF_BF16: {
+        __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    }
+    case WF_F32:
+    default:
+        return _mm512_loadu_ps((const float *)p + i);
+    }
+}
+
+INLINE float load1(enum wf_kind kind, const void *p, int64_t i)
+{
+    switch (kind) {
+    case WF_F16: return _cvtsh_ss(((const uint16_t *)p)[i]);
+    case WF_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case WF_F32:
+    default: return ((const float *)p)[i];
+    }
+}
+
+/* One weight row (w) against nt <= 4 activation rows of the same format
+ * (a + t*a_stride): four 16-lane accumulators per token, so each weight
+ * vector is loaded and widened once for all tokens. The order of a token's
+ * sums does not depend on nt: the one-token dot equals the multi-token one
+ * bit for bit (kn_matmul_invariant rests on it). */
+INLINE void dot_float(enum wf_kind kind, int64_t n, const void *w, const uint8_t *a, size_t a_stride, int nt,
+                      float *out)
+{
+    __m512 acc[4][4];
+    UNROLL
+    for (int t = 0; t < nt; t++) {
+        UNROLL
+        for (int r = 0; r < 4; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 wv[4];
+        UNROLL
+        for (int r = 0; r < 4; r++)
+            wv[r] = load16(kind, w, i + 16 * r);
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            UNROLL
+            for (int r = 0; r < 4; r++)
+                acc[t][r] = _mm512_fmadd_ps(wv[r], load16(kind, a + (size_t)t * a_stride, i + 16 * r), acc[t][r]);
+        }
+    }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 wv = load16(kind, w, i);
+        UNROLL
+        for (int t = 0; t < nt; t++)
+            acc[t][0] = _mm512_fmadd_ps(wv, load16(kind, a + (size_t)t * a_stride, i), acc[t][0]);
+    }
+    UNROLL
+    for (int t = 0; t < nt; t++) {
+        float sum = _mm512_reduce_add_ps(
+            _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3])));
+        for (int64_t j = i; j < n; j++)
+            sum += load1(kind, w, j) * load1(kind, a + (size_t)t * a_stride, j);
+        out[t] = sum;
+    }
+}
+
+TARGET static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    float r;
+    dot_float(WF_F32, n, a, (const uint8_t *)b, 0, 1, &r);
+    return r;
+}
+
+#define DEFINE_FLOAT_DOTS(name, kind)                                                             \
+    TARGET static float vec_dot_##name(int64_t n, const void *w, const void *a)                   \
+    {                                                                                             \
+        float r;                                                                                  \
+        dot_float(kind, n, w, a, 0, 1, &r);                                                       \
+        return r;                                                                                 \
+    }                                                                                             \
+    TARGET static void vec_dot_multi_##name(int64_t n, const void *w, const void *a,              \
+                                            size_t a_stride, float *out)                          \
+    {                                                                                             \
+        dot_float(kind, n, w, a, a_stride, KN_DOT_TOKENS, out);                                   \
+    }
+
+DEFINE_FLOAT_DOTS(f32, WF_F32)
+DEFINE_FLOAT_DOTS(f16, WF_F16)
+DEFINE_FLOAT_DOTS(bf16, WF_BF16)
 
 /* ---- fused attention ------------------------------------------------------------ */
 
@@ -241,6 +345,13 @@ const kn_impl *kn_avx512_impl(void)
     kn_impl t = *base;
     t.isa = "avx512";
     t.attention = attention;
+    t.dot_f32 = dot_f32;
+    t.vec_dot[DTYPE_F32] = vec_dot_f32;
+    t.vec_dot[DTYPE_F16] = vec_dot_f16;
+    t.vec_dot[DTYPE_BF16] = vec_dot_bf16;
+    t.vec_dot_multi[DTYPE_F32] = vec_dot_multi_f32;
+    t.vec_dot_multi[DTYPE_F16] = vec_dot_multi_f16;
+    t.vec_dot_multi[DTYPE_BF16] = vec_dot_multi_bf16;
     avx512_impl = t;
     return &avx512_impl;
 }

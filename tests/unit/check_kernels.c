@@ -724,12 +724,16 @@ END_TEST
 
 /* ---- SIMD vs reference ---------------------------------------------------------- */
 
-/* The SIMD table under test, or NULL (the test then has nothing to compare). */
-static const kn_impl *simd_impl(void)
+/* SIMD table `which` (0 AVX2, 1 AVX-512) under test, or NULL when the CPU
+ * lacks it (the test then has nothing to compare). Every SIMD test runs once
+ * per table: a CPU without AVX-512 still runs the AVX2 table. */
+#define N_SIMD_TABLES 2
+static const kn_impl *simd_impl(int which)
 {
-    const kn_impl *s = kn_avx2_impl();
+    const kn_impl *s = which ? kn_avx512_impl() : kn_avx2_impl();
     if (!s)
-        fprintf(stderr, "check_kernels: no AVX2/FMA/F16C on this CPU, SIMD comparisons skipped\n");
+        fprintf(stderr, "check_kernels: no %s on this CPU, its SIMD comparisons skipped\n",
+                which ? "AVX-512F/BW/VL" : "AVX2/FMA/F16C");
     return s;
 }
 
@@ -737,10 +741,10 @@ static const kn_impl *simd_impl(void)
  * differ from the reference only by f32 summation order. */
 START_TEST(test_simd_vec_dot)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
         return;
-    const int type = weight_types[_i];
+    const int type = weight_types[_i % N_WEIGHT_TYPES];
     const int act = kn_act_of(type);
     for (int mult = 1; mult <= 7; mult += 2) {
         const int64_t k = odd_k(type, mult), n = 5;
@@ -775,10 +779,10 @@ END_TEST
 /* The multi-token dots give, per token, exactly the single-token dot. */
 START_TEST(test_simd_vec_dot_multi)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
         return;
-    const int type = weight_types[_i];
+    const int type = weight_types[_i % N_WEIGHT_TYPES];
     if (!simd->vec_dot_multi[type])
         return;
     const int act = kn_act_of(type);
@@ -813,7 +817,7 @@ END_TEST
  * one (they round near-ties differently), s = half(d·Σq); F16 bit-exact. */
 START_TEST(test_simd_act_conversion)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
     const int64_t k = 32 * 33;
@@ -884,10 +888,10 @@ END_TEST
  * dequantise-then-dot, for n_tok 1..17 and an odd number of rows. */
 START_TEST(test_simd_matmul)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
         return;
-    const int type = weight_types[_i];
+    const int type = weight_types[_i % N_WEIGHT_TYPES];
     const int64_t k = odd_k(type, 3), n = 13;
     /* Room for the sgemm path (F32 from 8 tokens, F16/BF16 from 48): 50
      * rounded rows plus 64-row f32 weight panels for each of 3 threads. */
@@ -916,7 +920,7 @@ END_TEST
  * sgemm path shrinks its panels (down to 8 rows) rather than giving up. */
 START_TEST(test_simd_matmul_small_panels)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
     const int64_t k = 96, n = 70, n_tok = 50;
@@ -941,7 +945,7 @@ END_TEST
 
 START_TEST(test_simd_dot_f32)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
     float *a = random_f32(1100, -3.0f, 3.0f), *b = random_f32(1100, -3.0f, 3.0f);
@@ -959,7 +963,7 @@ END_TEST
 /* SIMD softmax and SwiGLU (vectorised exp) against the reference (libm expf). */
 START_TEST(test_simd_softmax_swiglu)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
     for (int64_t n = 1; n <= 1100; n += n < 40 ? 1 : 137) {
@@ -995,7 +999,7 @@ END_TEST
 /* The SIMD GELU lookups return exactly the reference's table values. */
 START_TEST(test_simd_gelu)
 {
-    const kn_impl *simd = simd_impl();
+    const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
     for (int64_t n = 1; n <= 300; n += n < 20 ? 1 : 61) {
@@ -1256,7 +1260,7 @@ START_TEST(test_against_ggml)
     ck_assert_msg(text != NULL, "cannot read tests/data/kernels/ggml-golden.txt");
     text = realloc(text, len + 1);
     text[len] = '\0';
-    const kn_impl *tables[2] = { &kn_ref_impl, kn_avx2_impl() };
+    const kn_impl *tables[2] = { &kn_ref_impl, simd_impl(_i) };
     golden_stats st = { 0 };
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         if (line[0] == '#')
@@ -1273,8 +1277,8 @@ START_TEST(test_against_ggml)
         st.n_lines++;
     }
     ck_assert_int_ge(st.n_lines, 20);
-    fprintf(stderr, "check_kernels: %d ggml golden cases; worst error/tolerance ref %.3f, simd %.3f\n",
-            st.n_lines, st.worst[0], st.worst[1]);
+    fprintf(stderr, "check_kernels: %d ggml golden cases; worst error/tolerance ref %.3f, %s %.3f\n",
+            st.n_lines, st.worst[0], tables[1] ? tables[1]->isa : "-", st.worst[1]);
     free(text);
 }
 END_TEST
@@ -1307,20 +1311,20 @@ Suite *kernels_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("simd");
-    tcase_add_loop_test(tc, test_simd_vec_dot, 0, N_WEIGHT_TYPES);
-    tcase_add_loop_test(tc, test_simd_vec_dot_multi, 0, N_WEIGHT_TYPES);
-    tcase_add_test(tc, test_simd_act_conversion);
-    tcase_add_loop_test(tc, test_simd_matmul, 0, N_WEIGHT_TYPES);
-    tcase_add_test(tc, test_simd_matmul_small_panels);
-    tcase_add_test(tc, test_simd_dot_f32);
-    tcase_add_test(tc, test_simd_softmax_swiglu);
-    tcase_add_test(tc, test_simd_gelu);
+    tcase_add_loop_test(tc, test_simd_vec_dot, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_vec_dot_multi, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_act_conversion, 0, N_SIMD_TABLES);
+    tcase_add_loop_test(tc, test_simd_matmul, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_matmul_small_panels, 0, N_SIMD_TABLES);
+    tcase_add_loop_test(tc, test_simd_dot_f32, 0, N_SIMD_TABLES);
+    tcase_add_loop_test(tc, test_simd_softmax_swiglu, 0, N_SIMD_TABLES);
+    tcase_add_loop_test(tc, test_simd_gelu, 0, N_SIMD_TABLES);
     tcase_add_test(tc, test_simd_attention);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("ggml");
-    tcase_add_test(tc, test_against_ggml);
+    tcase_add_loop_test(tc, test_against_ggml, 0, N_SIMD_TABLES);
     suite_add_tcase(s, tc);
     return s;
 }
