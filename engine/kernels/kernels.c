@@ -3,12 +3,20 @@
  *
  * Which path runs where:
  *   - kernels_init picks one kn_impl table for the process: the AVX-512 table
- *     (kernels_avx512.c: the AVX2 table plus 16-lane kernels) when the CPU has
- *     AVX-512F/BW/VL, else the AVX2+FMA table (kernels_avx2.c) when it has
- *     AVX2, FMA and F16C, else the scalar reference (kernels_ref.c).
- *     GLIMPSE_KERNELS=scalar or =avx2 caps the choice.
+ *     (kernels_avx512.c) when the CPU has AVX-512F/BW/VL, else the AVX2+FMA
+ *     table (kernels_avx2.c) when it has AVX2, FMA and F16C, else the scalar
+ *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar or =avx2 caps the
+ *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 dots,
+ *     the Q8_0 dots (with VNNI only) and the fused attention replaced; the
+ *     other quantised dots, the activation quantisers and the per-row
+ *     kernels are AVX2 there too.
  *   - kn_attention (fused, online softmax) is the table's: AVX-512 for head
  *     sizes that are multiples of 16, the reference otherwise and on AVX2.
+ *     The decoder runs its causal attention through it; the ViT still uses
+ *     two sgemm per head (vision.c).
+ *   - Where OpenBLAS runs: the sgemm path below (kn_matmul only: the ViT,
+ *     the projector) and the ViT's attention. The decoder never calls it
+ *     (kn_matmul_invariant: batch invariance), so prefill runs on our dots.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then computes the
