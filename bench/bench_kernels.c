@@ -28,6 +28,7 @@
 #include "threadpool.h"
 #include "vision.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,8 +86,9 @@ static void print_machine(const cpu_caps *c, int n_threads)
         }
     if (f)
         fclose(f);
-    printf("isa: avx2+fma %s, avx512f %s, avx512_bf16 %s; kernels: %s; threads: %d\n", c->avx2 ? "yes" : "no",
-           c->avx512f ? "yes" : "no", c->avx512bf16 ? "yes" : "no", kernels_isa(), n_threads);
+    printf("isa: avx2+fma %s, avx512f %s, avx512_bf16 %s; kernels: %s; openblas: %s; threads: %d\n",
+           c->avx2 ? "yes" : "no", c->avx512f ? "yes" : "no", c->avx512bf16 ? "yes" : "no", kernels_isa(),
+           openblas_get_corename(), n_threads);
 }
 
 /* ---- ceilings ------------------------------------------------------------------- */
