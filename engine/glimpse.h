@@ -111,7 +111,9 @@ typedef struct glimpse_model_params {
     int n_threads;           /* compute threads; 0 = the number of online CPUs */
     int n_ctx;               /* positions a generation may use (prompt + output);
                               * 0 = min(the model's context_length, 4096) */
-    int n_batch;             /* positions per forward pass during prefill; 0 = 256 */
+    int n_batch;             /* entries per forward pass: the step's token budget, shared by
+                              * one decode token per running sequence and prompt chunks;
+                              * 0 = 256, raised to n_parallel + 16 */
     int kv_type;             /* enum glimpse_kv_type */
     /* scheduling (engine/scheduler.c); see "serving many requests" below */
     int n_parallel;          /* sequences generated together; 0 = 4 */

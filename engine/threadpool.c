@@ -290,6 +290,13 @@ void threadpool_run_parts(threadpool *tp, threadpool_fn fn, void *arg, int n_par
     /* Only this thread bumps gen while the pool runs, and every part of the
      * previous run has finished: nobody reads fn, arg, n_parts or n_done now. */
     const unsigned gen = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
+    /* Close the finished run's claim word before n_parts changes: a worker
+     * late for that run may hold the exhausted word (old gen, old n_parts),
+     * compare its part with the new, larger n_parts and claim it with a CAS,
+     * running a part twice under the new fn; n_done then overshoots n_parts
+     * and this thread waits forever. Now that CAS fails. (seq_cst: the
+     * stores below become visible after this one.) */
+    atomic_store(&tp->claim, (uint64_t)gen << 32 | (uint64_t)INT32_MAX);
     tp->fn = fn;
     tp->arg = arg;
     tp->n_parts = n_parts;
