@@ -85,6 +85,7 @@ build_in() {
       fi
     fi
   done
+  local t
   for t in $TARGETS; do
     local exe="$dir/fuzz_$t" fsrc="$src/tests/fuzz/fuzz_$t.c"
     local deps=("$dir"/obj/engine_*.o)
