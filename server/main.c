@@ -6,6 +6,7 @@
  * command line.
  */
 #include "glimpse.h"
+#include "demo.h"
 #include "serve.h"
 
 #include <cjson/cJSON.h>
@@ -40,7 +41,8 @@ static void ask_usage(FILE *out)
             "it is generated (followed by a newline); logs go to stderr.\n"
             "\n"
             "options:\n"
-            "  -m, --model PATH        text model GGUF (llama architecture)\n"
+            "  -m, --model PATH        text model GGUF (llama architecture); default: the bundled\n"
+            "                          demo model (models/glimpse-shapes.gguf and its projector)\n"
             "      --mmproj PATH       vision projector GGUF for the model (needed for --image)\n"
             "      --image FILE        a JPEG or PNG to ask about; repeat for several images,\n"
             "                          which come before the question, in order\n"
@@ -183,11 +185,11 @@ static int parse_ask(int argc, char **argv, ask_opts *o)
         fprintf(stderr, "glimpse ask: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if (!o->model || !o->prompt) {
-        fprintf(stderr, "glimpse ask: --model and --prompt are required (see glimpse ask --help)\n");
+    if (!o->prompt) {
+        fprintf(stderr, "glimpse ask: --prompt is required (see glimpse ask --help)\n");
         return -1;
     }
-    if (o->n_images && !o->mmproj) {
+    if (o->n_images && !o->mmproj && o->model) {
         fprintf(stderr, "glimpse ask: --image needs the model's vision projector (--mmproj)\n");
         return -1;
     }
@@ -389,6 +391,17 @@ static int cmd_ask(int argc, char **argv)
         glimpse_log_set(NULL, GLIMPSE_LOG_INFO, NULL);
 
     glimpse_err err = { 0 };
+    char *demo_model = NULL, *demo_mmproj = NULL;
+    if (!o.model) {
+        if (find_demo_model(&demo_model, &demo_mmproj) < 0) {
+            fprintf(stderr, "glimpse ask: no --model given and the bundled demo model (models/glimpse-shapes.gguf) "
+                            "is not there\n");
+            return 2;
+        }
+        o.model = demo_model;
+        if (!o.mmproj)
+            o.mmproj = demo_mmproj;
+    }
     glimpse_model_params mp;
     glimpse_model_params_default(&mp);
     mp.model_path = o.model;
@@ -397,10 +410,13 @@ static int cmd_ask(int argc, char **argv)
     mp.n_ctx = (int)o.ctx;
     mp.n_parallel = 1; /* one request: a KV pool of one context */
     glimpse_model *model = NULL;
-    if (glimpse_model_load(&mp, &model, &err) < 0) {
+    int loaded = glimpse_model_load(&mp, &model, &err);
+    if (loaded < 0)
         fprintf(stderr, "glimpse ask: cannot load %s: %s\n", o.model, err.msg);
+    free(demo_model);
+    free(demo_mmproj);
+    if (loaded < 0)
         return 1;
-    }
 
     glimpse_image *images[ASK_MAX_IMAGES] = { 0 };
     ask_state st = { .json = o.json };

@@ -11,6 +11,7 @@
  * exits 0. A second signal, or --shutdown-timeout with requests still running,
  * exits 1 at once.
  */
+#include "demo.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -192,34 +193,6 @@ static int parse_serve(int argc, char **argv, serve_opts *o)
     }
     slog_level = lvl;
     return 0;
-}
-
-/* The bundled demo model next to the program (models/ of an in-tree build),
- * or in the current directory's models/. Owned strings in *model and *mmproj. */
-static int find_demo_model(char **model, char **mmproj)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    const char *dirs[2] = { ".", "." };
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            dirs[0] = exe;
-        }
-    }
-    for (int i = 0; i < 2; i++) {
-        char m[PATH_MAX + 64], p[PATH_MAX + 64];
-        snprintf(m, sizeof m, "%s/models/glimpse-shapes.gguf", dirs[i]);
-        snprintf(p, sizeof p, "%s/models/glimpse-shapes-mmproj.gguf", dirs[i]);
-        if (access(m, R_OK) == 0) {
-            *model = strdup(m);
-            *mmproj = access(p, R_OK) == 0 ? strdup(p) : NULL;
-            return *model ? 0 : -1;
-        }
-    }
-    return -1;
 }
 
 /* ---- the engine thread -------------------------------------------------------------- */

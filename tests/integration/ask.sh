@@ -89,7 +89,6 @@ bad() {
     grep -q -- "$msg" "$TMP/$name.err" || fail "$name: stderr lacks '$msg': $(head -c 300 "$TMP/$name.err")"
     [ ! -s "$TMP/$name.out" ] || fail "$name: wrote to stdout"
 }
-bad no_model 2 "required" ask --prompt hi
 bad no_prompt 2 "required" ask --model "$MODEL"
 bad bad_int 2 "max-tokens" ask --model "$MODEL" --prompt hi --max-tokens 12x
 bad zero_tokens 2 "max-tokens" ask --model "$MODEL" --prompt hi --max-tokens 0
@@ -104,6 +103,29 @@ printf 'GGUF\003\000\000\000garbage' >"$TMP/garbage.gguf"
 bad garbage 1 "cannot load" ask --model "$TMP/garbage.gguf" --prompt hi
 bad vocab_only 1 "cannot load" ask --model "${GLIMPSE_FIXTURES:-tests/fixtures}/vocab.gguf" --prompt hi
 bad small_ctx 1 "context" ask --model "$MODEL" --prompt "Hello there, how are you today" --ctx-size 4
+
+# Without --model: the bundled demo model next to the program. A copy of the
+# program with no models/ beside it (and none in the working directory) says so.
+cp "$GLIMPSE" "$TMP/glimpse-alone"
+(cd "$TMP" && ./glimpse-alone ask --prompt hi >"$TMP/nodemo.out" 2>"$TMP/nodemo.err")
+[ $? = 2 ] || fail "nodemo: exit status, expected 2"
+grep -q "demo model" "$TMP/nodemo.err" || fail "nodemo: stderr lacks 'demo model': $(head -c 300 "$TMP/nodemo.err")"
+DEMO="${GLIMPSE_SRCDIR:-.}/models/glimpse-shapes.gguf"
+if [ -f "$DEMO" ]; then
+    # the demo model answers about a picture of two shapes (right or wrong: this
+    # checks the default path; tools/shapes/eval.py measures accuracy)
+    mkdir -p "$TMP/demo/models"
+    cp "$GLIMPSE" "$TMP/demo/glimpse"
+    ln -s "$(cd "$(dirname "$DEMO")" && pwd)"/glimpse-shapes*.gguf "$TMP/demo/models/"
+    "$PY" -c "
+from PIL import Image, ImageDraw
+im = Image.new('RGB', (160, 120), (250, 248, 240)); d = ImageDraw.Draw(im)
+d.ellipse((15, 30, 55, 70), fill=(220, 30, 30)); d.rectangle((90, 45, 130, 85), fill=(30, 60, 220))
+im.save('$TMP/two.png')"
+    "$TMP/demo/glimpse" ask --image "$TMP/two.png" --prompt "How many shapes are there?" --max-tokens 4 \
+        >"$TMP/demo.out" 2>"$TMP/demo.err" || fail "demo: $(head -c 300 "$TMP/demo.err")"
+    grep -Eq '^ ?(one|two|three)$' "$TMP/demo.out" || fail "demo: answer '$(cat "$TMP/demo.out")' is not a count"
+fi
 
 run help 0 ask --help
 grep -q -- "--raw-prompt" "$TMP/help.out" || fail "help: no usage on stdout"
