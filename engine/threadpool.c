@@ -20,6 +20,7 @@
  */
 #include "threadpool.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -67,11 +68,14 @@ struct threadpool {
 
     threadpool_fn fn;       /* task of the current generation */
     void *arg;
-    int n_parts;            /* its number of parts */
+    int n_parts;            /* its number of parts (read by the caller only) */
     atomic_uint gen;        /* bumped once per run (and once at shutdown) */
-    /* (generation << 32) | next part to hand out: the generation in the same
-     * word lets a worker that is late for a run never claim a part of the
-     * next one with the old fn. */
+    /* generation << 32 | n_parts << 16 | next part to hand out: everything
+     * a worker compares before claiming is in the one word it claims with,
+     * so a worker late for a run can neither claim a part of the next run
+     * with the old fn nor test an exhausted part of the old run against the
+     * next run's n_parts (which made it run a part twice, n_done overshoot
+     * and the caller wait forever). */
     _Atomic uint64_t claim;
     atomic_int n_done;      /* parts of this run finished */
     atomic_bool stop;
@@ -124,14 +128,14 @@ static void run_parts(threadpool *tp, unsigned gen, bool is_worker)
 {
     uint64_t c = atomic_load_explicit(&tp->claim, memory_order_acquire);
     for (;;) {
-        const int part = (int)(uint32_t)c;
-        if ((unsigned)(c >> 32) != gen || part >= tp->n_parts)
+        const int n_parts = (int)((c >> 16) & 0xffff), part = (int)(c & 0xffff);
+        if ((unsigned)(c >> 32) != gen || part >= n_parts)
             return;
         if (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        tp->fn(tp->arg, part, tp->n_parts);
-        if (atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_acq_rel) + 1 == tp->n_parts && is_worker) {
+        tp->fn(tp->arg, part, n_parts);
+        if (atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_acq_rel) + 1 == n_parts && is_worker) {
             /* The caller may be asleep on `done`; taking the mutex orders
              * this signal after its check of n_done. */
             pthread_mutex_lock(&tp->mu);
@@ -290,19 +294,13 @@ void threadpool_run_parts(threadpool *tp, threadpool_fn fn, void *arg, int n_par
     /* Only this thread bumps gen while the pool runs, and every part of the
      * previous run has finished: nobody reads fn, arg, n_parts or n_done now. */
     const unsigned gen = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
-    /* Close the finished run's claim word before n_parts changes: a worker
-     * late for that run may hold the exhausted word (old gen, old n_parts),
-     * compare its part with the new, larger n_parts and claim it with a CAS,
-     * running a part twice under the new fn; n_done then overshoots n_parts
-     * and this thread waits forever. Now that CAS fails. (seq_cst: the
-     * stores below become visible after this one.) */
-    atomic_store(&tp->claim, (uint64_t)gen << 32 | (uint64_t)INT32_MAX);
+    assert(n_parts >= 1 && n_parts <= 0xffff);
     tp->fn = fn;
     tp->arg = arg;
-    tp->n_parts = n_parts;
+    tp->n_parts = n_parts;  /* for ready(): this thread's own copy */
     atomic_store_explicit(&tp->n_done, 0, memory_order_relaxed);
     /* Releases fn/arg/n_done to whoever claims a part of this generation. */
-    atomic_store_explicit(&tp->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store_explicit(&tp->claim, (uint64_t)gen << 32 | (uint64_t)n_parts << 16, memory_order_release);
     pthread_mutex_lock(&tp->mu);
     atomic_store_explicit(&tp->gen, gen, memory_order_release);
     pthread_cond_broadcast(&tp->wake);

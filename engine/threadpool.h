@@ -35,7 +35,7 @@ int threadpool_size(const threadpool *tp);
 /* Runs the nth parts of fn and returns when every one has finished. A NULL
  * tp runs fn(arg, 0, 1) on the caller. */
 void threadpool_run(threadpool *tp, threadpool_fn fn, void *arg);
-/* The same with n_parts >= 1 parts (nth = n_parts) instead of one per
+/* The same with 1 <= n_parts <= 65535 parts (nth = n_parts) instead of one per
  * thread: finer parts even out threads that the OS runs unevenly, for tasks
  * whose parts need no per-thread scratch. */
 void threadpool_run_parts(threadpool *tp, threadpool_fn fn, void *arg, int n_parts);
