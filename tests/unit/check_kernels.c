@@ -170,6 +170,22 @@ START_TEST(test_threadpool_run_parts)
             }
             ck_assert_int_eq(atomic_load(&j.bad_nth), 0);
         }
+    /* Back-to-back runs whose part count changes every time: the setting of
+     * a race (a worker late for one run claiming a part against the next
+     * run's count) that ran a part twice. A stress test: the race window is
+     * too narrow to hit on demand, ThreadSanitizer is the sharper check. */
+    count_job j = { 0 };
+    for (int r = 0; r < 3000; r++) {
+        const int n_parts = 1 + r % 8;
+        j.expect_nth = n_parts;
+        for (int i = 0; i < 8; i++)
+            atomic_store(&j.calls[i], 0);
+        threadpool_run_parts(tp, count_fn, &j, n_parts);
+        for (int i = 0; i < n_parts; i++)
+            ck_assert_msg(atomic_load(&j.calls[i]) == 1, "run %d of %d parts: part %d ran %d times", r, n_parts, i,
+                          atomic_load(&j.calls[i]));
+    }
+    ck_assert_int_eq(atomic_load(&j.bad_nth), 0);
     threadpool_free(tp);
 }
 END_TEST
