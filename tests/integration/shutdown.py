@@ -26,8 +26,8 @@ LONG = json.dumps({"messages": [{"role": "user", "content": "Hello"}], "max_toke
                    "seed": 3, "stream": True}).encode()
 
 
-def open_stream(port):
-    """Starts the long stream (HTTP/1.0: the body is the bare event stream, no
+def open_stream(port, body=LONG):
+    """Starts a long stream (HTTP/1.0: the body is the bare event stream, no
     chunked framing); returns (thread, result dict) once the first token came."""
     res = {"before": 0, "after": 0, "text": "", "signalled": False}
     first = threading.Event()
@@ -35,7 +35,7 @@ def open_stream(port):
     def run():
         s = socket.create_connection(("127.0.0.1", port), timeout=120)
         s.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(LONG), LONG))
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         buf = b""
         try:
             while True:
@@ -67,12 +67,18 @@ def healthcheck(port):
     return subprocess.run(deploy.healthcheck_argv(), env=env, timeout=10, capture_output=True).returncode
 
 
+# A stream that takes seconds even on a fast, idle machine, so that the checks
+# below run while it is in flight.
+DRAIN = json.dumps({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6000, "temperature": 1,
+                    "seed": 3, "stream": True}).encode()
+
+
 def drain():
-    srv = Server(["--shutdown-timeout", "60"])
+    srv = Server(["--shutdown-timeout", "60", "--ctx-size", "8192"])
     srv.wait_ready()
     check(healthcheck(srv.port) == 0, "the Dockerfile's HEALTHCHECK fails against a ready server")
     waiting = socket.create_connection(("127.0.0.1", srv.port), timeout=30)  # sends its request after the signal
-    t, res = open_stream(srv.port)
+    t, res = open_stream(srv.port, DRAIN)
     res["signalled"] = True
     t0 = time.time()
     srv.proc.send_signal(signal.SIGTERM)
@@ -130,10 +136,16 @@ def unstarted():
           % dt)
 
 
+# Long enough to still be running when the second signal comes, however fast
+# the engine is: tens of thousands of tokens in a context made that large.
+ENDLESS = json.dumps({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 60000, "temperature": 1,
+                      "seed": 3, "stream": True}).encode()
+
+
 def second_signal():
-    srv = Server(["--shutdown-timeout", "60"])
+    srv = Server(["--shutdown-timeout", "60", "--ctx-size", "65536"])
     srv.wait_ready()
-    t, res = open_stream(srv.port)
+    t, res = open_stream(srv.port, ENDLESS)
     srv.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     check(srv.proc.poll() is None, "the server did not wait for its stream")
