@@ -22,11 +22,8 @@ import time
 import deploy
 from deploy import Server, check
 
-LONG = json.dumps({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1200, "temperature": 1,
-                   "seed": 3, "stream": True}).encode()
 
-
-def open_stream(port, body=LONG):
+def open_stream(port, body):
     """Starts a long stream (HTTP/1.0: the body is the bare event stream, no
     chunked framing); returns (thread, result dict) once the first token came."""
     res = {"before": 0, "after": 0, "text": "", "signalled": False}
