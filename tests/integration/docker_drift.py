@@ -138,11 +138,11 @@ def dockerfile_settings(final):
     check(any(ins == "ENTRYPOINT" and "serve" in args for ins, args in instrs), "ENTRYPOINT should run glimpse serve")
     # the demo model goes where `glimpse serve` looks for it: models/ next to the program
     copies = " ".join(args for ins, args in instrs if ins == "COPY")
-    with open(os.path.join(SRCDIR, "server", "serve.c")) as f:
-        serve_c = f.read()
+    with open(os.path.join(SRCDIR, "server", "demo.c")) as f:
+        demo_c = f.read()
     for name in ("glimpse-shapes.gguf", "glimpse-shapes-mmproj.gguf"):
         check("/src/models/" + name in copies, "the image does not copy the demo model file %s" % name)
-        check("models/" + name in serve_c, "server/serve.c no longer looks for models/%s" % name)
+        check("models/" + name in demo_c, "server/demo.c no longer looks for models/%s" % name)
     check(re.search(r"--from=build /src/glimpse (/\S+)/glimpse\b", copies) and
           re.search(r"/opt/glimpse/models/", copies), "the program and models/ should be side by side in /opt/glimpse")
     hc = deploy.healthcheck_argv()
