@@ -16,7 +16,8 @@
 # source-based coverage in $FUZZ_BUILD/cov and replays both corpora through it.
 # FUZZ_REV=<git revision> (e.g. HEAD) builds that commit's sources, exported
 # into $FUZZ_BUILD/src, instead of the working tree's (whose files others may be
-# editing at the time).
+# editing at the time). A run of another revision replaces that export, so
+# runs sharing a $FUZZ_BUILD at the same time must name the same commit.
 # Needs Debian's clang, libclang-rt-14-dev and llvm (for cover), and
 # /usr/bin/python3 with numpy for the vocabulary GGUF of the tokenizer target.
 set -euo pipefail
@@ -134,7 +135,7 @@ case "$cmd" in
   list) echo "$TARGETS"; exit 0 ;;
   build) build; exit 0 ;;
   cover) [ $# -ge 2 ] || { echo "run.sh: cover needs a target" >&2; exit 2; }; cover "$2"; exit 0 ;;
-  ""|-h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  ""|-h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 case " $TARGETS " in *" $cmd "*) ;; *) echo "run.sh: unknown target '$cmd' (one of: $TARGETS)" >&2; exit 2 ;; esac
 secs="${2:-60}"
