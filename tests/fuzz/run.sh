@@ -135,7 +135,7 @@ case "$cmd" in
   list) echo "$TARGETS"; exit 0 ;;
   build) build; exit 0 ;;
   cover) [ $# -ge 2 ] || { echo "run.sh: cover needs a target" >&2; exit 2; }; cover "$2"; exit 0 ;;
-  ""|-h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  ""|-h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 case " $TARGETS " in *" $cmd "*) ;; *) echo "run.sh: unknown target '$cmd' (one of: $TARGETS)" >&2; exit 2 ;; esac
 secs="${2:-60}"
