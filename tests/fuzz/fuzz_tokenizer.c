@@ -30,28 +30,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* Well-formed UTF-8 (RFC 3629: no overlongs, surrogates or values past U+10FFFF). */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        unsigned c = s[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!k || k > n - i)
-            return false;
-        unsigned cp = k == 1 ? c : c & (0x7Fu >> k);
-        for (size_t j = 1; j < k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + j] & 0x3Fu);
-        }
-        static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-        if (cp < min_cp[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += k;
-    }
-    return true;
-}
-
 /* Streams ids through a detok into out (room for n_ids pushes and a flush);
  * returns the length. Every chunk must be well-formed on its own. */
 static size_t detokenize(const int32_t *ids, size_t n_ids, bool special, char *out)

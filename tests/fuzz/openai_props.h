@@ -15,31 +15,9 @@
 static const chat_limits FUZZ_LIMITS = {
     .max_images = 4, .max_prompt_bytes = 4096, .max_n = 4, .image = { 0 } };
 
-/* Well-formed UTF-8 (RFC 3629: no overlongs, surrogates or values past U+10FFFF). */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        unsigned c = s[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!k || k > n - i)
-            return false;
-        unsigned cp = k == 1 ? c : c & (0x7Fu >> k);
-        for (size_t j = 1; j < k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + j] & 0x3Fu);
-        }
-        static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-        if (cp < min_cp[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += k;
-    }
-    return true;
-}
-
 /* s[0..len) is one JSON object in well-formed UTF-8 with no raw newline (an
  * SSE data line must not contain one). */
-static void check_json_doc(const char *s, size_t len)
+static inline void check_json_doc(const char *s, size_t len)
 {
     FUZZ_CHECK(s != NULL && utf8_valid((const unsigned char *)s, len));
     FUZZ_CHECK(memchr(s, '\n', len) == NULL);
@@ -49,7 +27,7 @@ static void check_json_doc(const char *s, size_t len)
 }
 
 /* A refused request: a 4xx (500 only for out of memory) whose body is valid. */
-static void check_api_error(const api_error *e)
+static inline void check_api_error(const api_error *e)
 {
     FUZZ_CHECK((e->status >= 400 && e->status < 500) || e->status == 500);
     FUZZ_CHECK(e->message[0] != '\0');
@@ -60,7 +38,7 @@ static void check_api_error(const api_error *e)
 }
 
 /* An accepted request keeps to the limits. */
-static void check_chat_req(const chat_req *cr)
+static inline void check_chat_req(const chat_req *cr)
 {
     FUZZ_CHECK(cr->n >= 1 && cr->n <= FUZZ_LIMITS.max_n);
     FUZZ_CHECK(cr->n_images <= FUZZ_LIMITS.max_images);
