@@ -17,7 +17,7 @@ BUILD_PKGS="build-essential autoconf automake pkg-config libmicrohttpd-dev libcj
 # The tests compare the engine with independent references written in Python;
 # the server's integration tests drive it with curl and node (the openai npm client);
 # the deployment tests put Debian's nginx in front of three servers and read docker/'s YAML.
-TEST_PKGS="python3 python3-numpy python3-torch python3-pil python3-yaml curl nginx"
+TEST_PKGS="python3 python3-numpy python3-torch python3-pil python3-yaml curl nginx git"
 
 need_pkgs() {
   local missing=()
