@@ -490,7 +490,9 @@ test('SIGTERM: the listener closes at once, --shutdown-timeout cuts the running 
     const deadline = Date.now() + 5000;
     let e;
     do { e = await request(d.base, 'GET', '/health').then(() => null, (err) => err); } while (!e && Date.now() < deadline);
-    assert.equal(e?.code, 'ECONNREFUSED');
+    // ECONNRESET too: a connection that raced the listener's close sits in the kernel's
+    // backlog and is reset when the socket closes; either way it was not accepted
+    assert.ok(['ECONNREFUSED', 'ECONNRESET'].includes(e?.code), `not accepted, got ${e?.code}`);
     await ended;
     assert.equal(await code, 1, 'requests cut off by the timeout: exit 1');
     assert.match(d.log(), /SIGTERM: shutdown timeout, exiting with 1 requests unfinished/);
