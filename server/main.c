@@ -7,7 +7,9 @@
  */
 #include "glimpse.h"
 #include "demo.h"
+#include "sbuf.h"
 #include "serve.h"
+#include "utf8.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -198,85 +200,20 @@ static int parse_ask(int argc, char **argv, ask_opts *o)
 
 /* ---- output -------------------------------------------------------------- */
 
-/* A growable byte buffer for the --json text. */
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} buf;
-
-static void buf_put(buf *b, const char *s, size_t n)
+/* Adds s[0..n) as a JSON string: a token piece may be part of a UTF-8
+ * character (or hold a NUL byte), which JSON cannot carry, so ill-formed bytes
+ * become U+FFFD. Returns -1 when out of memory. */
+static int add_text(cJSON *o, const char *key, const char *s, size_t n)
 {
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t len;
-    unsigned cp;
-    if (s[0] < 0x80)
-        return s[0] ? 1 : 0;
-    else if ((s[0] & 0xE0) == 0xC0)
-        len = 2, cp = s[0] & 0x1F;
-    else if ((s[0] & 0xF0) == 0xE0)
-        len = 3, cp = s[0] & 0x0F;
-    else if ((s[0] & 0xF8) == 0xF0)
-        len = 4, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-    if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
-}
-
-/* A token piece may be part of a UTF-8 character (or a NUL byte), which a
- * JSON string cannot hold: such bytes become U+FFFD. NUL-terminated, in b. */
-static const char *json_safe(buf *b, const char *s, size_t n)
-{
-    b->len = 0;
-    buf_put(b, "", 0);
-    for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
-        if (k) {
-            buf_put(b, s + i, k);
-            i += k;
-        } else {
-            buf_put(b, "\xEF\xBF\xBD", 3);
-            i++;
-        }
-    }
-    return b->oom ? "" : b->p;
+    char *clean = utf8_clean(s, n);
+    int ok = clean && cJSON_AddStringToObject(o, key, clean);
+    free(clean);
+    return ok ? 0 : -1;
 }
 
 typedef struct ask_state {
     int json;
-    buf text;          /* --json: all released text */
-    buf tmp;           /* scratch for json_safe */
+    sbuf text;         /* --json: all released text */
     cJSON *tokens;     /* --json: the tokens array */
     int wrote;         /* text mode: something is on stdout */
     int oom;
@@ -291,7 +228,7 @@ static int on_token(const glimpse_token *t, void *user)
         st->wrote |= t->text_len > 0;
         return 0;
     }
-    buf_put(&st->text, t->text, t->text_len);
+    sbuf_put(&st->text, t->text, t->text_len);
     if (t->id == GLIMPSE_TOKEN_NONE)
         return 0;
     cJSON *o = cJSON_CreateObject(), *top = cJSON_CreateArray();
@@ -302,7 +239,8 @@ static int on_token(const glimpse_token *t, void *user)
         return 1;
     }
     cJSON_AddNumberToObject(o, "id", t->id);
-    cJSON_AddStringToObject(o, "text", json_safe(&st->tmp, t->piece, t->piece_len));
+    if (add_text(o, "text", t->piece, t->piece_len) < 0)
+        st->oom = 1;
     cJSON_AddNumberToObject(o, "logprob", t->logprob);
     for (int i = 0; i < t->n_top; i++) {
         cJSON *a = cJSON_CreateObject();
@@ -312,7 +250,8 @@ static int on_token(const glimpse_token *t, void *user)
             break;
         }
         cJSON_AddNumberToObject(a, "id", t->top[i].id);
-        cJSON_AddStringToObject(a, "text", json_safe(&st->tmp, t->top[i].piece, t->top[i].piece_len));
+        if (add_text(a, "text", t->top[i].piece, t->top[i].piece_len) < 0)
+            st->oom = 1;
         cJSON_AddNumberToObject(a, "logprob", t->top[i].logprob);
     }
     cJSON_AddItemToObject(o, "top_logprobs", top);
@@ -325,7 +264,8 @@ static int print_json(ask_state *st, const glimpse_result *res)
     cJSON *root = cJSON_CreateObject();
     if (!root)
         return -1;
-    cJSON_AddStringToObject(root, "text", json_safe(&st->tmp, st->text.p ? st->text.p : "", st->text.len));
+    if (add_text(root, "text", st->text.p ? st->text.p : "", st->text.len) < 0)
+        st->oom = 1;
     cJSON_AddItemToObject(root, "tokens", st->tokens);
     st->tokens = NULL;
     cJSON_AddStringToObject(root, "finish_reason",
@@ -343,7 +283,7 @@ static int print_json(ask_state *st, const glimpse_result *res)
         cJSON_AddNumberToObject(timings, "prefill_ms", res->prefill_ms);
         cJSON_AddNumberToObject(timings, "decode_ms", res->decode_ms);
     }
-    char *s = st->oom || st->text.oom || st->tmp.oom ? NULL : cJSON_PrintUnformatted(root);
+    char *s = st->oom || st->text.oom ? NULL : cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!s)
         return -1;
@@ -363,11 +303,11 @@ static int load_images(glimpse_model *model, const ask_opts *o, glimpse_image **
             fprintf(stderr, "glimpse ask: cannot open %s: %s\n", o->images[i], strerror(errno));
             return -1;
         }
-        buf b = { 0 };
+        sbuf b = { 0 };
         char chunk[65536];
         size_t n;
         while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-            buf_put(&b, chunk, n);
+            sbuf_put(&b, chunk, n);
         int bad = ferror(f);
         fclose(f);
         glimpse_err err = { 0 };
@@ -475,8 +415,7 @@ static int cmd_ask(int argc, char **argv)
                 res.decode_ms > 0 ? res.completion_tokens * 1000.0 / res.decode_ms : 0.0);
 out:
     cJSON_Delete(st.tokens);
-    free(st.text.p);
-    free(st.tmp.p);
+    sbuf_free(&st.text);
     for (int i = 0; i < o.n_images; i++)
         glimpse_image_free(images[i]);
     glimpse_model_free(model);

@@ -46,7 +46,7 @@ PKGS="libturbojpeg libjpeg libpng openblas libcjson"
 # per-target sources beyond the engine
 extra_srcs() {
   case "$1" in
-    multipart|chat_json|datauri|response) echo "server/multipart.c server/openai.c server/queue.c" ;;
+    multipart|chat_json|datauri|response) echo "server/multipart.c server/openai.c server/queue.c server/utf8.c" ;;
     *) ;;
   esac
 }
@@ -72,7 +72,7 @@ build_in() {
   local libs; libs="$(pkg-config --libs $PKGS) -lm"
   mkdir -p "$dir/obj"
   for f in "$src"/engine/*.c "$src"/engine/kernels/*.c "$src"/server/multipart.c "$src"/server/openai.c \
-      "$src"/server/queue.c; do
+      "$src"/server/queue.c "$src"/server/utf8.c; do
     local o; o="$dir/obj/$(echo "${f#"$src"/}" | tr / _).o"
     if [ ! -f "$o" ] || [ "$f" -nt "$o" ] || [ -n "$(find "$src/engine" "$src/server" -name '*.h' -newer "$o" | head -1)" ]; then
       if [ "$f" = "$src/engine/kernels/kernels_avx2.c" ]; then
