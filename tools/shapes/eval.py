@@ -3,7 +3,7 @@
 
     /usr/bin/python3 tools/shapes/eval.py --n 1000 --out /tmp/shapes-eval \\
         [--ckpt /work/ckpt/shapes/last.pt] \\
-        [--cmd './glimpse ask --image {image} {question}']
+        [--cmd './glimpse ask -m M.gguf --mmproj P.gguf --image {image} -p {question}']
 
 Writes --n fresh scenes (seed --seed, never used in training; all five
 question kinds in turn, sizes, aspect ratios, styles and formats spread over
