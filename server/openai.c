@@ -454,9 +454,14 @@ static int parse_params(chat_req *cr, const cJSON *root, const chat_limits *lim,
         const char *name = k->string;
         double d;
         int b = 0, rc = 0;
-        if (!strcmp(name, "messages"))
-            continue;
         if (cJSON_IsNull(k)) /* OpenAI's clients send null for "not given" */
+            continue;
+        /* A repeated key is refused: "messages" is read from its first copy and the others from
+         * their last, so a proxy that reads JSON differently would judge another request.
+         * Cheap: earlier non-null keys are all distinct known ones (anything else was refused). */
+        if (cJSON_GetObjectItemCaseSensitive(root, name) != k)
+            return api_error_set(e, 400, name, "invalid_value", "'%.40s' is given twice", name);
+        if (!strcmp(name, "messages"))
             continue;
         if (!strcmp(name, "model")) {
             if (!cJSON_IsString(k))

@@ -214,6 +214,14 @@ static const struct {
     { "{\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", 400, "messages[0]", "invalid_value" },
     { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}", 400,
       "messages[0].content[0]", "invalid_value" },
+    /* a repeated top-level key (found by tests/integration/hostile.py: the first "messages" was used, the
+     * second never looked at, while other parameters took their last value) */
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}",
+      400, "messages", "invalid_value" },
+    { "{\"messages\":null,\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}", 400, "messages",
+      "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":2,\"max_tokens\":3}", 400,
+      "max_tokens", "invalid_value" },
     /* bytes that are not UTF-8 inside strings (found by tests/fuzz/fuzz_chat_json: cJSON passed them
      * into the prompt): a truncated sequence, an overlong '/', a surrogate, a code point past U+10FFFF */
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xE7" "ello\"}]}", 400, "", "invalid_json" },
