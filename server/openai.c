@@ -342,6 +342,8 @@ static int parse_part(chat_req *cr, const cJSON *it, const char *param, bool use
     const cJSON *url = NULL;
     for (const cJSON *k = val->child; k; k = k->next) {
         if (!strcmp(k->string, "url")) {
+            if (url) /* like every repeated key: which one is meant is anyone's guess */
+                return api_error_set(e, 400, p2, "invalid_value", "'url' is given twice in image_url");
             url = k;
         } else if (!strcmp(k->string, "detail")) {
             if (!cJSON_IsString(k) ||

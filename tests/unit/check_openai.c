@@ -214,6 +214,8 @@ static const struct {
     { "{\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", 400, "messages[0]", "invalid_value" },
     { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}", 400,
       "messages[0].content[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"a\",\"url\":\"b\"}}]}]}",
+      400, "messages[0].content[0].image_url", "invalid_value" },
     /* a repeated top-level key (found by tests/integration/hostile.py: the first "messages" was used, the
      * second never looked at, while other parameters took their last value) */
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}",
