@@ -154,7 +154,7 @@ class Soak:
     def client(self, seed):
         rng = random.Random(seed)
         kinds = self.kinds()
-        names = list(kinds)
+        names = [k for k in kinds if not self.a.only or k in self.a.only]
         weights = [kinds[k][0] for k in names]
         while not self.stop.is_set():
             k = rng.choices(names, weights)[0]
@@ -185,8 +185,10 @@ def main():
     p.add_argument("--sample", type=float, default=30, help="seconds between RSS samples (default 30)")
     p.add_argument("--request-timeout", type=float, default=300, help="client timeout per request, seconds")
     p.add_argument("--max-growth", type=float, default=5.0, help="allowed RSS growth after warm-up, percent")
+    p.add_argument("--only", default="", help="comma-separated kinds to send (default: all), to find what grows RSS")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    a.only = [k for k in a.only.split(",") if k]
 
     soak = Soak(a)
     rss0 = rss_kb(a.pid)
