@@ -602,6 +602,10 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    # a clean drain exits 0; under the sanitizers a leak or an error report makes it non-zero
+    if proc.returncode != 0:
+        failures.append("server exit status")
+        print(f"FAIL the server exited with {proc.returncode} after SIGTERM")
     print(f"{len(CASES)} cases, {len(failures)} failed, {time.monotonic() - t0:.1f} s")
     if failures:
         print("server log tail:\n" + "".join(log[-30:]))
