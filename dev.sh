@@ -85,6 +85,17 @@ sanitize() {
   cd "$here"
 }
 
+# The plain closing line CI reads: the counts of the given test-suite.logs.
+summary() {
+  local p=0 f=0 log n
+  for log in "$@"; do
+    n=$(sed -n 's/^# PASS: *//p' "$log"); p=$((p + ${n:-0}))
+    n=$(sed -n 's/^# FAIL: *//p' "$log"); f=$((f + ${n:-0}))
+    n=$(sed -n 's/^# ERROR: *//p' "$log"); f=$((f + ${n:-0}))
+  done
+  echo "tests: $p passed, $f failed"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -96,7 +107,12 @@ case "$cmd" in
     need_node
     build
     make -j"$(nproc)" check || { cat test-suite.log 2>/dev/null | tail -n 300; exit 1; }
-    [ "${SANITIZE:-1}" = 0 ] || sanitize
+    if [ "${SANITIZE:-1}" = 0 ]; then
+      summary test-suite.log
+    else
+      sanitize
+      summary test-suite.log build-asan/test-suite.log
+    fi
     ;;
   *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
