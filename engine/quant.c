@@ -194,49 +194,40 @@ static inline void scale_min_k4(int j, const uint8_t *s, uint8_t *sc, uint8_t *m
     }
 }
 
+/* One 256-element super-block of Q4_K or Q5_K: they share the layout but for
+ * Q5_K's fifth bits qh (NULL for Q4_K, whose values then gain nothing, so
+ * each element is the same single product and subtraction as ggml's). */
+static void k_block_to_float(float d, float dmin, const uint8_t *scales, const uint8_t *q, const uint8_t *qh,
+                             float *y)
+{
+    /* 4 groups of 64: sub-block 2g from the low nibbles, 2g+1 from the high;
+     * qh is not advanced: group g uses its bits 2g and 2g+1 */
+    for (int g = 0; g < 4; g++, q += 32) {
+        const uint8_t u1 = (uint8_t)(1u << (2 * g)), u2 = (uint8_t)(2u << (2 * g));
+        uint8_t sc, m;
+        scale_min_k4(2 * g, scales, &sc, &m);
+        const float d1 = d * sc, m1 = dmin * m;
+        scale_min_k4(2 * g + 1, scales, &sc, &m);
+        const float d2 = d * sc, m2 = dmin * m;
+        for (int l = 0; l < 32; l++)
+            *y++ = d1 * ((q[l] & 0x0f) + (qh && qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++)
+            *y++ = d2 * ((q[l] >> 4) + (qh && qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
 static void to_float_q4_K(const void *src, float *y, int64_t n)
 {
     const block_q4_K *x = src;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        const float d = fp16_to_f32(x[i].d);
-        const float dmin = fp16_to_f32(x[i].dmin);
-        const uint8_t *q = x[i].qs;
-        /* 4 groups of 64: sub-block 2g from the low nibbles, 2g+1 from the high */
-        for (int g = 0; g < 4; g++, q += 32) {
-            uint8_t sc, m;
-            scale_min_k4(2 * g, x[i].scales, &sc, &m);
-            const float d1 = d * sc, m1 = dmin * m;
-            scale_min_k4(2 * g + 1, x[i].scales, &sc, &m);
-            const float d2 = d * sc, m2 = dmin * m;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (q[l] & 0x0f) - m1;
-            for (int l = 0; l < 32; l++)
-                *y++ = d2 * (q[l] >> 4) - m2;
-        }
-    }
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K)
+        k_block_to_float(fp16_to_f32(x[i].d), fp16_to_f32(x[i].dmin), x[i].scales, x[i].qs, NULL, y);
 }
 
 static void to_float_q5_K(const void *src, float *y, int64_t n)
 {
     const block_q5_K *x = src;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        const float d = fp16_to_f32(x[i].d);
-        const float dmin = fp16_to_f32(x[i].dmin);
-        const uint8_t *ql = x[i].qs;
-        const uint8_t *qh = x[i].qh; /* not advanced: group g uses bits 2g, 2g+1 */
-        for (int g = 0; g < 4; g++, ql += 32) {
-            const uint8_t u1 = (uint8_t)(1u << (2 * g)), u2 = (uint8_t)(2u << (2 * g));
-            uint8_t sc, m;
-            scale_min_k4(2 * g, x[i].scales, &sc, &m);
-            const float d1 = d * sc, m1 = dmin * m;
-            scale_min_k4(2 * g + 1, x[i].scales, &sc, &m);
-            const float d2 = d * sc, m2 = dmin * m;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * ((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0)) - m1;
-            for (int l = 0; l < 32; l++)
-                *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-        }
-    }
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K)
+        k_block_to_float(fp16_to_f32(x[i].d), fp16_to_f32(x[i].dmin), x[i].scales, x[i].qs, x[i].qh, y);
 }
 
 static void to_float_q6_K(const void *src, float *y, int64_t n)

@@ -273,44 +273,34 @@ END_TEST
 
 /* ---- activation quantisation --------------------------------------------------- */
 
-START_TEST(test_quantize_q8_0_golden)
+static const struct {
+    int type;
+    const char *name;
+    void (*quantize)(const float *x, void *dst, int64_t n);
+} quant_goldens[] = { { DTYPE_Q8_0, "q8_0", quantize_row_q8_0 }, { DTYPE_Q8_K, "q8_K", quantize_row_q8_K } };
+
+START_TEST(test_quantize_golden)
 {
+    const int type = quant_goldens[_i].type;
+    const char *tn = quant_goldens[_i].name;
+    char name[64];
     size_t in_len, ref_len;
-    float *x = golden("q8_0-quant.in", &in_len);
-    uint8_t *ref = golden("q8_0-quant.raw", &ref_len);
+    snprintf(name, sizeof name, "%s-quant.in", tn);
+    float *x = golden(name, &in_len);
+    snprintf(name, sizeof name, "%s-quant.raw", tn);
+    uint8_t *ref = golden(name, &ref_len);
     int64_t n = (int64_t)(in_len / sizeof(float));
-    ck_assert_uint_eq(dtype_row_size(DTYPE_Q8_0, n), ref_len);
+    ck_assert_uint_eq(dtype_row_size(type, n), ref_len);
+    /* whole blocks: scale bits, quants and (Q8_K) block sums; neither block has padding */
+    const size_t bs = (size_t)dtype_get(type)->type_size;
     uint8_t *got = malloc(ref_len);
-    quantize_row_q8_0(x, got, n);
-    for (size_t b = 0; b < ref_len / sizeof(block_q8_0); b++)
-        ck_assert_msg(memcmp(got + b * sizeof(block_q8_0), ref + b * sizeof(block_q8_0), sizeof(block_q8_0)) == 0,
-                      "q8_0 block %zu differs", b);
+    quant_goldens[_i].quantize(x, got, n);
+    for (size_t b = 0; b < ref_len / bs; b++)
+        ck_assert_msg(memcmp(got + b * bs, ref + b * bs, bs) == 0, "%s block %zu differs", tn, b);
     /* the table's from_float is the same function */
     memset(got, 0, ref_len);
-    dtype_get(DTYPE_Q8_0)->from_float(x, got, n);
-    ck_assert_int_eq(memcmp(got, ref, ref_len), 0);
-    free(got);
-    free(x);
-    free(ref);
-}
-END_TEST
-
-START_TEST(test_quantize_q8_K_golden)
-{
-    size_t in_len, ref_len;
-    float *x = golden("q8_K-quant.in", &in_len);
-    uint8_t *ref = golden("q8_K-quant.raw", &ref_len);
-    int64_t n = (int64_t)(in_len / sizeof(float));
-    ck_assert_uint_eq(dtype_row_size(DTYPE_Q8_K, n), ref_len);
-    block_q8_K *got = malloc(ref_len);
-    quantize_row_q8_K(x, got, n);
-    for (size_t b = 0; b < ref_len / sizeof(block_q8_K); b++) {
-        const block_q8_K *want = (const block_q8_K *)(ref + b * sizeof(block_q8_K));
-        ck_assert_msg(f32_bits(got[b].d) == f32_bits(want->d), "q8_K block %zu: d %a want %a", b,
-                      (double)got[b].d, (double)want->d);
-        ck_assert_msg(memcmp(got[b].qs, want->qs, sizeof want->qs) == 0, "q8_K block %zu: qs differ", b);
-        ck_assert_msg(memcmp(got[b].bsums, want->bsums, sizeof want->bsums) == 0, "q8_K block %zu: bsums differ", b);
-    }
+    dtype_get(type)->from_float(x, got, n);
+    ck_assert_msg(memcmp(got, ref, ref_len) == 0, "%s: from_float differs", tn);
     free(got);
     free(x);
     free(ref);
@@ -372,8 +362,7 @@ static Suite *quant_suite(void)
 #endif
     tcase_add_test(tc, test_bf16);
     tcase_add_loop_test(tc, test_dequantize_golden, 0, (int)(sizeof golden_types / sizeof golden_types[0]));
-    tcase_add_test(tc, test_quantize_q8_0_golden);
-    tcase_add_test(tc, test_quantize_q8_K_golden);
+    tcase_add_loop_test(tc, test_quantize_golden, 0, (int)(sizeof quant_goldens / sizeof quant_goldens[0]));
     tcase_add_test(tc, test_quantize_nonfinite);
     tcase_add_test(tc, test_q8_roundtrip);
     suite_add_tcase(s, tc);
