@@ -115,6 +115,11 @@ const char *kernels_isa(void)
     return active->isa;
 }
 
+const kn_impl *kn_impl_active(void)
+{
+    return active;
+}
+
 int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 {
     size_t need;
@@ -428,28 +433,4 @@ void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
 float kn_dot_f32(const float *a, const float *b, int64_t n)
 {
     return active->dot_f32(a, b, n);
-}
-
-size_t kn_attention_scratch(int n_q, int head_dim)
-{
-    return 2 * (size_t)KN_ATTN_BLOCK * (size_t)head_dim + 2 * (size_t)n_q * (size_t)head_dim + 2 * (size_t)n_q;
-}
-
-kn_attn_scratch kn_attn_split(float *buf, int n_q, int head_dim)
-{
-    kn_attn_scratch s;
-    const size_t d = (size_t)head_dim, nq = (size_t)n_q;
-    s.kt = buf;
-    s.vb = s.kt + d * KN_ATTN_BLOCK;
-    s.qc = s.vb + d * KN_ATTN_BLOCK;
-    s.acc = s.qc + nq * d;
-    s.m = s.acc + nq * d;
-    s.l = s.m + nq;
-    return s;
-}
-
-void kn_attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
-                  float scale, float *out, size_t out_stride, float *buf)
-{
-    active->attention(kv, q, q_stride, n_q, n_keys, scale, out, out_stride, buf);
 }

@@ -96,6 +96,14 @@ typedef struct kn_attn_scratch {
     float *kt, *vb, *qc, *acc, *m, *l;
 } kn_attn_scratch;
 kn_attn_scratch kn_attn_split(float *scratch, int n_q, int head_dim);
+/* The attention of the reference table and of the AVX-512 one (attention.c,
+ * attention_avx512.c); the latter only valid where kn_avx512_impl is not NULL. */
+void kn_attention_ref(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                      float scale, float *out, size_t out_stride, float *scratch);
+void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
+                         float scale, float *out, size_t out_stride, float *scratch);
+/* The table kernels_init selected (borrowed, static). */
+const kn_impl *kn_impl_active(void);
 
 /* Activation format paired with a weight type, or -1 if it is not one. */
 int kn_act_of(int wtype);

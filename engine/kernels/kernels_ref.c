@@ -436,88 +436,6 @@ static void add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
             y[t * n + i] += b[i];
 }
 
-/* ---- fused attention ---------------------------------------------------------- */
-
-/* Keys [j0, j0+nb) of kv into kt [d][B] (transposed) and vb [B][d] as f32,
- * zero-filled past nb so that every block is a whole one. */
-static void attn_load_block(const kn_attn_kv *kv, int64_t j0, int nb, float *kt, float *vb)
-{
-    const int d = kv->head_dim, B = KN_ATTN_BLOCK;
-    for (int j = 0; j < B; j++)
-        for (int t = 0; t < d; t++) {
-            float kv_k = 0, kv_v = 0;
-            if (j < nb && kv->type == DTYPE_F16) {
-                kv_k = fp16_to_f32(((const uint16_t *)kv->k[j0 + j])[t]);
-                kv_v = fp16_to_f32(((const uint16_t *)kv->v[j0 + j])[t]);
-            } else if (j < nb) {
-                kv_k = ((const float *)kv->k[j0 + j])[t];
-                kv_v = ((const float *)kv->v[j0 + j])[t];
-            }
-            kt[(size_t)t * B + j] = kv_k;
-            vb[(size_t)j * d + t] = kv_v;
-        }
-}
-
-/* The definition: per query, per block of its keys, scores, the block's
- * max, rescaling of the running sum and output by exp(m_old - m_new), then
- * the block's exponentials and their weighted values added. */
-static void attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
-                      float scale, float *out, size_t out_stride, float *scratch)
-{
-    const int d = kv->head_dim, B = KN_ATTN_BLOCK;
-    kn_attn_scratch w = kn_attn_split(scratch, n_q, d);
-    int64_t n_max = 0;
-    for (int i = 0; i < n_q; i++) {
-        const int64_t ni = n_keys ? n_keys[i] : kv->n;
-        n_max = ni > n_max ? ni : n_max;
-        for (int t = 0; t < d; t++) {
-            const float x = q[(size_t)i * q_stride + t];
-            w.qc[(size_t)i * d + t] = kv->type == DTYPE_F16 ? fp16_to_f32(f32_to_fp16(x)) : x;
-            w.acc[(size_t)i * d + t] = 0;
-        }
-        w.m[i] = -INFINITY;
-        w.l[i] = 0;
-    }
-    for (int64_t j0 = 0; j0 < n_max; j0 += B) {
-        const int nb = n_max - j0 < B ? (int)(n_max - j0) : B;
-        attn_load_block(kv, j0, nb, w.kt, w.vb);
-        for (int i = 0; i < n_q; i++) {
-            const int64_t ni = n_keys ? n_keys[i] : kv->n;
-            if (ni <= j0)
-                continue;
-            const int nv = ni - j0 < nb ? (int)(ni - j0) : nb;
-            const float *qi = w.qc + (size_t)i * d;
-            float *a = w.acc + (size_t)i * d;
-            float p[KN_ATTN_BLOCK], mb = -INFINITY;
-            for (int j = 0; j < nv; j++) {
-                float dot = 0;
-                for (int t = 0; t < d; t++)
-                    dot += qi[t] * w.kt[(size_t)t * B + j];
-                p[j] = dot * scale;
-                mb = fmaxf(mb, p[j]);
-            }
-            const float mn = fmaxf(w.m[i], mb), c = expf(w.m[i] - mn);
-            float sum = 0;
-            for (int j = 0; j < nv; j++) {
-                p[j] = expf(p[j] - mn);
-                sum += p[j];
-            }
-            w.l[i] = w.l[i] * c + sum;
-            w.m[i] = mn;
-            for (int t = 0; t < d; t++)
-                a[t] *= c;
-            for (int j = 0; j < nv; j++)
-                for (int t = 0; t < d; t++)
-                    a[t] += p[j] * w.vb[(size_t)j * d + t];
-        }
-    }
-    for (int i = 0; i < n_q; i++) {
-        const float inv = 1.0f / w.l[i];
-        for (int t = 0; t < d; t++)
-            out[(size_t)i * out_stride + t] = w.acc[(size_t)i * d + t] * inv;
-    }
-}
-
 const kn_impl kn_ref_impl = {
     .isa = "scalar",
     .from_float = {
@@ -550,5 +468,5 @@ const kn_impl kn_ref_impl = {
     .gelu_quick = gelu_quick,
     .softmax = softmax,
     .add_bias = add_bias,
-    .attention = attention,
+    .attention = kn_attention_ref,
 };
