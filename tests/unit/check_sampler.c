@@ -55,14 +55,27 @@ static glimpse_sampling params_plain(void)
     return p;
 }
 
+/* A sampler for p and a scratch, both for n tokens; the test fails unless both are made. */
+static void open_sampler(const glimpse_sampling *p, int n, sampler **s, sampler_scratch **sc)
+{
+    glimpse_err err = { 0 };
+    ck_assert_msg(sampler_create(p, n, s, &err) == 0, "sampler_create: %s", err.msg);
+    ck_assert_msg(sampler_scratch_create(n, sc, &err) == 0, "sampler_scratch_create: %s", err.msg);
+}
+
+static void close_sampler(sampler *s, sampler_scratch *sc)
+{
+    sampler_scratch_free(sc);
+    sampler_free(s);
+}
+
 /* Draws n_draws tokens from logits [n] into counts [n] (zeroed here). */
 static void draw_counts(const glimpse_sampling *p, const float *logits, int n, int n_draws, int *counts)
 {
     sampler *s = NULL;
     sampler_scratch *sc = NULL;
     glimpse_err err = { 0 };
-    ck_assert_int_eq(sampler_create(p, n, &s, &err), 0);
-    ck_assert_int_eq(sampler_scratch_create(n, &sc, &err), 0);
+    open_sampler(p, n, &s, &sc);
     memset(counts, 0, (size_t)n * sizeof *counts);
     for (int i = 0; i < n_draws; i++) {
         sample_result r;
@@ -70,8 +83,7 @@ static void draw_counts(const glimpse_sampling *p, const float *logits, int n, i
         REQUIRE(r.token >= 0 && r.token < n, "draw %d: token %d", i, (int)r.token);
         counts[r.token]++;
     }
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 
 static const float *sort_logits; /* qsort has no context argument */
@@ -158,16 +170,17 @@ static double chi2_bound(int df)
 }
 
 /* Asserts that counts fit prob and reject wrong [n] (a plausible mistake). */
-static void assert_fits(const int *counts, const double *prob, const double *wrong, int n, int n_draws)
+static void assert_fits(const char *name, const int *counts, const double *prob, const double *wrong, int n,
+                        int n_draws)
 {
     int df = 0, df_wrong = 0;
     double x = chi_square(counts, prob, n, n_draws, &df);
-    ck_assert_msg(df >= 1, "degenerate case: one token kept");
-    ck_assert_msg(x != INFINITY, "a token outside the kept set was drawn");
-    ck_assert_msg(x < chi2_bound(df), "chi-square %.1f over bound %.1f (df %d)", x, chi2_bound(df), df);
+    ck_assert_msg(df >= 1, "%s: degenerate case: one token kept", name);
+    ck_assert_msg(x != INFINITY, "%s: a token outside the kept set was drawn", name);
+    ck_assert_msg(x < chi2_bound(df), "%s: chi-square %.1f over bound %.1f (df %d)", name, x, chi2_bound(df), df);
     double xw = chi_square(counts, wrong, n, n_draws, &df_wrong);
     ck_assert_msg(!(xw < chi2_bound(df_wrong > 0 ? df_wrong : 1)),
-                  "the wrong distribution fits too (chi-square %.1f): the case has no power", xw);
+                  "%s: the wrong distribution fits too (chi-square %.1f): the case has no power", name, xw);
 }
 
 /* wrong [n]: the kept set of prob minus its least likely token, at the
@@ -226,8 +239,7 @@ START_TEST(test_greedy_is_argmax)
     p.min_p = 0.5f;
     sampler *s = NULL;
     sampler_scratch *sc = NULL;
-    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    open_sampler(&p, N, &s, &sc);
     for (uint64_t trial = 0; trial < 50; trial++) {
         random_logits(logits, N, -20.0, 20.0, 100 + trial);
         int want = 0;
@@ -251,82 +263,149 @@ START_TEST(test_greedy_is_argmax)
         logits[i] = -1.5f;
     ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
     ck_assert_int_eq(r.token, 0);
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 END_TEST
 
 /* ---- filters: support and distribution ------------------------------------ */
 
-START_TEST(test_top_k)
+/* Statistical cases: logits [n] uniform in [lo, hi) from seed, draws from
+ * the sampler with the given filters and one of them set to each of values,
+ * checked against ref_chain and against a plausible wrong distribution (the
+ * case's power). */
+enum wrong_kind {
+    WRONG_EQUAL_ODDS, /* the kept set at equal odds (top-k forgot the softmax) */
+    WRONG_ONE_SHORT,  /* a nucleus cut one token short (one_token_short) */
+    WRONG_UNFILTERED, /* no filter and temperature 1 (the setting ignored) */
+    WRONG_HOTTER,     /* the same filters at temperature 1.3 */
+    WRONG_TEMP_FIRST, /* the filters applied to logits already divided by T */
+};
+
+enum stat_param { SET_TOP_K, SET_TOP_P, SET_MIN_P, SET_TEMPERATURE };
+
+typedef struct stat_case {
+    const char *name;
+    int n, draws;
+    double lo, hi;
+    uint64_t seed;
+    int top_k;
+    float top_p, min_p, temperature;
+    enum stat_param param; /* the filter that takes each of values */
+    float values[4];       /* 0-terminated unless all four are used */
+    enum wrong_kind wrong;
+    int min_kept; /* the reference keeps, and the draws hit, more tokens than this */
+} stat_case;
+
+static const stat_case stat_cases[] = {
+    { "top-k", 300, 10000, -3.0, 3.0, 11, 0, 1.0f, 0.0f, 1.0f, SET_TOP_K, { 1, 14, 27, 40 }, WRONG_EQUAL_ODDS, 0 },
+    { "top-p", 200, 10000, -4.0, 4.0, 21, 0, 1.0f, 0.0f, 1.0f, SET_TOP_P, { 0.3f, 0.6f, 0.9f }, WRONG_ONE_SHORT, 0 },
+    /* nearly flat: a nucleus of hundreds of tokens over a dozen of the
+     * sampler's histogram buckets, the crossing one holding dozens */
+    { "top-p, wide nucleus", 1200, 15000, 0.0, 0.5, 31, 0, 1.0f, 0.0f, 1.0f, SET_TOP_P, { 0.5f }, WRONG_ONE_SHORT,
+      500 },
+    { "min-p", 250, 10000, -4.0, 4.0, 41, 0, 1.0f, 0.0f, 1.0f, SET_MIN_P, { 0.05f, 0.2f, 0.6f }, WRONG_UNFILTERED, 0 },
+    { "temperature", 30, 10000, -2.0, 2.0, 51, 0, 1.0f, 0.0f, 1.0f, SET_TEMPERATURE, { 0.5f, 0.8f, 1.5f, 3.0f },
+      WRONG_UNFILTERED, 0 },
+    { "temperature 1 is the plain softmax", 30, 10000, -2.0, 2.0, 51, 0, 1.0f, 0.0f, 1.0f, SET_TEMPERATURE, { 1.0f },
+      WRONG_HOTTER, 0 },
+    /* every stage at once: the order matters (min-p after top-p, temperature last) */
+    { "chain order", 1000, 20000, -6.0, 6.0, 61, 60, 0.8f, 0.03f, 1.0f, SET_TEMPERATURE, { 2.0f }, WRONG_TEMP_FIRST,
+      0 },
+};
+
+/* wrong [n] for case c whose sampler settings are p and reference prob [n];
+ * scratch [n] is overwritten. Returns false when the reference keeps one
+ * token, where only the support can be checked. */
+static bool wrong_distribution(const stat_case *c, const glimpse_sampling *p, const float *logits,
+                               const double *prob, float *scratch, double *wrong)
 {
-    enum { N = 300, DRAWS = 10000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N];
-    random_logits(logits, N, -3.0, 3.0, 11);
+    const int n = c->n;
+    const glimpse_sampling plain = params_plain();
+    glimpse_sampling q = *p;
+    int kept = 0;
+    for (int i = 0; i < n; i++)
+        kept += prob[i] > 0.0;
+    if (kept == 1)
+        return false;
+    switch (c->wrong) {
+    case WRONG_EQUAL_ODDS:
+        for (int i = 0; i < n; i++)
+            wrong[i] = prob[i] > 0.0 ? 1.0 / kept : 0.0;
+        break;
+    case WRONG_ONE_SHORT: {
+        double *full = malloc((size_t)n * sizeof *full);
+        ck_assert_ptr_nonnull(full);
+        ref_chain(logits, n, &plain, full);
+        one_token_short(prob, full, logits, n, wrong);
+        free(full);
+        break;
+    }
+    case WRONG_UNFILTERED:
+        ref_chain(logits, n, &plain, wrong);
+        break;
+    case WRONG_HOTTER:
+        q.temperature = 1.3f;
+        ref_chain(logits, n, &q, wrong);
+        break;
+    case WRONG_TEMP_FIRST:
+        for (int i = 0; i < n; i++)
+            scratch[i] = logits[i] / p->temperature;
+        q.temperature = 1.0f;
+        ref_chain(scratch, n, &q, wrong);
+        break;
+    }
+    return true;
+}
+
+START_TEST(test_distribution)
+{
+    const stat_case *c = &stat_cases[_i];
+    const int n = c->n;
+    float *logits = malloc((size_t)n * sizeof *logits), *scratch = malloc((size_t)n * sizeof *scratch);
+    int *counts = malloc((size_t)n * sizeof *counts);
+    double *prob = malloc((size_t)n * sizeof *prob), *wrong = malloc((size_t)n * sizeof *wrong);
+    ck_assert(logits && scratch && counts && prob && wrong);
+    random_logits(logits, n, c->lo, c->hi, c->seed);
     glimpse_sampling p = params_plain();
-    for (int k = 1; k <= 40; k += 13) {
-        p.top_k = k;
-        draw_counts(&p, logits, N, DRAWS, counts);
-        ref_chain(logits, N, &p, prob);
+    p.top_k = c->top_k;
+    p.top_p = c->top_p;
+    p.min_p = c->min_p;
+    p.temperature = c->temperature;
+    for (int v = 0; v < 4 && c->values[v] != 0.0f; v++) {
+        char name[80];
+        snprintf(name, sizeof name, "%s %g", c->name, (double)c->values[v]);
+        switch (c->param) {
+        case SET_TOP_K:
+            p.top_k = (int)c->values[v];
+            break;
+        case SET_TOP_P:
+            p.top_p = c->values[v];
+            break;
+        case SET_MIN_P:
+            p.min_p = c->values[v];
+            break;
+        case SET_TEMPERATURE:
+            p.temperature = c->values[v];
+            break;
+        }
+        draw_counts(&p, logits, n, c->draws, counts);
+        ref_chain(logits, n, &p, prob);
         int df;
-        ck_assert_msg(chi_square(counts, prob, N, DRAWS, &df) != INFINITY, "top-%d drew outside the k best", k);
-        if (k == 1)
-            continue;
-        /* Wrong: the k best at equal odds. */
-        for (int i = 0; i < N; i++)
-            wrong[i] = prob[i] > 0.0 ? 1.0 / k : 0.0;
-        assert_fits(counts, prob, wrong, N, DRAWS);
+        ck_assert_msg(chi_square(counts, prob, n, c->draws, &df) != INFINITY, "%s: drew outside the kept set", name);
+        if (wrong_distribution(c, &p, logits, prob, scratch, wrong))
+            assert_fits(name, counts, prob, wrong, n, c->draws);
+        int n_kept = 0, n_drawn = 0;
+        for (int i = 0; i < n; i++) {
+            n_kept += prob[i] > 0.0;
+            n_drawn += counts[i] > 0;
+        }
+        ck_assert_msg(n_kept > c->min_kept && n_drawn > c->min_kept, "%s: %d kept, %d drawn", name, n_kept, n_drawn);
     }
-}
-END_TEST
-
-START_TEST(test_top_p)
-{
-    enum { N = 200, DRAWS = 10000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N], full[N];
-    random_logits(logits, N, -4.0, 4.0, 21);
-    glimpse_sampling p = params_plain();
-    glimpse_sampling nofilter = p;
-    ref_chain(logits, N, &nofilter, full);
-    static const float ps[] = { 0.3f, 0.6f, 0.9f };
-    for (size_t c = 0; c < sizeof ps / sizeof ps[0]; c++) {
-        p.top_p = ps[c];
-        draw_counts(&p, logits, N, DRAWS, counts);
-        ref_chain(logits, N, &p, prob);
-        one_token_short(prob, full, logits, N, wrong);
-        assert_fits(counts, prob, wrong, N, DRAWS);
-    }
-}
-END_TEST
-
-/* A nearly flat distribution: a nucleus of hundreds of tokens over a dozen
- * of the sampler's histogram buckets, the crossing one holding dozens. */
-START_TEST(test_top_p_wide_nucleus)
-{
-    enum { N = 1200, DRAWS = 15000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N], full[N];
-    random_logits(logits, N, 0.0, 0.5, 31);
-    glimpse_sampling p = params_plain();
-    p.top_p = 0.5f;
-    draw_counts(&p, logits, N, DRAWS, counts);
-    ref_chain(logits, N, &p, prob);
-    int n_nucleus = 0, n_drawn = 0;
-    for (int i = 0; i < N; i++) {
-        n_nucleus += prob[i] > 0.0;
-        n_drawn += counts[i] > 0;
-    }
-    ck_assert_int_gt(n_nucleus, 500);
-    ck_assert_int_gt(n_drawn, 500);
-    glimpse_sampling nofilter = params_plain();
-    ref_chain(logits, N, &nofilter, full);
-    one_token_short(prob, full, logits, N, wrong);
-    assert_fits(counts, prob, wrong, N, DRAWS);
+    free(logits);
+    free(scratch);
+    free(counts);
+    free(prob);
+    free(wrong);
 }
 END_TEST
 
@@ -364,82 +443,6 @@ START_TEST(test_top_p_edges)
 }
 END_TEST
 
-START_TEST(test_min_p)
-{
-    enum { N = 250, DRAWS = 10000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N];
-    random_logits(logits, N, -4.0, 4.0, 41);
-    glimpse_sampling p = params_plain();
-    static const float mps[] = { 0.05f, 0.2f, 0.6f };
-    for (size_t c = 0; c < sizeof mps / sizeof mps[0]; c++) {
-        p.min_p = mps[c];
-        draw_counts(&p, logits, N, DRAWS, counts);
-        ref_chain(logits, N, &p, prob);
-        /* Wrong: no filter at all. */
-        glimpse_sampling q = params_plain();
-        ref_chain(logits, N, &q, wrong);
-        assert_fits(counts, prob, wrong, N, DRAWS);
-    }
-}
-END_TEST
-
-START_TEST(test_temperature)
-{
-    enum { N = 30, DRAWS = 10000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N];
-    random_logits(logits, N, -2.0, 2.0, 51);
-    glimpse_sampling p = params_plain();
-    glimpse_sampling t1 = p;
-    ref_chain(logits, N, &t1, wrong); /* wrong: temperature ignored */
-    static const float temps[] = { 0.5f, 0.8f, 1.5f, 3.0f };
-    for (size_t c = 0; c < sizeof temps / sizeof temps[0]; c++) {
-        p.temperature = temps[c];
-        draw_counts(&p, logits, N, DRAWS, counts);
-        ref_chain(logits, N, &p, prob);
-        assert_fits(counts, prob, wrong, N, DRAWS);
-    }
-    /* At temperature 1, the plain softmax; wrong: a temperature of 1.3. */
-    p.temperature = 1.0f;
-    draw_counts(&p, logits, N, DRAWS, counts);
-    ref_chain(logits, N, &p, prob);
-    glimpse_sampling hot = p;
-    hot.temperature = 1.3f;
-    ref_chain(logits, N, &hot, wrong);
-    assert_fits(counts, prob, wrong, N, DRAWS);
-}
-END_TEST
-
-/* Every stage at once: the order matters (min-p after top-p, temperature
- * last), and the wrong distribution applies temperature first. */
-START_TEST(test_chain_order)
-{
-    enum { N = 1000, DRAWS = 20000 };
-    static float logits[N];
-    static int counts[N];
-    static double prob[N], wrong[N];
-    random_logits(logits, N, -6.0, 6.0, 61);
-    glimpse_sampling p = params_plain();
-    p.top_k = 60;
-    p.top_p = 0.8f;
-    p.min_p = 0.03f;
-    p.temperature = 2.0f;
-    draw_counts(&p, logits, N, DRAWS, counts);
-    ref_chain(logits, N, &p, prob);
-    /* Temperature first means filtering the scaled logits at T = 1. */
-    static float scaled[N];
-    for (int i = 0; i < N; i++)
-        scaled[i] = logits[i] / p.temperature;
-    glimpse_sampling q = p;
-    q.temperature = 1.0f;
-    ref_chain(scaled, N, &q, wrong);
-    assert_fits(counts, prob, wrong, N, DRAWS);
-}
-END_TEST
-
 /* Masked tokens (-inf) are never drawn, even with no filter at all. */
 START_TEST(test_masked_tokens)
 {
@@ -466,15 +469,13 @@ static void draw_sequence(uint64_t seed, const float *logits, int n, int32_t *to
     p.top_p = 0.95f;
     sampler *s = NULL;
     sampler_scratch *sc = NULL;
-    ck_assert_int_eq(sampler_create(&p, n, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(n, &sc, NULL), 0);
+    open_sampler(&p, n, &s, &sc);
     for (int i = 0; i < n_tokens; i++) {
         sample_result r;
         REQUIRE(sampler_sample(s, sc, logits, &r, NULL) == 0, "draw %d failed", i);
         tokens[i] = r.token;
     }
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 
 START_TEST(test_seed_repeats)
@@ -538,25 +539,39 @@ END_TEST
 
 /* ---- penalties ------------------------------------------------------------- */
 
+enum { PEN_N = 8 };
+static const int32_t pen_history[] = { 0, 1, 1, 4, 3, 3, 3, 5 };
+
+/* x [PEN_N]: base after a fresh sampler with p and a window of last_n tokens
+ * accepted pen_history; a second call on the same sampler must give the same
+ * (the count table is left clean). */
+static void penalize_after_history(glimpse_sampling p, int last_n, sampler_scratch *sc, const float *base, float *x)
+{
+    p.penalty_last_n = last_n;
+    sampler *s = NULL;
+    ck_assert_int_eq(sampler_create(&p, PEN_N, &s, NULL), 0);
+    for (size_t i = 0; i < sizeof pen_history / sizeof pen_history[0]; i++)
+        ck_assert_int_eq(sampler_accept(s, pen_history[i], NULL), 0);
+    float again[PEN_N];
+    memcpy(x, base, sizeof again);
+    memcpy(again, base, sizeof again);
+    sampler_penalize(s, sc, x);
+    sampler_penalize(s, sc, again);
+    ck_assert_mem_eq(x, again, sizeof again);
+    sampler_free(s);
+}
+
 START_TEST(test_penalties_exact)
 {
-    enum { N = 8 };
-    static const float base[N] = { 2.0f, -1.0f, 0.5f, -3.0f, 4.0f, 0.0f, 1.0f, -0.5f };
+    static const float base[PEN_N] = { 2.0f, -1.0f, 0.5f, -3.0f, 4.0f, 0.0f, 1.0f, -0.5f };
     glimpse_sampling p = params_plain();
     p.repetition_penalty = 1.5f;
     p.frequency_penalty = 0.25f;
     p.presence_penalty = 0.5f;
-    p.penalty_last_n = 64;
-    sampler *s = NULL;
     sampler_scratch *sc = NULL;
-    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
-    static const int32_t history[] = { 0, 1, 1, 4, 3, 3, 3, 5 };
-    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
-        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
-    float x[N];
-    memcpy(x, base, sizeof x);
-    sampler_penalize(s, sc, x);
+    ck_assert_int_eq(sampler_scratch_create(PEN_N, &sc, NULL), 0);
+    float x[PEN_N];
+    penalize_after_history(p, 64, sc, base, x);
     /* Positive logits are divided, non-positive ones multiplied; then
      * count * frequency + presence is subtracted. */
     ck_assert_float_eq_tol(x[0], 2.0f / 1.5f - (1 * 0.25f + 0.5f), 1e-6f);
@@ -567,22 +582,11 @@ START_TEST(test_penalties_exact)
     ck_assert_float_eq_tol(x[5], 0.0f - (1 * 0.25f + 0.5f), 1e-6f);
     ck_assert_float_eq(x[6], 1.0f);
     ck_assert_float_eq(x[7], -0.5f);
-    /* A second call gives the same (the count table was left clean). */
-    float y[N];
-    memcpy(y, base, sizeof y);
-    sampler_penalize(s, sc, y);
-    ck_assert_mem_eq(x, y, sizeof x);
-    sampler_free(s);
 
     /* The window keeps only the last 3 tokens, across ring wrap-around:
      * history 0 1 1 4 3 3 3 5 -> window 3 3 5. */
-    p.penalty_last_n = 3;
-    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
-    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
-        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
-    memcpy(x, base, sizeof x);
-    sampler_penalize(s, sc, x);
-    for (int i = 0; i < N; i++) {
+    penalize_after_history(p, 3, sc, base, x);
+    for (int i = 0; i < PEN_N; i++) {
         if (i == 3)
             ck_assert_float_eq_tol(x[3], -3.0f * 1.5f - (2 * 0.25f + 0.5f), 1e-6f);
         else if (i == 5)
@@ -590,17 +594,10 @@ START_TEST(test_penalties_exact)
         else
             ck_assert_float_eq(x[i], base[i]);
     }
-    sampler_free(s);
 
     /* Window 0 turns every penalty off. */
-    p.penalty_last_n = 0;
-    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
-    for (size_t i = 0; i < sizeof history / sizeof history[0]; i++)
-        ck_assert_int_eq(sampler_accept(s, history[i], NULL), 0);
-    memcpy(x, base, sizeof x);
-    sampler_penalize(s, sc, x);
+    penalize_after_history(p, 0, sc, base, x);
     ck_assert_mem_eq(x, base, sizeof x);
-    sampler_free(s);
     sampler_scratch_free(sc);
 }
 END_TEST
@@ -616,16 +613,14 @@ START_TEST(test_penalty_feedback)
     p.penalty_last_n = 1;
     sampler *s = NULL;
     sampler_scratch *sc = NULL;
-    ck_assert_int_eq(sampler_create(&p, 3, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(3, &sc, NULL), 0);
+    open_sampler(&p, 3, &s, &sc);
     static const int32_t want[] = { 0, 1, 0, 1, 0 };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         sample_result r;
         ck_assert_int_eq(sampler_sample(s, sc, logits, &r, NULL), 0);
         ck_assert_int_eq(r.token, want[i]);
     }
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 END_TEST
 
@@ -734,8 +729,7 @@ START_TEST(test_logprobs)
     p.penalty_last_n = 16;
     sampler *s = NULL;
     sampler_scratch *sc = NULL;
-    ck_assert_int_eq(sampler_create(&p, N, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(N, &sc, NULL), 0);
+    open_sampler(&p, N, &s, &sc);
     ck_assert_int_eq(sampler_accept(s, 10, NULL), 0);
     int32_t order[N];
     for (int i = 0; i < N; i++)
@@ -754,13 +748,11 @@ START_TEST(test_logprobs)
     }
     ck_assert_int_eq(order[0], 10);
     ck_assert_int_eq(order[1], 4000);
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 
     /* Fewer tokens than asked for: all of them, a masked one at -inf. */
     const float small[3] = { 0.0f, -INFINITY, 1.0f };
-    ck_assert_int_eq(sampler_create(&p, 3, &s, NULL), 0);
-    ck_assert_int_eq(sampler_scratch_create(3, &sc, NULL), 0);
+    open_sampler(&p, 3, &s, &sc);
     sample_result r;
     ck_assert_int_eq(sampler_sample(s, sc, small, &r, NULL), 0);
     ck_assert_int_eq(r.n_top, 3);
@@ -769,8 +761,7 @@ START_TEST(test_logprobs)
     ck_assert_int_eq(r.top[2].id, 1);
     ck_assert_double_eq_tol(r.top[0].logprob, -log1p(exp(-1.0)), 1e-6);
     ck_assert(isinf(r.top[2].logprob) && r.top[2].logprob < 0);
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 END_TEST
 
@@ -855,8 +846,7 @@ START_TEST(test_bad_logits)
     }
     sampler_free(t);
     sampler_scratch_free(sc_other);
-    sampler_scratch_free(sc);
-    sampler_free(s);
+    close_sampler(s, sc);
 }
 END_TEST
 
@@ -964,78 +954,52 @@ static size_t ref_stop_cut(const char *text, size_t len, const char *const *stop
     return len;
 }
 
-/* Whatever the split into pieces, the released text is the same and is the
- * reference's cut. Random text over a small alphabet makes near-misses common. */
+/* Whatever the split into pieces (1 … max_piece bytes, cut inside
+ * characters too), the released text is the same and is the reference's cut,
+ * and every release ends on a character boundary. Random text over a small
+ * alphabet makes near-misses common; the UTF-8 case has stop strings that
+ * start or end mid-sequence. */
+typedef struct split_case {
+    const char *alphabet[5];
+    const char *stops[STOP_MAX_STRINGS];
+    int max_chars, max_piece;
+    bool some_stops; /* each trial uses the first 1 … all stops, not all */
+    uint64_t seed;
+} split_case;
+
+static const split_case split_cases[] = {
+    { { "a", "b", "c" }, { "abca", "cab", "bb", "aaa" }, 40, 5, true, 2024 },
+    { { "a", "b", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80" },
+      { "\xC3\xA9\xE2\x82", "b\xC3\xA9" "b", "\xE2\x82\xAC\xE2\x82\xAC" }, 20, 6, false, 777 },
+};
+
 START_TEST(test_stop_any_split)
 {
-    static const char *const stops[] = { "abca", "cab", "bb", "aaa" };
-    size_t lens[4];
-    for (int k = 0; k < 4; k++)
-        lens[k] = strlen(stops[k]);
-    test_rand_state = 2024;
+    const split_case *c = &split_cases[_i];
+    int n_alpha = 0, n_all = 0;
+    size_t lens[STOP_MAX_STRINGS];
+    while (n_alpha < 5 && c->alphabet[n_alpha])
+        n_alpha++;
+    for (; n_all < STOP_MAX_STRINGS && c->stops[n_all]; n_all++)
+        lens[n_all] = strlen(c->stops[n_all]);
+    test_rand_state = c->seed;
     for (int trial = 0; trial < 2000; trial++) {
-        char text[64];
-        size_t len = 1 + (size_t)(test_uniform() * 40);
-        for (size_t i = 0; i < len; i++)
-            text[i] = "abc"[(int)(test_uniform() * 3)];
-        int n_stops = 1 + (int)(test_uniform() * 4);
-        size_t want = ref_stop_cut(text, len, stops, n_stops);
-        stop_matcher m;
-        REQUIRE(stop_init(&m, (const char *const *)stops, lens, n_stops, NULL, 0, 0, NULL) == 0, "trial %d", trial);
-        char got[64 + STOP_HOLD_MAX];
-        size_t got_len = 0, at = 0;
-        int finish = GLIMPSE_FINISH_NONE;
-        while (at < len && finish == GLIMPSE_FINISH_NONE) {
-            size_t n = 1 + (size_t)(test_uniform() * 5);
-            n = n > len - at ? len - at : n;
-            char out[8 + STOP_HOLD_MAX];
-            size_t out_len;
-            finish = stop_push(&m, 1, text + at, n, out, sizeof out, &out_len, NULL);
-            REQUIRE(finish >= 0, "trial %d: push failed", trial);
-            memcpy(got + got_len, out, out_len);
-            got_len += out_len;
-            at += n;
-        }
-        if (finish == GLIMPSE_FINISH_NONE) {
-            size_t out_len;
-            stop_flush(&m, got + got_len, &out_len);
-            got_len += out_len;
-        }
-        REQUIRE(got_len == want && memcmp(got, text, want) == 0, "trial %d: \"%.*s\" released %zu, want %zu", trial,
-                (int)len, text, got_len, want);
-        REQUIRE(finish == (want < len ? GLIMPSE_FINISH_STOP : GLIMPSE_FINISH_NONE), "trial %d: finish %d", trial,
-                finish);
-    }
-}
-END_TEST
-
-/* The same over UTF-8 text cut at arbitrary bytes (inside characters too),
- * with stop strings that start or end mid-sequence: besides the cut, every
- * release must end on a character boundary. */
-START_TEST(test_stop_utf8_any_split)
-{
-    static const char *const alphabet[] = { "a", "b", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80" };
-    static const char *const stops[] = { "\xC3\xA9\xE2\x82", "b\xC3\xA9" "b", "\xE2\x82\xAC\xE2\x82\xAC" };
-    size_t lens[3];
-    for (int k = 0; k < 3; k++)
-        lens[k] = strlen(stops[k]);
-    test_rand_state = 777;
-    for (int trial = 0; trial < 2000; trial++) {
-        char text[128];
+        char text[256];
         size_t len = 0;
-        int n_chars = 1 + (int)(test_uniform() * 20);
+        int n_chars = 1 + (int)(test_uniform() * c->max_chars);
         for (int i = 0; i < n_chars; i++) {
-            const char *c = alphabet[(int)(test_uniform() * 5)];
-            memcpy(text + len, c, strlen(c));
-            len += strlen(c);
+            const char *ch = c->alphabet[(int)(test_uniform() * n_alpha)];
+            memcpy(text + len, ch, strlen(ch));
+            len += strlen(ch);
         }
-        size_t want = ref_stop_cut(text, len, stops, 3);
+        int n_stops = c->some_stops ? 1 + (int)(test_uniform() * n_all) : n_all;
+        size_t want = ref_stop_cut(text, len, c->stops, n_stops);
         stop_matcher m;
-        REQUIRE(stop_init(&m, (const char *const *)stops, lens, 3, NULL, 0, 0, NULL) == 0, "trial %d", trial);
+        REQUIRE(stop_init(&m, c->stops, lens, n_stops, NULL, 0, 0, NULL) == 0, "trial %d", trial);
         size_t got_len = 0, at = 0;
         int finish = GLIMPSE_FINISH_NONE;
         while (at < len && finish == GLIMPSE_FINISH_NONE) {
-            size_t n = 1 + (size_t)(test_uniform() * 6);
+            size_t n = 1 + (size_t)(test_uniform() * c->max_piece);
             n = n > len - at ? len - at : n;
             char out[8 + STOP_HOLD_MAX];
             size_t out_len;
@@ -1054,7 +1018,10 @@ START_TEST(test_stop_utf8_any_split)
             REQUIRE(memcmp(out, text + got_len, out_len) == 0, "trial %d: flushed bytes differ", trial);
             got_len += out_len;
         }
-        REQUIRE(got_len == want, "trial %d: released %zu bytes, want %zu", trial, got_len, want);
+        REQUIRE(got_len == want, "trial %d: \"%.*s\" released %zu bytes, want %zu", trial, (int)len, text, got_len,
+                want);
+        REQUIRE(finish == (want < len ? GLIMPSE_FINISH_STOP : GLIMPSE_FINISH_NONE), "trial %d: finish %d", trial,
+                finish);
     }
 }
 END_TEST
@@ -1102,13 +1069,8 @@ static Suite *sampler_suite(void)
     TCase *tc = tcase_create("sampling");
     tcase_add_test(tc, test_rng_known_answers);
     tcase_add_test(tc, test_greedy_is_argmax);
-    tcase_add_test(tc, test_top_k);
-    tcase_add_test(tc, test_top_p);
-    tcase_add_test(tc, test_top_p_wide_nucleus);
+    tcase_add_loop_test(tc, test_distribution, 0, (int)(sizeof stat_cases / sizeof stat_cases[0]));
     tcase_add_test(tc, test_top_p_edges);
-    tcase_add_test(tc, test_min_p);
-    tcase_add_test(tc, test_temperature);
-    tcase_add_test(tc, test_chain_order);
     tcase_add_test(tc, test_masked_tokens);
     tcase_add_test(tc, test_seed_repeats);
     tcase_add_test(tc, test_shared_scratch);
@@ -1121,8 +1083,7 @@ static Suite *sampler_suite(void)
     suite_add_tcase(s, tc);
     TCase *ts = tcase_create("stop");
     tcase_add_loop_test(ts, test_stop_table, 0, (int)(sizeof stop_cases / sizeof stop_cases[0]));
-    tcase_add_test(ts, test_stop_any_split);
-    tcase_add_test(ts, test_stop_utf8_any_split);
+    tcase_add_loop_test(ts, test_stop_any_split, 0, (int)(sizeof split_cases / sizeof split_cases[0]));
     tcase_add_test(ts, test_stop_limits);
     suite_add_tcase(s, ts);
     return s;
