@@ -574,7 +574,30 @@ static void matmul_bias(threadpool *tp, const tensor *w, const float *b, const f
         kn_add_bias(y, b, n_tok, w->ne[1]);
 }
 
+/* The ViT input rows vm->x [n_pos][C] of a tile: patch embedding, the class
+ * token as the last row, positions, pre-LN. */
+static void embed_tile(vision_model *vm, threadpool *tp, const float *tile)
+{
+    const vision_hparams *hp = &vm->hp;
+    const int64_t n = hp->n_pos, C = hp->n_embd;
+    im2col(hp, tile, vm->patches);
+    matmul_bias(tp, &vm->patch_w, vm->patch_b, vm->patches, hp->n_patches, vm->x);
+    if (vm->class_embd)
+        memcpy(vm->x + (size_t)hp->n_patches * C, vm->class_embd, (size_t)C * sizeof(float));
+    add_rows(vm->x, vm->pos, n * C);
+    if (vm->pre_ln_w)
+        layer_norm(tp, vm->x, vm->pre_ln_w, vm->pre_ln_b, n, C, hp->eps, vm->x);
+}
+
 void vision_encode(vision_model *vm, threadpool *tp, const float *tile, float *out)
+{
+    vision_encode_part(vm, tp, tile, 0, vm->hp.n_layer_run, out);
+}
+
+/* Between two parts only the residual stream vm->x carries the tile: every
+ * other buffer is rewritten inside a layer, so the split changes no number. */
+void vision_encode_part(vision_model *vm, threadpool *tp, const float *tile, int layer_from, int layer_to,
+                        float *out)
 {
     const vision_hparams *hp = &vm->hp;
     const int64_t n = hp->n_pos, C = hp->n_embd, F = hp->n_ff;
@@ -585,16 +608,9 @@ void vision_encode(vision_model *vm, threadpool *tp, const float *tile, float *o
     if (ensure_scores(vm, nth))
         tp = NULL;
 
-    /* patch embedding [n_patches][C], then the class token as the last row */
-    im2col(hp, tile, vm->patches);
-    matmul_bias(tp, &vm->patch_w, vm->patch_b, vm->patches, hp->n_patches, vm->x);
-    if (vm->class_embd)
-        memcpy(vm->x + (size_t)hp->n_patches * C, vm->class_embd, (size_t)C * sizeof(float));
-    add_rows(vm->x, vm->pos, n * C);
-    if (vm->pre_ln_w)
-        layer_norm(tp, vm->x, vm->pre_ln_w, vm->pre_ln_b, n, C, hp->eps, vm->x);
-
-    for (int il = 0; il < hp->n_layer_run; il++) {
+    if (layer_from == 0)
+        embed_tile(vm, tp, tile);
+    for (int il = layer_from; il < layer_to; il++) {
         const vision_layer *l = &vm->layers[il];
         layer_norm(tp, vm->x, l->ln1_w, l->ln1_b, n, C, hp->eps, vm->h);
         matmul_bias(tp, l->wq, l->bq, vm->h, n, vm->q);
@@ -612,6 +628,8 @@ void vision_encode(vision_model *vm, threadpool *tp, const float *tile, float *o
         matmul_bias(tp, l->down, l->down_b, vm->ffn, n, vm->h);
         add_rows(vm->x, vm->h, n * C);
     }
+    if (layer_to < hp->n_layer_run)
+        return;
     if (vm->post_ln_w)
         layer_norm(tp, vm->x, vm->post_ln_w, vm->post_ln_b, n, C, hp->eps, vm->x);
 

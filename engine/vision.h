@@ -66,6 +66,17 @@ const vision_hparams *vision_get_hparams(const vision_model *vm);
  * Runs on tp; the caller must be the only user of vm (its scratch). */
 void vision_encode(vision_model *vm, threadpool *tp, const float *tile, float *out);
 
+/* One tile in parts, so that a caller can do other work between them (the
+ * scheduler decodes running streams between the layers of a tile): runs ViT
+ * layers [layer_from, layer_to), 0 <= layer_from <= layer_to <= n_layer_run;
+ * layer_from == 0 first embeds tile (read only then), layer_to == n_layer_run
+ * finishes into out (written only then). The tile's activations stay in vm
+ * between parts, so one tile at a time: a part starting at 0, or a
+ * vision_encode, drops an unfinished tile. The result is bit for bit
+ * vision_encode's however the layers are split. */
+void vision_encode_part(vision_model *vm, threadpool *tp, const float *tile, int layer_from, int layer_to,
+                        float *out);
+
 /* The ViT output rows [n_pos][n_embd] of the last vision_encode (before the
  * projector), for tests and debugging. Borrowed, overwritten by the next encode. */
 const float *vision_last_hidden(const vision_model *vm);
