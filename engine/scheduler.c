@@ -7,9 +7,10 @@
  *      the pool has blocks for the job's prompt plus one block to grow: the
  *      prefix cache attaches the full blocks it already holds, and the image
  *      cache the embeddings of images it has seen;
- *   3. encodes pending image tiles of admitted jobs, oldest job first (one
- *      tile per step while other sequences decode, so that they keep
- *      streaming; up to STEP_TILES_IDLE otherwise);
+ *   3. encodes pending image tiles of admitted jobs, oldest job first: one
+ *      ViT layer per step while other sequences decode, so that they keep
+ *      streaming (a tile is carried over from step to step in the vision
+ *      encoder), and up to STEP_TILES_IDLE whole tiles otherwise;
  *   4. builds one batch: one entry for every decoding sequence, then prompt
  *      chunks of the prefilling ones, oldest first, up to the step's token
  *      budget (so a long prompt takes several steps and never holds back the
@@ -44,6 +45,10 @@
 
 /* Image tiles encoded per step when no sequence is waiting for a token. */
 #define STEP_TILES_IDLE 4
+/* ViT layers encoded per step while sequences decode: one layer of a
+ * 512-pixel SigLIP tile is ~0.3 s on two cores, the bound this puts on
+ * their inter-token latency (a whole tile, 12 layers, would be ~3.6 s). */
+#define STEP_LAYERS_BUSY 1
 
 /* Histogram bucket bounds. */
 static const double time_bounds[GLIMPSE_HIST_N] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -73,6 +78,10 @@ typedef struct img_cache {
     img_entry *head, *tail;
     size_t bytes, cap;
     uint64_t queries, hits;
+    /* The entry whose tile tiles_done is half encoded: its first part_layers
+     * ViT layers are done and their activations wait in the vision encoder. */
+    img_entry *part;
+    int part_layers;
 } img_cache;
 
 static void ic_unlink(img_cache *c, img_entry *e)
@@ -101,6 +110,8 @@ static void ic_push_tail(img_cache *c, img_entry *e)
 
 static void ic_drop(img_cache *c, img_entry *e)
 {
+    if (c->part == e)
+        c->part = NULL;
     ic_unlink(c, e);
     c->bytes -= e->bytes;
     free(e->emb);
@@ -375,34 +386,55 @@ static void admit(scheduler *s)
 
 /* ---- one step ----------------------------------------------------------------- */
 
-/* Encodes up to budget pending tiles, oldest job first. Engine thread,
- * without the lock: only the engine touches entries and encoding jobs'
- * tiles. A tile is the unit: streams decoding meanwhile wait for one tile
- * per step (the encoder cannot be paused inside a tile). */
-static void encode_tiles(scheduler *s, glimpse_job **jobs, int n_jobs, int budget)
+/* Runs up to budget ViT layers of slot i of j (counting a layer-less tower's
+ * tile as one), continuing a half-encoded tile of the slot's entry; returns
+ * the layers run. Engine thread, without the lock: only the engine touches
+ * entries and encoding jobs' tiles. */
+static int encode_slot(scheduler *s, glimpse_job *j, int i, int budget)
 {
     glimpse_model *m = s->m;
-    const vision_hparams *hp = m->vision ? vision_get_hparams(m->vision) : NULL;
-    int done = 0;
-    for (int k = 0; k < n_jobs && done < budget; k++) {
-        glimpse_job *j = jobs[k];
-        for (int i = 0; i < j->n_slots && done < budget; i++) {
-            img_entry *e = j->slot_emb[i];
-            if (!e || e->ready)
-                continue;
-            const size_t tile_len = 3 * (size_t)hp->image_size * (size_t)hp->image_size;
-            const size_t rows = (size_t)hp->n_tokens_out * (size_t)m->text.cfg.n_embd;
-            while (e->tiles_done < e->n_tiles && done < budget) {
-                double t0 = time_ms();
-                vision_encode(m->vision, m->tp, j->tiles[i]->data + (size_t)e->tiles_done * tile_len,
-                              e->emb + (size_t)e->tiles_done * rows);
-                j->encode_ms += time_ms() - t0;
-                e->tiles_done++;
-                done++;
-            }
+    img_cache *c = &s->ic;
+    img_entry *e = j->slot_emb[i];
+    const vision_hparams *hp = vision_get_hparams(m->vision);
+    const size_t tile_len = 3 * (size_t)hp->image_size * (size_t)hp->image_size;
+    const size_t rows = (size_t)hp->n_tokens_out * (size_t)m->text.cfg.n_embd;
+    const int n_layer = hp->n_layer_run;
+    int used = 0;
+    while (!e->ready && used < budget) {
+        /* Starting a tile drops the half tile of another entry, if any (the
+         * encoder holds one): encode_tiles finishes that one first when a
+         * running job pins it, else it is redone from its first layer. */
+        int from = c->part == e ? c->part_layers : 0;
+        int to = n_layer - from < budget - used ? n_layer : from + budget - used;
+        double t0 = time_ms();
+        vision_encode_part(m->vision, m->tp, j->tiles[i]->data + (size_t)e->tiles_done * tile_len, from, to,
+                           e->emb + (size_t)e->tiles_done * rows);
+        j->encode_ms += time_ms() - t0;
+        used += to > from ? to - from : 1;
+        c->part = to < n_layer ? e : NULL;
+        c->part_layers = to;
+        if (to == n_layer) {
+            e->tiles_done++;
             e->ready = e->tiles_done == e->n_tiles;
         }
     }
+    return used;
+}
+
+/* Encodes up to budget ViT layers of pending tiles: first the tile in
+ * progress (found through any job that pins its entry), then oldest job
+ * first. */
+static void encode_tiles(scheduler *s, glimpse_job **jobs, int n_jobs, int budget)
+{
+    for (int pass = s->ic.part ? 0 : 1; pass < 2; pass++)
+        for (int k = 0; k < n_jobs && budget > 0; k++) {
+            glimpse_job *j = jobs[k];
+            for (int i = 0; i < j->n_slots && budget > 0; i++) {
+                img_entry *e = j->slot_emb[i];
+                if (e && !e->ready && (pass == 1 || e == s->ic.part))
+                    budget -= encode_slot(s, j, i, budget);
+            }
+        }
 }
 
 /* Registers the full blocks j has computed in the prefix cache. */
@@ -546,7 +578,9 @@ static void *engine_main(void *arg)
         }
         if (n_encoding > 0) {
             pthread_mutex_unlock(&s->lock);
-            encode_tiles(s, jobs, n_jobs, n_decoding > 0 ? 1 : STEP_TILES_IDLE);
+            const int n_layer = vision_get_hparams(s->m->vision)->n_layer_run;
+            encode_tiles(s, jobs, n_jobs,
+                         n_decoding > 0 ? STEP_LAYERS_BUSY : STEP_TILES_IDLE * (n_layer > 0 ? n_layer : 1));
             pthread_mutex_lock(&s->lock);
             for (int k = 0; k < n_jobs; k++) {
                 glimpse_job *j = jobs[k];
