@@ -10,12 +10,19 @@
  * request run alone on its own freshly loaded model.
  *
  * Also: prefix-cache and image-cache hits, admission control (queue full,
- * shutdown, prompts that can never fit), cancellation giving back KV blocks.
+ * shutdown, prompts that can never fit), cancellation giving back KV blocks
+ * (while waiting, encoding an image or decoding), and fairness: a long
+ * prompt or a picture being encoded leaves running streams a token in every
+ * step.
  */
 #include "glimpse.h"
+#include "media.h"
+#include "model.h"
+#include "vision.h"
 
 #include "testutil.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -240,19 +247,51 @@ END_TEST
 
 /* ---- admission control ------------------------------------------------------- */
 
-/* A callback that holds the engine thread until released, so that the
- * queue's state can be set up deterministically. */
-static atomic_int gate_open, gate_reached;
+/* Stream A holds the engine in its n-th token's callback until a_release
+ * >= n, so that the test thread acts between two known steps; B's callback
+ * notes how many tokens A had when B got its first, and keeps a trace when
+ * given one. */
+static atomic_int a_tokens, a_release, a_tokens_at_b_first, b_tokens;
 
-static int gated(const glimpse_token *t, void *user)
+static int stream_a(const glimpse_token *t, void *user)
 {
-    (void)t;
     (void)user;
-    atomic_store(&gate_reached, 1);
-    while (!atomic_load(&gate_open))
+    if (t->id == GLIMPSE_TOKEN_NONE)
+        return 0;
+    int n = atomic_fetch_add(&a_tokens, 1) + 1;
+    while (atomic_load(&a_release) < n)
         usleep(1000);
     return 0;
 }
+
+static int stream_b(const glimpse_token *t, void *user)
+{
+    if (t->id != GLIMPSE_TOKEN_NONE && atomic_fetch_add(&b_tokens, 1) == 0)
+        atomic_store(&a_tokens_at_b_first, atomic_load(&a_tokens));
+    return user ? on_token(t, user) : 0;
+}
+
+/* Submits stream A (greedy, max_tokens long) and waits until the engine
+ * holds in its first token. */
+static glimpse_job *start_a(glimpse_model *m, int max_tokens)
+{
+    atomic_store(&a_tokens, 0);
+    atomic_store(&a_release, 0);
+    atomic_store(&b_tokens, 0);
+    glimpse_request ra;
+    glimpse_request_default(&ra);
+    ra.prompt = prompts[1];
+    ra.max_tokens = max_tokens;
+    ra.sampling.temperature = 0;
+    ra.on_token = stream_a;
+    glimpse_job *ja;
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_submit(m, &ra, &ja, &err) == 0, "%s", err.msg);
+    while (atomic_load(&a_tokens) < 1)
+        usleep(1000);
+    return ja;
+}
+
 
 START_TEST(queue_full_shutdown_and_context)
 {
@@ -269,18 +308,11 @@ START_TEST(queue_full_shutdown_and_context)
 
     glimpse_request r;
     glimpse_request_default(&r);
-    r.prompt = "Once upon a time";
+    r.prompt = prompts[1];
     r.max_tokens = 4;
     r.sampling.temperature = 0;
-    r.on_token = gated;
-    atomic_store(&gate_open, 0);
-    atomic_store(&gate_reached, 0);
-    glimpse_job *first, *q1, *q2, *extra;
-    ck_assert_int_eq(glimpse_submit(m, &r, &first, &err), 0);
-    while (!atomic_load(&gate_reached))
-        usleep(1000);
+    glimpse_job *first = start_a(m, 4), *q1, *q2, *extra;
     /* the engine is inside first's callback: the next two wait, the third is refused */
-    r.on_token = NULL;
     ck_assert_int_eq(glimpse_submit(m, &r, &q1, &err), 0);
     ck_assert_int_eq(glimpse_submit(m, &r, &q2, &err), 0);
     ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_EBUSY);
@@ -296,7 +328,7 @@ START_TEST(queue_full_shutdown_and_context)
         long_prompt[i] = i % 5 == 4 ? ' ' : 'a' + (char)(i % 7);
     r.prompt = long_prompt;
     ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_ELIMIT);
-    r.prompt = "Once upon a time";
+    r.prompt = prompts[1];
 
     /* cancelling a waiting job: it ends without running */
     glimpse_job_cancel(q2);
@@ -304,7 +336,7 @@ START_TEST(queue_full_shutdown_and_context)
     /* shutting down: new requests are refused, admitted and queued ones drain */
     glimpse_shutdown(m);
     ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_ESHUTDOWN);
-    atomic_store(&gate_open, 1);
+    atomic_store(&a_release, INT_MAX);
     glimpse_result res;
     ck_assert_int_eq(glimpse_job_wait(first, &res, &err), 0);
     ck_assert_int_eq(res.completion_tokens, 4);
@@ -359,49 +391,14 @@ END_TEST
 
 /* ---- fairness ---------------------------------------------------------------- */
 
-static atomic_int a_tokens, a_tokens_at_b_first, b_tokens;
-
-static int stream_a(const glimpse_token *t, void *user)
-{
-    (void)user;
-    if (t->id == GLIMPSE_TOKEN_NONE)
-        return 0;
-    if (atomic_fetch_add(&a_tokens, 1) == 0) {
-        atomic_store(&gate_reached, 1);
-        while (!atomic_load(&gate_open))
-            usleep(1000);
-    }
-    return 0;
-}
-
-static int stream_b(const glimpse_token *t, void *user)
-{
-    (void)user;
-    if (t->id != GLIMPSE_TOKEN_NONE && atomic_fetch_add(&b_tokens, 1) == 0)
-        atomic_store(&a_tokens_at_b_first, atomic_load(&a_tokens));
-    return 0;
-}
-
 START_TEST(long_prompt_does_not_starve_streams)
 {
     /* A streams; then B arrives with a prompt of many step budgets (32
      * entries a step). A must get a token in every step of B's prefill. */
     glimpse_model *m = load(2, 32, 1024, 0);
     glimpse_err err = { 0 };
-    atomic_store(&a_tokens, 0);
-    atomic_store(&b_tokens, 0);
-    atomic_store(&gate_open, 0);
-    atomic_store(&gate_reached, 0);
-    glimpse_request ra, rb;
-    glimpse_request_default(&ra);
-    ra.prompt = prompts[1];
-    ra.max_tokens = 80;
-    ra.sampling.temperature = 0;
-    ra.on_token = stream_a;
-    glimpse_job *ja, *jb;
-    ck_assert_int_eq(glimpse_submit(m, &ra, &ja, &err), 0);
-    while (!atomic_load(&gate_reached))
-        usleep(1000);
+    glimpse_job *ja = start_a(m, 80), *jb;
+    glimpse_request rb;
     static char long_prompt[4096];
     long_prompt[0] = '\0';
     for (int i = 0; i < 4; i++)
@@ -412,7 +409,7 @@ START_TEST(long_prompt_does_not_starve_streams)
     rb.sampling.temperature = 0;
     rb.on_token = stream_b;
     ck_assert_int_eq(glimpse_submit(m, &rb, &jb, &err), 0);
-    atomic_store(&gate_open, 1); /* B is queued before A's second step */
+    atomic_store(&a_release, INT_MAX); /* B is queued before A's second step */
     glimpse_result res_a, res_b;
     ck_assert_int_eq(glimpse_job_wait(jb, &res_b, &err), 0);
     ck_assert_int_eq(glimpse_job_wait(ja, &res_a, &err), 0);
@@ -429,7 +426,7 @@ END_TEST
 
 /* ---- images ------------------------------------------------------------------ */
 
-START_TEST(image_cache_and_invariance)
+static glimpse_model *load_vlm(int n_parallel)
 {
     glimpse_model_params p;
     glimpse_model_params_default(&p);
@@ -439,49 +436,82 @@ START_TEST(image_cache_and_invariance)
     p.model_path = model_path;
     p.mmproj_path = mmproj_path;
     p.n_threads = 2;
-    p.n_parallel = 4;
+    p.n_parallel = n_parallel;
     p.n_batch = 32;
-    glimpse_model *m, *fresh;
+    glimpse_model *m;
     glimpse_err err = { 0 };
     ck_assert_msg(glimpse_model_load(&p, &m, &err) == 0, "%s", err.msg);
-    ck_assert_msg(glimpse_model_load(&p, &fresh, &err) == 0, "%s", err.msg);
+    return m;
+}
+
+static glimpse_image *test_image(const glimpse_model *m)
+{
     size_t len;
     void *png = read_file(source_path("../shared/testdata/images/jpeg-turbo/vgl_5674_0098.png"), &len);
     ck_assert(png != NULL);
-    glimpse_image *img, *img_fresh;
+    glimpse_image *img;
+    glimpse_err err = { 0 };
     ck_assert_msg(glimpse_image_decode(m, png, len, NULL, &img, &err) == 0, "%s", err.msg);
-    ck_assert_msg(glimpse_image_decode(fresh, png, len, NULL, &img_fresh, &err) == 0, "%s", err.msg);
     free(png);
+    return img;
+}
 
-    glimpse_part parts[2] = { { GLIMPSE_PART_IMAGE, NULL, 0 }, { GLIMPSE_PART_TEXT, "What is in this picture?", 0 } };
-    glimpse_message msg = { "user", parts, 2 };
+/* A greedy question about *img (which must stay in place) into tr. */
+typedef struct image_req {
+    glimpse_part parts[2];
+    glimpse_message msg;
+    const glimpse_image *img;
     glimpse_request r;
-    glimpse_request_default(&r);
-    r.messages = &msg;
-    r.n_messages = 1;
-    r.max_tokens = 16;
-    r.sampling.temperature = 0;
-    r.on_token = on_token;
+} image_req;
 
-    /* alone, on its own model */
+static void image_request(image_req *q, const glimpse_image *img, glimpse_token_fn fn, trace *tr)
+{
+    q->parts[0] = (glimpse_part){ GLIMPSE_PART_IMAGE, NULL, 0 };
+    q->parts[1] = (glimpse_part){ GLIMPSE_PART_TEXT, "What is in this picture?", 0 };
+    q->msg = (glimpse_message){ "user", q->parts, 2 };
+    q->img = img;
+    glimpse_request_default(&q->r);
+    q->r.messages = &q->msg;
+    q->r.n_messages = 1;
+    q->r.images = &q->img;
+    q->r.n_images = 1;
+    q->r.max_tokens = 16;
+    q->r.sampling.temperature = 0;
+    q->r.on_token = fn;
+    q->r.user = tr;
+    if (tr)
+        memset(tr, 0, sizeof *tr);
+}
+
+/* The image question alone on a freshly loaded model (whole tiles a step). */
+static void image_alone(trace *want, glimpse_result *res)
+{
+    glimpse_model *fresh = load_vlm(1);
+    glimpse_image *img = test_image(fresh);
+    image_req q;
+    image_request(&q, img, on_token, want);
+    glimpse_err err = { 0 };
+    ck_assert_msg(glimpse_generate(fresh, &q.r, res, &err) == 0, "%s", err.msg);
+    ck_assert_int_gt(res->image_tokens, 0);
+    glimpse_image_free(img);
+    glimpse_model_free(fresh);
+}
+
+START_TEST(image_cache_and_invariance)
+{
     trace want, got[4];
     glimpse_result res;
-    memset(&want, 0, sizeof want);
-    const glimpse_image *one = img_fresh;
-    r.images = &one;
-    r.n_images = 1;
-    r.user = &want;
-    ck_assert_msg(glimpse_generate(fresh, &r, &res, &err) == 0, "%s", err.msg);
-    ck_assert_int_gt(res.image_tokens, 0);
+    glimpse_err err = { 0 };
+    image_alone(&want, &res);
 
-    /* four at once on the other model: encoded once or more, then cached */
-    const glimpse_image *imgs[1] = { img };
-    r.images = imgs;
+    /* four at once: encoded once or more, then cached */
+    glimpse_model *m = load_vlm(4);
+    glimpse_image *img = test_image(m);
+    image_req q[4];
     glimpse_job *jobs[4];
     for (int i = 0; i < 4; i++) {
-        memset(&got[i], 0, sizeof got[i]);
-        r.user = &got[i];
-        ck_assert_int_eq(glimpse_submit(m, &r, &jobs[i], &err), 0);
+        image_request(&q[i], img, on_token, &got[i]);
+        ck_assert_int_eq(glimpse_submit(m, &q[i].r, &jobs[i], &err), 0);
     }
     for (int i = 0; i < 4; i++) {
         ck_assert_int_eq(glimpse_job_wait(jobs[i], &res, &err), 0);
@@ -493,17 +523,101 @@ START_TEST(image_cache_and_invariance)
     ck_assert_uint_eq(s1.image_queries, 4); /* encoded once, by whoever came first */
     ck_assert_uint_eq(s1.image_hits, 3);
     /* once more: the image embeddings and the prompt's prefix are cached */
-    memset(&got[0], 0, sizeof got[0]);
-    r.user = &got[0];
-    ck_assert_int_eq(glimpse_generate(m, &r, &res, &err), 0);
+    image_request(&q[0], img, on_token, &got[0]);
+    ck_assert_int_eq(glimpse_generate(m, &q[0].r, &res, &err), 0);
     assert_same(&want, &got[0], "image from cache", 0);
     glimpse_stats_get(m, &s2);
     ck_assert_uint_gt(s2.prefix_hits, s1.prefix_hits);
     ck_assert(res.image_encode_ms == 0.0);
     glimpse_image_free(img);
-    glimpse_image_free(img_fresh);
     glimpse_model_free(m);
-    glimpse_model_free(fresh);
+}
+END_TEST
+
+START_TEST(image_in_layers_beside_a_stream)
+{
+    /* A streams; B's picture arrives. While A decodes, B's tiles are encoded
+     * one ViT layer per step: A gets a token for every layer of every tile
+     * (and for every prefill chunk of B), and B's answer is bit for bit the
+     * one of B alone, encoded a whole tile at a time. */
+    trace want, got;
+    glimpse_result res_a, res_b;
+    glimpse_err err = { 0 };
+    image_alone(&want, &res_b);
+
+    glimpse_model *m = load_vlm(2);
+    glimpse_image *img = test_image(m);
+    const int n_tiles = img->tiles.n_tiles, n_layer = vision_get_hparams(m->vision)->n_layer_run;
+    ck_assert_int_ge(n_layer, 2); /* else a layer is a tile */
+    glimpse_job *ja = start_a(m, 200), *jb;
+    image_req q;
+    image_request(&q, img, stream_b, &got);
+    ck_assert_int_eq(glimpse_submit(m, &q.r, &jb, &err), 0);
+    atomic_store(&a_release, INT_MAX);
+    ck_assert_int_eq(glimpse_job_wait(jb, &res_b, &err), 0);
+    ck_assert_int_eq(glimpse_job_wait(ja, &res_a, &err), 0);
+    assert_same(&want, &got, "image encoded in layers", 0);
+    /* steps from B's admission to its first token: one per layer (the last
+     * one also runs B's first prompt chunk), then the other chunks of at
+     * most 31 positions beside A's token */
+    int chunks = (res_b.prompt_tokens + 30) / 31;
+    int steps = n_tiles * n_layer + chunks - 1;
+    ck_assert_msg(atomic_load(&a_tokens_at_b_first) - 1 >= steps,
+                  "A got %d tokens while B's %d tiles of %d layers were encoded and its %d positions prefilled "
+                  "(>= %d steps)",
+                  atomic_load(&a_tokens_at_b_first) - 1, n_tiles, n_layer, res_b.prompt_tokens, steps);
+    glimpse_job_free(ja);
+    glimpse_job_free(jb);
+    glimpse_image_free(img);
+    glimpse_model_free(m);
+}
+END_TEST
+
+START_TEST(cancel_while_encoding)
+{
+    /* B is cancelled between two layers of its first tile: its sequence slot
+     * returns at the next step, while A still runs; the half-encoded tile is
+     * dropped, and the same picture later encodes correctly. */
+    trace want, got;
+    glimpse_result res;
+    glimpse_err err = { 0 };
+    image_alone(&want, &res);
+
+    glimpse_model *m = load_vlm(2);
+    glimpse_image *img = test_image(m);
+    glimpse_stats s0, s1, s2;
+    glimpse_job *ja = start_a(m, 40), *jb;
+    glimpse_stats_get(m, &s0); /* A alone, held in its first token */
+    image_req q;
+    image_request(&q, img, on_token, &got);
+    ck_assert_int_eq(glimpse_submit(m, &q.r, &jb, &err), 0);
+    atomic_store(&a_release, 1);
+    while (atomic_load(&a_tokens) < 2) /* the step that admitted B and ran its first layer */
+        usleep(1000);
+    glimpse_stats_get(m, &s1);
+    ck_assert_int_eq(s1.running, 2); /* B holds a sequence slot (its blocks are reserved at its prefill) */
+    glimpse_job_cancel(jb);
+    atomic_store(&a_release, 2); /* the next step drops B; A then holds in its third token */
+    ck_assert_int_eq(glimpse_job_wait(jb, &res, &err), GLIMPSE_ECANCELED);
+    ck_assert_int_eq(got.n, 0);
+    glimpse_stats_get(m, &s2);
+    ck_assert_int_eq(s2.running, 1);
+    ck_assert_int_eq(s2.waiting, 0);
+    ck_assert_uint_eq(s2.requests_cancelled, 1);
+    ck_assert(s2.kv_usage == s0.kv_usage); /* A's few positions fit its first block */
+    ck_assert_int_le(atomic_load(&a_tokens), 3);
+    glimpse_job_free(jb);
+    atomic_store(&a_release, INT_MAX);
+    ck_assert_int_eq(glimpse_job_wait(ja, &res, &err), 0);
+    glimpse_job_free(ja);
+
+    image_request(&q, img, on_token, &got);
+    ck_assert_int_eq(glimpse_generate(m, &q.r, &res, &err), 0);
+    assert_same(&want, &got, "image after a cancelled encoding", 0);
+    glimpse_stats_get(m, &s2);
+    ck_assert(s2.kv_usage == 0.0);
+    glimpse_image_free(img);
+    glimpse_model_free(m);
 }
 END_TEST
 
@@ -520,6 +634,8 @@ static Suite *suite(void)
     tcase_add_test(tc, cancel_returns_blocks);
     tcase_add_test(tc, long_prompt_does_not_starve_streams);
     tcase_add_test(tc, image_cache_and_invariance);
+    tcase_add_test(tc, image_in_layers_beside_a_stream);
+    tcase_add_test(tc, cancel_while_encoding);
     suite_add_tcase(s, tc);
     return s;
 }
