@@ -215,38 +215,21 @@ static int open_guarded(const void *data, size_t len, glimpse_err *err)
 
 /* ---- the valid file ------------------------------------------------------------ */
 
-static void check_valid(const gguf_file *f, uint32_t align, uint32_t version)
+/* The typed keys both writers (ours in this file, gguf-py's) put in every
+ * test file: their types and the scalars' values. */
+static void check_typed_kvs(const gguf_file *f)
 {
-    glimpse_err err = { 0 };
-    ck_assert_uint_eq(gguf_version(f), version);
-    ck_assert_uint_eq(gguf_alignment(f), align ? align : 32);
-    ck_assert_int_eq(gguf_n_kv(f), align ? N_KV : N_KV - 1);
-    ck_assert_int_eq(gguf_n_tensors(f), N_TENSORS);
-
-    const void *p;
-    enum gguf_vtype et;
-    uint64_t n;
-    int64_t i = gguf_find_key(f, "t.u8");
-    ck_assert_int_ge(i, 0);
-    ck_assert_int_eq(gguf_kv_type(f, i), GGUF_VTYPE_UINT8);
-    gguf_str key = gguf_kv_key(f, i);
-    ck_assert_uint_eq(key.len, 4);
-    ck_assert_int_eq(memcmp(key.ptr, "t.u8", 4), 0);
-    ck_assert_int_eq(gguf_find_key(f, "t.u"), -1);
-    ck_assert_int_eq(gguf_find_key(f, "t.u88"), -1);
-    ck_assert_int_eq(gguf_find_key(f, "general.alignment") >= 0, align != 0);
-
     static const struct { const char *key; enum gguf_vtype type; } types[] = {
-        { "t.i8", GGUF_VTYPE_INT8 },     { "t.u16", GGUF_VTYPE_UINT16 },  { "t.i16", GGUF_VTYPE_INT16 },
-        { "t.u64", GGUF_VTYPE_UINT64 },  { "t.i64", GGUF_VTYPE_INT64 },   { "t.f64", GGUF_VTYPE_FLOAT64 },
-        { "t.arr_i32", GGUF_VTYPE_ARRAY },
+        { "t.u8", GGUF_VTYPE_UINT8 },    { "t.i8", GGUF_VTYPE_INT8 },   { "t.u16", GGUF_VTYPE_UINT16 },
+        { "t.i16", GGUF_VTYPE_INT16 },   { "t.u64", GGUF_VTYPE_UINT64 }, { "t.i64", GGUF_VTYPE_INT64 },
+        { "t.f64", GGUF_VTYPE_FLOAT64 }, { "t.arr_i32", GGUF_VTYPE_ARRAY },
     };
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         int64_t idx = gguf_find_key(f, types[k].key);
-        ck_assert_int_ge(idx, 0);
+        ck_assert_msg(idx >= 0, "%s missing", types[k].key);
         ck_assert_int_eq(gguf_kv_type(f, idx), types[k].type);
     }
-
+    glimpse_err err = { 0 };
     uint32_t u32;
     int32_t i32;
     float f32;
@@ -263,6 +246,33 @@ static void check_valid(const gguf_file *f, uint32_t align, uint32_t version)
     ck_assert_int_eq(gguf_get_str(f, "t.str", &s, &err), 0);
     ck_assert_uint_eq(s.len, 6);
     ck_assert_int_eq(memcmp(s.ptr, "h\xc3\xa9llo", 6), 0);
+}
+
+static void check_valid(const gguf_file *f, uint32_t align, uint32_t version)
+{
+    glimpse_err err = { 0 };
+    ck_assert_uint_eq(gguf_version(f), version);
+    ck_assert_uint_eq(gguf_alignment(f), align ? align : 32);
+    ck_assert_int_eq(gguf_n_kv(f), align ? N_KV : N_KV - 1);
+    ck_assert_int_eq(gguf_n_tensors(f), N_TENSORS);
+
+    const void *p;
+    enum gguf_vtype et;
+    uint64_t n;
+    check_typed_kvs(f);
+    int64_t i = gguf_find_key(f, "t.u8");
+    gguf_str key = gguf_kv_key(f, i);
+    ck_assert_uint_eq(key.len, 4);
+    ck_assert_int_eq(memcmp(key.ptr, "t.u8", 4), 0);
+    ck_assert_int_eq(gguf_find_key(f, "t.u"), -1);
+    ck_assert_int_eq(gguf_find_key(f, "t.u88"), -1);
+    ck_assert_int_eq(gguf_find_key(f, "general.alignment") >= 0, align != 0);
+
+    uint32_t u32;
+    int32_t i32;
+    float f32;
+    bool b;
+    gguf_str s;
 
     /* fixed-size arrays: contiguous little-endian elements */
     ck_assert_int_eq(gguf_get_arr(f, "t.arr_i32", &et, &n, &p, &err), 0);
@@ -602,27 +612,7 @@ START_TEST(test_gguf_py_file)
     gguf_str s;
     ck_assert_int_eq(gguf_get_str(f, "general.architecture", &s, &err), 0);
     ck_assert_int_eq(s.len == 12 && memcmp(s.ptr, "glimpse-test", 12) == 0, 1);
-    ck_assert_int_eq(gguf_get_str(f, "t.str", &s, &err), 0);
-    ck_assert_int_eq(s.len == 6 && memcmp(s.ptr, "h\xc3\xa9llo", 6) == 0, 1);
-    uint32_t u32;
-    int32_t i32;
-    float f32;
-    bool b;
-    ck_assert_int_eq(gguf_get_u32(f, "t.u32", &u32, &err), 0);
-    ck_assert_uint_eq(u32, 4000000000u);
-    ck_assert_int_eq(gguf_get_i32(f, "t.i32", &i32, &err), 0);
-    ck_assert_int_eq(i32, -2000000000);
-    ck_assert_int_eq(gguf_get_f32(f, "t.f32", &f32, &err), 0);
-    ck_assert_float_eq(f32, 1.5f);
-    ck_assert_int_eq(gguf_get_bool(f, "t.bool", &b, &err), 0);
-    ck_assert(b);
-    static const struct { const char *key; enum gguf_vtype type; uint64_t bits; } scalars[] = {
-        { "t.u8", GGUF_VTYPE_UINT8, 200 }, { "t.i8", GGUF_VTYPE_INT8, 0xfb }, { "t.u16", GGUF_VTYPE_UINT16, 60000 },
-        { "t.i16", GGUF_VTYPE_INT16, 0x8ad0 }, { "t.u64", GGUF_VTYPE_UINT64, 0x123456789abcdef0u },
-        { "t.i64", GGUF_VTYPE_INT64, (uint64_t)-((int64_t)1 << 40) }, { "t.f64", GGUF_VTYPE_FLOAT64, 0x400a000000000000u },
-    };
-    for (size_t k = 0; k < sizeof scalars / sizeof scalars[0]; k++)
-        ck_assert_int_eq(gguf_kv_type(f, gguf_find_key(f, scalars[k].key)), scalars[k].type);
+    check_typed_kvs(f);
     enum gguf_vtype et;
     uint64_t n;
     const void *p;
