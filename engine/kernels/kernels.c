@@ -6,30 +6,27 @@
  *     (kernels_avx512.c) when the CPU has AVX-512F/BW/VL, else the AVX2+FMA
  *     table (kernels_avx2.c) when it has AVX2, FMA and F16C, else the scalar
  *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar or =avx2 caps the
- *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 dots,
- *     the Q8_0 dots (with VNNI only) and the fused attention replaced; the
- *     other quantised dots, the activation quantisers and the per-row
+ *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 tiles,
+ *     the Q8_0 tile (with VNNI only) and the fused attention replaced; the
+ *     other quantised tiles, the activation quantisers and the per-row
  *     kernels are AVX2 there too.
- *   - kn_attention (fused, online softmax) is the table's: AVX-512 for head
- *     sizes that are multiples of 16, the reference otherwise and on AVX2.
- *     The decoder runs its causal attention through it; the ViT still uses
- *     two sgemm per head (vision.c).
- *   - Where OpenBLAS runs: the sgemm path below (kn_matmul only: the ViT,
- *     the projector) and the ViT's attention. The decoder never calls it
- *     (kn_matmul_invariant: batch invariance), so prefill runs on our dots.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
- *     kernels_reserve, split over the pool by token rows; then computes the
- *     dot products split over the pool by output rows, in tiles of weight
- *     rows so that a tile stays in cache while every token passes over it,
- *     four tokens per weight-row pass where the table has multi-token dots.
- *   - F32/F16/BF16 weights with n_tok >= BLAS_MIN_TOK_* (SIMD table only) go to
- *     OpenBLAS sgemm instead, single-threaded inside each pool thread on its
- *     share of output rows; F16/BF16 weights are converted to f32 a panel at
- *     a time and the activations rounded to the weight's type first (as
- *     llama.cpp does), both in the same scratch. Quantised weights always
- *     take the integer dot path, whose activation quantisation is part of
- *     the numerics we match (spec §8 pitfall 5).
+ *     kernels_reserve, split over the pool by token rows; then runs the
+ *     table's register-blocked tile kernel (kernels_tile.h) split over the
+ *     pool by output rows, in token blocks and weight-row tiles that stay in
+ *     cache (dot_rows). Every output is one dot whose order depends on k
+ *     alone, so kn_matmul_invariant is this path whatever the batch.
+ *   - Where OpenBLAS runs: only on the AVX2 table (no AVX-512), where sgemm
+ *     beats our 2 x 4 tiles: kn_matmul (never kn_matmul_invariant) sends
+ *     F32/F16/BF16 weights with n_tok >= BLAS_MIN_TOK_* to sgemm,
+ *     single-threaded inside each pool thread on its share of output rows;
+ *     F16/BF16 weights are converted to f32 a panel at a time, the
+ *     activations rounded to the weight's type first (as llama.cpp does).
+ *     On AVX-512 our tiles are ~2x faster than Debian's OpenBLAS (which runs
+ *     its Haswell kernels on Zen 5), so the ViT and projector run on them.
+ *     Quantised weights always take the integer dot path, whose activation
+ *     quantisation is part of the numerics we match (spec §8 pitfall 5).
  *   - Everything else is a per-row call straight into the table.
  */
 #include "kernels_impl.h"
@@ -49,8 +46,8 @@ static const kn_impl *active = &kn_ref_impl;
 static uint8_t *scratch;
 static size_t scratch_len;
 
-/* Bytes per reserved activation element: the BLAS path keeps f32 rows (4);
- * every kn_act format is smaller (F16/BF16 2, Q8_0 34/32, Q8_K 292/256). */
+/* Bytes per reserved activation element: F32/F16/BF16 rows are f32 (4);
+ * the quantised formats are smaller (Q8_0 34/32, Q8_K 292/256). */
 #define ACT_MAX_BYTES_PER_ELEM 4
 
 static const struct {
@@ -58,8 +55,8 @@ static const struct {
     size_t size;     /* bytes per block */
 } act_formats[KN_ACT_COUNT] = {
     [KN_ACT_F32] = { 1, sizeof(float) },
-    [KN_ACT_F16] = { 1, sizeof(uint16_t) },
-    [KN_ACT_BF16] = { 1, sizeof(uint16_t) },
+    [KN_ACT_F16] = { 1, sizeof(float) },   /* f32 rounded to half */
+    [KN_ACT_BF16] = { 1, sizeof(float) },  /* f32 rounded to bfloat */
     [KN_ACT_Q8_0] = { QK8_0, sizeof(block_q8_0) },
     [KN_ACT_Q8_1] = { 32, sizeof(block_q8_1) },
     [KN_ACT_Q8_K] = { QK_K, sizeof(block_q8_K) },
@@ -139,9 +136,13 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 
 /* ---- matmul -------------------------------------------------------------------- */
 
-/* Weight rows per tile: 16 rows of a few KB each stay in L1/L2 while every
- * token of the chunk is multiplied with them. */
-#define ROW_TILE 16
+/* A pool thread's share of a matmul is walked in blocks of TOK_BLOCK
+ * activation rows (at most 64 x 3072 f32 = 768 KB: they stay in L2 while
+ * all of the share's weight rows pass) and, within a block, in tiles of
+ * ROW_TILE weight rows (at most 32 x 3072 halves = 192 KB, mostly L1/L2)
+ * that the table's tile kernel runs against every row of the block. */
+#define TOK_BLOCK 64
+#define ROW_TILE 32
 /* Parts per pool thread of the dot products: on a shared machine the OS runs
  * our threads unevenly, and small parts let the thread that runs take over
  * the work of the one that does not (threadpool.c). */
@@ -149,7 +150,7 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
-    kn_vec_dot_multi_fn vec_dot_multi;  /* may be NULL */
+    kn_tile_fn tile;        /* may be NULL: vec_dot per pair */
     kn_from_float_fn from_float;
     const uint8_t *w;       /* [n_out] rows of w_row bytes */
     size_t w_row;
@@ -171,30 +172,29 @@ static void convert_rows(void *p, int ith, int nth)
         j->from_float(j->x + t * j->k, j->act_out + (size_t)t * j->act_row, j->k);
 }
 
+/* Part ith of the output rows, whole ROW_TILEs (so that parts start on a
+ * multiple of the micro-kernels' row count). */
 static void dot_rows(void *p, int ith, int nth)
 {
     matmul_job *j = p;
     int64_t lo, hi;
-    threadpool_split(j->n_out, ith, nth, &lo, &hi);
-    for (int64_t o0 = lo; o0 < hi; o0 += ROW_TILE) {
-        int64_t o1 = o0 + ROW_TILE < hi ? o0 + ROW_TILE : hi;
-        int64_t t = 0;
-        if (j->vec_dot_multi) {
-            for (; t + KN_DOT_TOKENS <= j->n_tok; t += KN_DOT_TOKENS) {
-                const uint8_t *a = j->act + (size_t)t * j->act_row;
-                for (int64_t o = o0; o < o1; o++) {
-                    float r[KN_DOT_TOKENS];
-                    j->vec_dot_multi(j->k, j->w + (size_t)o * j->w_row, a, j->act_row, r);
-                    for (int i = 0; i < KN_DOT_TOKENS; i++)
-                        j->y[(t + i) * j->n_out + o] = r[i];
-                }
+    threadpool_split((j->n_out + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
+    lo *= ROW_TILE;
+    hi = hi * ROW_TILE < j->n_out ? hi * ROW_TILE : j->n_out;
+    for (int64_t t0 = 0; t0 < j->n_tok; t0 += TOK_BLOCK) {
+        const int64_t nt = j->n_tok - t0 < TOK_BLOCK ? j->n_tok - t0 : TOK_BLOCK;
+        const uint8_t *a = j->act + (size_t)t0 * j->act_row;
+        float *y = j->y + t0 * j->n_out;
+        for (int64_t o0 = lo; o0 < hi; o0 += ROW_TILE) {
+            const int64_t rows = hi - o0 < ROW_TILE ? hi - o0 : ROW_TILE;
+            const uint8_t *w = j->w + (size_t)o0 * j->w_row;
+            if (j->tile) {
+                j->tile(j->k, w, j->w_row, rows, a, j->act_row, nt, y + o0, (size_t)j->n_out);
+                continue;
             }
-        }
-        for (; t < j->n_tok; t++) {
-            const uint8_t *a = j->act + (size_t)t * j->act_row;
-            float *yt = j->y + t * j->n_out;
-            for (int64_t o = o0; o < o1; o++)
-                yt[o] = j->vec_dot(j->k, j->w + (size_t)o * j->w_row, a);
+            for (int64_t t = 0; t < nt; t++)
+                for (int64_t o = 0; o < rows; o++)
+                    y[t * j->n_out + o0 + o] = j->vec_dot(j->k, w + (size_t)o * j->w_row, a + (size_t)t * j->act_row);
         }
     }
 }
@@ -246,29 +246,6 @@ static void blas_rows(void *p, int ith, int nth)
     }
 }
 
-/* x rounded to the weight's half type and back, as llama.cpp rounds the
- * activations of F16/BF16 matmuls; then exact f32 products in sgemm. */
-typedef struct round_job {
-    const kn_impl *impl;
-    int act, type;
-    const float *x;
-    float *out;
-    int64_t n;
-} round_job;
-
-static void round_rows(void *p, int ith, int nth)
-{
-    round_job *j = p;
-    uint16_t half[256];
-    int64_t lo, hi;
-    threadpool_split((j->n + 255) / 256, ith, nth, &lo, &hi);
-    for (int64_t c = lo * 256; c < hi * 256 && c < j->n; c += 256) {
-        int64_t len = j->n - c < 256 ? j->n - c : 256;
-        j->impl->from_float[j->act](j->x + c, half, len);
-        j->impl->to_f32(j->type, half, j->out + c, len);
-    }
-}
-
 /* The sgemm path for F32/F16/BF16 weights; false (nothing done) when the
  * reserved scratch cannot hold BLAS_MIN_TOK_HALF rounded rows plus a panel of
  * at least BLAS_PANEL_MIN rows per thread. */
@@ -294,12 +271,16 @@ static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, co
         return false;
     float *xr = (float *)scratch;
     j.panels = xr + (size_t)chunk * (size_t)k;
-    round_job r = { .impl = impl, .act = kn_act_of(w->type), .type = w->type, .out = xr };
+    /* x rounded to the weight's half type, as llama.cpp rounds the
+     * activations of F16/BF16 matmuls (the act format is f32 rows); then
+     * exact f32 products in sgemm. */
+    matmul_job r = { .from_float = impl->from_float[kn_act_of(w->type)], .k = k, .act_out = scratch,
+                     .act_row = (size_t)k * sizeof(float) };
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j.n_tok = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         r.x = x + t0 * k;
-        r.n = j.n_tok * k;
-        threadpool_run(tp, round_rows, &r);
+        r.n_tok = j.n_tok;
+        threadpool_run(tp, convert_rows, &r);
         j.x = xr;
         j.y = y + t0 * n_out;
         threadpool_run(tp, blas_rows, &j);
@@ -325,7 +306,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
 
     matmul_job j = {
         .vec_dot = impl->vec_dot[w->type],
-        .vec_dot_multi = impl->vec_dot_multi[w->type],
+        .tile = impl->tile[w->type],
         .from_float = act == KN_ACT_F32 ? NULL : impl->from_float[act],
         .w = w->data,
         .w_row = dtype_row_size(w->type, k),
@@ -376,6 +357,12 @@ void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const 
                     int64_t n_tok, float *y)
 {
     matmul(impl, true, tp, w, x, n_tok, y);
+}
+
+void kn_matmul_invariant_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
+                              int64_t n_tok, float *y)
+{
+    matmul(impl, false, tp, w, x, n_tok, y);
 }
 
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)

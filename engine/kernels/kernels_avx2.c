@@ -1,9 +1,10 @@
 /*
  * kernels_avx2.c — AVX2 + FMA + F16C versions of the hot kernels: the matmul
- * dot products of every weight type (quantised ones also for 4 tokens at
- * once), the Q8_0/Q8_1/F16 activation conversions, F16/BF16 widening for
- * the sgemm path, the f32 dot, softmax, SwiGLU and the GELU table lookups.
- * and Q8_K quantisation. Everything else (norms, RoPE) stays the scalar reference.
+ * tiles of every weight type (F32/F16/BF16: 2 rows x 4 tokens per
+ * micro-kernel, kernels_tile.h; quantised: 1 row x 4 tokens), the
+ * Q8_0/Q8_1/Q8_K/F16 activation conversions, F16/BF16 widening for the sgemm
+ * path, the f32 dot, softmax, SwiGLU and the GELU table lookups. Everything
+ * else (norms, RoPE) stays the scalar reference.
  *
  * Only the functions marked TARGET use AVX2 instructions; kn_avx2_impl checks
  * the CPU before handing them out, so the file is safe to link everywhere.
@@ -17,6 +18,7 @@
  *     hardware: multiply by 127/amax and round half to even, where the
  *     reference divides by d and rounds half away from zero; a quant can
  *     differ by 1 in rare near-ties, d is identical;
+ *   - float tiles: one 8-lane f32 chain per output instead of a double sum;
  *   - F16 conversion is F16C's round-to-nearest-even, identical to f32_to_fp16;
  *   - softmax/SwiGLU use a polynomial exp within 3 ulp of expf; softmax sums
  *     8-lane partial sums in double, as ggml's AVX2 soft_max does.
@@ -198,14 +200,16 @@ TARGET static void from_float_q8_K(const float *x, void *dst, int64_t n)
     }
 }
 
+/* f32 rounded to half and back (the F16 act format): F16C's round to
+ * nearest even, identical to f32_to_fp16. */
 TARGET static void from_float_f16(const float *x, void *dst, int64_t n)
 {
-    uint16_t *h = dst;
+    float *y = dst;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
     for (; i < n; i++)
-        h[i] = f32_to_fp16(x[i]);
+        y[i] = h2f(f32_to_fp16(x[i]));
 }
 
 /* Widening of F16/BF16 rows (the sgemm path's weight panels); other types
@@ -231,100 +235,23 @@ TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
     }
 }
 
-/* ---- float dots ---------------------------------------------------------------- */
+/* ---- float tiles ----------------------------------------------------------------- */
 
-enum wf_kind { WF_F32, WF_F16, WF_BF16 };
-
-/* 8 values (f32, halves or bfloats) at element i of p, as f32. */
-TARGET static inline __m256 load8(enum wf_kind kind, const void *p, int64_t i)
-{
-    switch (kind) {
-    case WF_F16:
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-    case WF_BF16: {
-        __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-    }
-    case WF_F32:
-    default:
-        return _mm256_loadu_ps((const float *)p + i);
-    }
-}
-
-TARGET static inline float load1(enum wf_kind kind, const void *p, int64_t i)
-{
-    switch (kind) {
-    case WF_F16: return h2f(((const uint16_t *)p)[i]);
-    case WF_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
-    case WF_F32:
-    default: return ((const float *)p)[i];
-    }
-}
-
-/* One weight row (w) against nt <= 2 activation rows of the same format
- * (a, a + a_stride): four 8-lane accumulators per token, so each weight
- * vector is loaded and widened once for both tokens. The order of the sums
- * for a token does not depend on nt. */
-TARGET static inline void dot_float(enum wf_kind kind, int64_t n, const void *w, const uint8_t *a, size_t a_stride,
-                                    int nt, float *out)
-{
-    __m256 acc[2][4];
-    UNROLL
-    for (int t = 0; t < 2; t++)
-        for (int r = 0; r < 4; r++)
-            acc[t][r] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256 wv[4];
-        UNROLL
-        for (int r = 0; r < 4; r++)
-            wv[r] = load8(kind, w, i + 8 * r);
-        UNROLL
-        for (int t = 0; t < nt; t++) {
-            UNROLL
-            for (int r = 0; r < 4; r++)
-                acc[t][r] = _mm256_fmadd_ps(wv[r], load8(kind, a + (size_t)t * a_stride, i + 8 * r), acc[t][r]);
-        }
-    }
-    for (; i + 8 <= n; i += 8) {
-        __m256 wv = load8(kind, w, i);
-        UNROLL
-        for (int t = 0; t < nt; t++)
-            acc[t][0] = _mm256_fmadd_ps(wv, load8(kind, a + (size_t)t * a_stride, i), acc[t][0]);
-    }
-    UNROLL
-    for (int t = 0; t < nt; t++) {
-        float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
-        for (int64_t j = i; j < n; j++)
-            sum += load1(kind, w, j) * load1(kind, a + (size_t)t * a_stride, j);
-        out[t] = sum;
-    }
-}
-
-TARGET static float dot_f32(const float *a, const float *b, int64_t n)
-{
-    float r;
-    dot_float(WF_F32, n, a, (const uint8_t *)b, 0, 1, &r);
-    return r;
-}
-
-#define DEFINE_FLOAT_DOTS(name, kind)                                                             \
-    TARGET static float vec_dot_##name(int64_t n, const void *w, const void *a)                   \
-    {                                                                                             \
-        float r;                                                                                  \
-        dot_float(kind, n, w, a, 0, 1, &r);                                                       \
-        return r;                                                                                 \
-    }                                                                                             \
-    TARGET static void vec_dot_multi_##name(int64_t n, const void *w, const void *a,              \
-                                            size_t a_stride, float *out)                          \
-    {                                                                                             \
-        for (int t = 0; t < KN_DOT_TOKENS; t += 2)                                                \
-            dot_float(kind, n, w, (const uint8_t *)a + (size_t)t * a_stride, a_stride, 2, out + t); \
-    }
-
-DEFINE_FLOAT_DOTS(f32, WF_F32)
-DEFINE_FLOAT_DOTS(f16, WF_F16)
-DEFINE_FLOAT_DOTS(bf16, WF_BF16)
+#define INLINE TARGET static inline __attribute__((always_inline))
+#define VF __m256
+#define VL 8
+#define vf_zero() _mm256_setzero_ps()
+#define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vf_hsum(v) hsum_ps(v)
+#define vf_load(p) _mm256_loadu_ps(p)
+#define vf_from_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define vf_from_bf16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+/* 16 ymm registers: 2 x 4 accumulators + 2 weight vectors + 1 activation. */
+#define TILE_R 2
+#define TILE_T 4
+#define TILE_R1 4
+#include "kernels_tile.h"
 
 /* ---- softmax and SwiGLU ------------------------------------------------------------ */
 
@@ -455,10 +382,12 @@ TARGET static void gelu_quick(float *x, int64_t n)
 
 /* ---- multi-token dots ------------------------------------------------------------ */
 
-/* Every quantised dot below runs one weight row against nt <= KN_DOT_TOKENS
- * activation rows (a, a + a_stride, ...): the weight block is decoded once and
- * reused for each token. The single-token entry points are the same code with
- * nt = 1, so the results per token are bit-identical whichever is called. */
+/* Every quantised dot below runs one weight row against nt <= QT activation
+ * rows (a, a + a_stride, ...), writing y[t * y_stride]: the weight block is
+ * decoded once and reused for each token. A token's operations do not depend
+ * on nt, so the results per token are bit-identical for any nt (the tiles
+ * below run nt = QT and nt = 1). */
+#define QT 4
 
 /* ---- 32-element quant blocks ------------------------------------------------------ */
 
@@ -505,14 +434,14 @@ TARGET static inline __m256i load_w32(enum w32_kind kind, const void *w, int64_t
  * quants go straight into maddubs and whose minimum adds m·s per block
  * (s = d_y·Σq_y, precomputed by the Q8_1 quantiser). */
 TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, const uint8_t *a, size_t a_stride,
-                                  int nt, float *out)
+                                  int nt, float *y, size_t y_stride)
 {
     const bool with_min = kind == W_Q4_1 || kind == W_Q5_1;
     const size_t ablk = with_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
-    __m256 acc[KN_DOT_TOKENS];
-    float mins[KN_DOT_TOKENS];
+    __m256 acc[QT];
+    float mins[QT];
     UNROLL
-    for (int t = 0; t < KN_DOT_TOKENS; t++) {
+    for (int t = 0; t < QT; t++) {
         acc[t] = _mm256_setzero_ps();
         mins[t] = 0.0f;
     }
@@ -539,7 +468,7 @@ TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, 
     }
     UNROLL
     for (int t = 0; t < nt; t++)
-        out[t] = with_min ? hsum_ps(acc[t]) + mins[t] : hsum_ps(acc[t]);
+        y[(size_t)t * y_stride] = with_min ? hsum_ps(acc[t]) + mins[t] : hsum_ps(acc[t]);
 }
 
 /* ---- K-quants ---------------------------------------------------------------------- */
@@ -578,12 +507,12 @@ TARGET static inline __m256i widen_mins(const uint8_t m[8])
  * (low nibbles) and 2g+1 (high nibbles). qh (Q5_K) adds 16 where bit 2g /
  * 2g+1 of qh[l] is set. Unsigned quants <= 31 times int8 fit maddubs. */
 TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block_len, size_t qs_off, bool has_qh,
-                                    const uint8_t *a, size_t a_stride, int nt, float *out)
+                                    const uint8_t *a, size_t a_stride, int nt, float *y, size_t y_stride)
 {
-    __m256 acc[KN_DOT_TOKENS];
-    float mins[KN_DOT_TOKENS];
+    __m256 acc[QT];
+    float mins[QT];
     UNROLL
-    for (int t = 0; t < KN_DOT_TOKENS; t++) {
+    for (int t = 0; t < QT; t++) {
         acc[t] = _mm256_setzero_ps();
         mins[t] = 0.0f;
     }
@@ -599,9 +528,9 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
         const uint8_t *qs = blk + qs_off;
         __m256i qhv = has_qh ? _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)))
                              : _mm256_setzero_si256();
-        __m256i isum[KN_DOT_TOKENS];
+        __m256i isum[QT];
         UNROLL
-        for (int t = 0; t < KN_DOT_TOKENS; t++)
+        for (int t = 0; t < QT; t++)
             isum[t] = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
             __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
@@ -617,9 +546,9 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
             const __m256i slo = _mm256_set1_epi16((short)sc[2 * g]), shi = _mm256_set1_epi16((short)sc[2 * g + 1]);
             UNROLL
             for (int t = 0; t < nt; t++) {
-                const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
-                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g)));
-                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y->qs + 64 * g + 32)));
+                const block_q8_K *yb = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(yb->qs + 64 * g)));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(yb->qs + 64 * g + 32)));
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(plo, slo));
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(phi, shi));
             }
@@ -627,31 +556,32 @@ TARGET static inline void dot_q45_K(int64_t n, const uint8_t *base, size_t block
         const float d = h2f(dh), dmin = h2f(dminh);
         UNROLL
         for (int t = 0; t < nt; t++) {
-            const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-            mins[t] -= dmin * y->d * (float)k4_min_sum(y, mins16);
+            const block_q8_K *yb = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * yb->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            mins[t] -= dmin * yb->d * (float)k4_min_sum(yb, mins16);
         }
     }
     UNROLL
     for (int t = 0; t < nt; t++)
-        out[t] = hsum_ps(acc[t]) + mins[t];
+        y[(size_t)t * y_stride] = hsum_ps(acc[t]) + mins[t];
 }
 
 /* Q6_K: per half of 128, ql[0..63] and qh[0..31] give four vectors of 32
  * quants (elements l, l+32, l+64, l+96), each spanning two 16-element scale
  * groups: the lower 128 bits of the pair sums take one scale, the upper the next. */
-TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, size_t a_stride, int nt, float *out)
+TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, size_t a_stride, int nt, float *y,
+                                   size_t y_stride)
 {
     const block_q6_K *x = w;
     const __m256i low4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
-    __m256 acc[KN_DOT_TOKENS];
+    __m256 acc[QT];
     UNROLL
-    for (int t = 0; t < KN_DOT_TOKENS; t++)
+    for (int t = 0; t < QT; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; b++) {
-        __m256i isum[KN_DOT_TOKENS];
+        __m256i isum[QT];
         UNROLL
-        for (int t = 0; t < KN_DOT_TOKENS; t++)
+        for (int t = 0; t < QT; t++)
             isum[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h;
@@ -672,8 +602,8 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
                                                    _mm_set1_epi16(x[b].scales[e0 / 16]));
                 UNROLL
                 for (int t = 0; t < nt; t++) {
-                    const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
-                    __m256i p = mul_pairs_i8(qv, _mm256_loadu_si256((const __m256i *)(y->qs + e0)));
+                    const block_q8_K *yb = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+                    __m256i p = mul_pairs_i8(qv, _mm256_loadu_si256((const __m256i *)(yb->qs + e0)));
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, s));
                 }
             }
@@ -681,44 +611,42 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
         const float d = h2f(x[b].d);
         UNROLL
         for (int t = 0; t < nt; t++) {
-            const block_q8_K *y = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            const block_q8_K *yb = (const block_q8_K *)(a + (size_t)t * a_stride) + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * yb->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
         }
     }
     UNROLL
     for (int t = 0; t < nt; t++)
-        out[t] = hsum_ps(acc[t]);
+        y[(size_t)t * y_stride] = hsum_ps(acc[t]);
 }
 
-/* The table's entry points: one token (kn_vec_dot_fn) and KN_DOT_TOKENS
- * tokens (kn_vec_dot_multi_fn) per weight type. */
-#define DEFINE_DOTS(name, call)                                                                   \
-    TARGET static float vec_dot_##name(int64_t n, const void *w, const void *a)                   \
-    {                                                                                             \
-        float r;                                                                                  \
-        const uint8_t *a8 = a;                                                                    \
-        const size_t a_stride = 0;                                                                \
-        const int nt = 1;                                                                         \
-        float *out = &r;                                                                          \
-        call;                                                                                     \
-        return r;                                                                                 \
-    }                                                                                             \
-    TARGET static void vec_dot_multi_##name(int64_t n, const void *w, const void *a,              \
-                                            size_t a_stride, float *out)                          \
-    {                                                                                             \
-        const uint8_t *a8 = a;                                                                    \
-        const int nt = KN_DOT_TOKENS;                                                             \
-        call;                                                                                     \
-    }
+/* The tiles of the quantised types: one row at a time, QT tokens per
+ * weight-row pass. */
+#define DOT_Q8_0(...) dot_w32(W_Q8_0, __VA_ARGS__)
+#define DOT_Q4_0(...) dot_w32(W_Q4_0, __VA_ARGS__)
+#define DOT_Q5_0(...) dot_w32(W_Q5_0, __VA_ARGS__)
+#define DOT_Q4_1(...) dot_w32(W_Q4_1, __VA_ARGS__)
+#define DOT_Q5_1(...) dot_w32(W_Q5_1, __VA_ARGS__)
+#define DOT_Q4_K(k, w, ...) dot_q45_K(k, w, sizeof(block_q4_K), offsetof(block_q4_K, qs), false, __VA_ARGS__)
+#define DOT_Q5_K(k, w, ...) dot_q45_K(k, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, __VA_ARGS__)
+#define DOT_Q6_K dot_q6_K
+#define DEFINE_Q_TILE(name, dot)                                                                          \
+    INLINE void micro_##name(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a,   \
+                             size_t a_row, float *y, size_t y_stride)                                     \
+    {                                                                                                      \
+        (void)R, (void)w_row; /* always one row */                                                        \
+        dot(k, w, a, a_row, T, y, y_stride);                                                               \
+    }                                                                                                      \
+    DEFINE_TILE(tile_##name, micro_##name, 1, QT, 1)
 
-DEFINE_DOTS(q8_0, dot_w32(W_Q8_0, n, w, a8, a_stride, nt, out))
-DEFINE_DOTS(q4_0, dot_w32(W_Q4_0, n, w, a8, a_stride, nt, out))
-DEFINE_DOTS(q5_0, dot_w32(W_Q5_0, n, w, a8, a_stride, nt, out))
-DEFINE_DOTS(q4_1, dot_w32(W_Q4_1, n, w, a8, a_stride, nt, out))
-DEFINE_DOTS(q5_1, dot_w32(W_Q5_1, n, w, a8, a_stride, nt, out))
-DEFINE_DOTS(q4_K, dot_q45_K(n, w, sizeof(block_q4_K), offsetof(block_q4_K, qs), false, a8, a_stride, nt, out))
-DEFINE_DOTS(q5_K, dot_q45_K(n, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, a8, a_stride, nt, out))
-DEFINE_DOTS(q6_K, dot_q6_K(n, w, a8, a_stride, nt, out))
+DEFINE_Q_TILE(q8_0, DOT_Q8_0)
+DEFINE_Q_TILE(q4_0, DOT_Q4_0)
+DEFINE_Q_TILE(q5_0, DOT_Q5_0)
+DEFINE_Q_TILE(q4_1, DOT_Q4_1)
+DEFINE_Q_TILE(q5_1, DOT_Q5_1)
+DEFINE_Q_TILE(q4_K, DOT_Q4_K)
+DEFINE_Q_TILE(q5_K, DOT_Q5_K)
+DEFINE_Q_TILE(q6_K, DOT_Q6_K)
 
 /* ---- the table -------------------------------------------------------------------- */
 
@@ -741,28 +669,17 @@ const kn_impl *kn_avx2_impl(void)
     t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
     t.from_float[KN_ACT_Q8_1] = from_float_q8_1;
     t.from_float[KN_ACT_Q8_K] = from_float_q8_K;
-    t.vec_dot[DTYPE_F32] = vec_dot_f32;
-    t.vec_dot[DTYPE_F16] = vec_dot_f16;
-    t.vec_dot[DTYPE_BF16] = vec_dot_bf16;
-    t.vec_dot[DTYPE_Q4_0] = vec_dot_q4_0;
-    t.vec_dot[DTYPE_Q4_1] = vec_dot_q4_1;
-    t.vec_dot[DTYPE_Q5_0] = vec_dot_q5_0;
-    t.vec_dot[DTYPE_Q5_1] = vec_dot_q5_1;
-    t.vec_dot[DTYPE_Q8_0] = vec_dot_q8_0;
-    t.vec_dot[DTYPE_Q4_K] = vec_dot_q4_K;
-    t.vec_dot[DTYPE_Q5_K] = vec_dot_q5_K;
-    t.vec_dot[DTYPE_Q6_K] = vec_dot_q6_K;
-    t.vec_dot_multi[DTYPE_F32] = vec_dot_multi_f32;
-    t.vec_dot_multi[DTYPE_F16] = vec_dot_multi_f16;
-    t.vec_dot_multi[DTYPE_BF16] = vec_dot_multi_bf16;
-    t.vec_dot_multi[DTYPE_Q4_0] = vec_dot_multi_q4_0;
-    t.vec_dot_multi[DTYPE_Q4_1] = vec_dot_multi_q4_1;
-    t.vec_dot_multi[DTYPE_Q5_0] = vec_dot_multi_q5_0;
-    t.vec_dot_multi[DTYPE_Q5_1] = vec_dot_multi_q5_1;
-    t.vec_dot_multi[DTYPE_Q8_0] = vec_dot_multi_q8_0;
-    t.vec_dot_multi[DTYPE_Q4_K] = vec_dot_multi_q4_K;
-    t.vec_dot_multi[DTYPE_Q5_K] = vec_dot_multi_q5_K;
-    t.vec_dot_multi[DTYPE_Q6_K] = vec_dot_multi_q6_K;
+    t.tile[DTYPE_F32] = tile_f32;
+    t.tile[DTYPE_F16] = tile_f16;
+    t.tile[DTYPE_BF16] = tile_bf16;
+    t.tile[DTYPE_Q4_0] = tile_q4_0;
+    t.tile[DTYPE_Q4_1] = tile_q4_1;
+    t.tile[DTYPE_Q5_0] = tile_q5_0;
+    t.tile[DTYPE_Q5_1] = tile_q5_1;
+    t.tile[DTYPE_Q8_0] = tile_q8_0;
+    t.tile[DTYPE_Q4_K] = tile_q4_K;
+    t.tile[DTYPE_Q5_K] = tile_q5_K;
+    t.tile[DTYPE_Q6_K] = tile_q6_K;
     t.to_f32 = to_f32;
     t.dot_f32 = dot_f32;
     t.softmax = softmax;

@@ -14,7 +14,9 @@
 /* What matmul converts f32 activations to before the dot products: ggml's
  * vec_dot_type of the weight type (ggml-cpu.c: type_traits_cpu). Note that
  * Q4_1 and Q5_1 pair with Q8_1 (which carries d·Σq for the weight minimum),
- * not with Q8_0. */
+ * not with Q8_0. F16 and BF16 rows are kept as f32 values rounded to half /
+ * bfloat (4 bytes each): the same numbers as llama.cpp's half rows, widened
+ * once per row instead of once per weight row that meets them. */
 enum kn_act {
     KN_ACT_F32,
     KN_ACT_F16,
@@ -42,10 +44,13 @@ typedef float (*kn_vec_dot_fn)(int64_t n, const void *w, const void *a);
 /* Converts n f32 values (a multiple of the format's block) to an act format. */
 typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 
-/* The same dot for KN_DOT_TOKENS activation rows a + t·a_stride at once
- * (out[t]); must give exactly what kn_vec_dot_fn gives for each row. */
-#define KN_DOT_TOKENS 4
-typedef void (*kn_vec_dot_multi_fn)(int64_t n, const void *w, const void *a, size_t a_stride, float *out);
+/* A tile of dots: y[t*y_stride + o] = the dot of weight row o (at w +
+ * o*w_row bytes) with activation row t (at a + t*a_row bytes), o < n_rows,
+ * t < n_tok, rows of k elements. Each (o, t) result must not depend on
+ * n_rows, n_tok or the other rows, bit for bit (kn_matmul_invariant rests on
+ * it): the 1 x 1 tile is the table's one-token dot. */
+typedef void (*kn_tile_fn)(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
+                           int64_t n_tok, float *y, size_t y_stride);
 
 typedef struct kn_impl {
     const char *isa;
@@ -54,7 +59,9 @@ typedef struct kn_impl {
     bool use_blas;
     kn_from_float_fn from_float[KN_ACT_COUNT];  /* [KN_ACT_F32] unused */
     kn_vec_dot_fn vec_dot[KN_MAX_DTYPE];        /* NULL: not a weight type */
-    kn_vec_dot_multi_fn vec_dot_multi[KN_MAX_DTYPE]; /* optional (NULL: one token at a time) */
+    /* Register-blocked tiles; NULL: matmul runs vec_dot one pair at a time.
+     * Where set, matmul uses only the tile (also for one token). */
+    kn_tile_fn tile[KN_MAX_DTYPE];
     /* dequantize_row's contract; the sgemm path widens F16/BF16 with it. */
     void (*to_f32)(int type, const void *src, float *dst, int64_t n);
     /* The per-row kernels of kernels.h, same contracts. */
@@ -110,8 +117,11 @@ int kn_act_of(int wtype);
 /* Bytes of an activation row of n elements in format act (n a multiple of the block). */
 size_t kn_act_row_size(int act, int64_t n);
 
-/* kn_matmul with an explicit implementation table (tests compare tables). */
+/* kn_matmul and kn_matmul_invariant with an explicit implementation table
+ * (tests compare tables). */
 void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                     int64_t n_tok, float *y);
+void kn_matmul_invariant_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
+                              int64_t n_tok, float *y);
 
 #endif /* GLIMPSE_KERNELS_IMPL_H */

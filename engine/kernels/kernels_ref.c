@@ -20,18 +20,20 @@
 
 /* ---- activation conversion --------------------------------------------------- */
 
+/* F16/BF16 activations are f32 values rounded to the weight's type
+ * (enum kn_act): llama.cpp's half / bfloat rows, widened once. */
 static void from_float_f16(const float *x, void *dst, int64_t n)
 {
-    uint16_t *h = dst;
+    float *y = dst;
     for (int64_t i = 0; i < n; i++)
-        h[i] = f32_to_fp16(x[i]);
+        y[i] = fp16_to_f32(f32_to_fp16(x[i]));
 }
 
 static void from_float_bf16(const float *x, void *dst, int64_t n)
 {
-    uint16_t *h = dst;
+    float *y = dst;
     for (int64_t i = 0; i < n; i++)
-        h[i] = f32_to_bf16(x[i]);
+        y[i] = bf16_to_f32(f32_to_bf16(x[i]));
 }
 
 /* ggml's quantize_row_q8_1_ref: Q8_0 rounding plus the block sum s = d·Σq. */
@@ -56,129 +58,152 @@ static void from_float_q8_1(const float *x, void *dst, int64_t n)
 
 /* ---- dot products -------------------------------------------------------------- */
 
-static float dot_f32(const float *a, const float *b, int64_t n)
+/* Weight i of an F32/F16/BF16 row, as f32. */
+static inline float float_weight(int type, const void *w, int64_t i)
+{
+    switch (type) {
+    case DTYPE_F16: return fp16_to_f32(((const uint16_t *)w)[i]);
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+/* f32 products (exact for half x half) summed in double. */
+static float dot_float(int type, int64_t n, const void *w, const float *a)
 {
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++)
-        sum += (double)(a[i] * b[i]);
+        sum += (double)(float_weight(type, w, i) * a[i]);
     return (float)sum;
+}
+
+static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    return dot_float(DTYPE_F32, n, a, b);
 }
 
 static float vec_dot_f32(int64_t n, const void *w, const void *a)
 {
-    return dot_f32(w, a, n);
+    return dot_float(DTYPE_F32, n, w, a);
 }
 
 static float vec_dot_f16(int64_t n, const void *w, const void *a)
 {
-    const uint16_t *x = w, *y = a;
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        sum += (double)(fp16_to_f32(x[i]) * fp16_to_f32(y[i]));
-    return (float)sum;
+    return dot_float(DTYPE_F16, n, w, a);
 }
 
 static float vec_dot_bf16(int64_t n, const void *w, const void *a)
 {
-    const uint16_t *x = w, *y = a;
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        sum += (double)(bf16_to_f32(x[i]) * bf16_to_f32(y[i]));
-    return (float)sum;
+    return dot_float(DTYPE_BF16, n, w, a);
 }
 
-/* 32-element blocks: element j of a block pairs with activation qs[j]; for the
- * nibble formats byte j holds elements j (low) and j+16 (high). */
+/* Block b of a row of a 32-element format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) as
+ * 32 integer quants q[j] (offset removed for the signed formats), its scale
+ * d and min m (0 for the formats without one). In the nibble formats byte j
+ * holds elements j (low) and j+16 (high); the 5th bit of element j is bit j
+ * of qh. */
+static void w32_block(int type, const void *w, int64_t b, int q[32], float *d, float *m)
+{
+    const uint8_t *qs = NULL, *qhp = NULL;
+    uint16_t dh, mh = 0;
+    int offset = 0;
+    switch (type) {
+    case DTYPE_Q8_0: {
+        const block_q8_0 *x = (const block_q8_0 *)w + b;
+        for (int j = 0; j < 32; j++)
+            q[j] = x->qs[j];
+        *d = fp16_to_f32(x->d);
+        *m = 0.0f;
+        return;
+    }
+    case DTYPE_Q4_0: {
+        const block_q4_0 *x = (const block_q4_0 *)w + b;
+        dh = x->d, qs = x->qs, offset = 8;
+        break;
+    }
+    case DTYPE_Q4_1: {
+        const block_q4_1 *x = (const block_q4_1 *)w + b;
+        dh = x->d, mh = x->m, qs = x->qs;
+        break;
+    }
+    case DTYPE_Q5_0: {
+        const block_q5_0 *x = (const block_q5_0 *)w + b;
+        dh = x->d, qs = x->qs, qhp = x->qh, offset = 16;
+        break;
+    }
+    case DTYPE_Q5_1:
+    default: {
+        const block_q5_1 *x = (const block_q5_1 *)w + b;
+        dh = x->d, mh = x->m, qs = x->qs, qhp = x->qh;
+        break;
+    }
+    }
+    uint32_t qh = 0;
+    if (qhp)
+        memcpy(&qh, qhp, sizeof qh);
+    for (int j = 0; j < 32; j++) {
+        const int nib = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+        q[j] = (nib | (int)((qh >> j) & 1) << 4) - offset;
+    }
+    *d = fp16_to_f32(dh);
+    *m = fp16_to_f32(mh);
+}
+
+/* ggml's scalar dots of the 32-element formats: the integer block sum times
+ * the two scales, accumulated in f32, each format with ggml's order of the
+ * float operations (which the rounding depends on). Q4_1/Q5_1 pair with Q8_1:
+ * Σ (q·dx + m)(qa·da) = dx·da·Σ q·qa + m·(da·Σ qa). */
+static float vec_dot_w32(int type, int64_t n, const void *w, const void *a)
+{
+    const bool q8_1 = type == DTYPE_Q4_1 || type == DTYPE_Q5_1;
+    const size_t ablk = q8_1 ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *yb = (const uint8_t *)a + (size_t)b * ablk;
+        /* block_q8_0 and block_q8_1 both start with the half d; qs is last */
+        uint16_t dyh, syh;
+        memcpy(&dyh, yb, 2);
+        memcpy(&syh, yb + offsetof(block_q8_1, s), 2);
+        const int8_t *qa = (const int8_t *)(yb + ablk - 32);
+        int q[32], isum = 0;
+        float dx, mx;
+        w32_block(type, w, b, q, &dx, &mx);
+        for (int j = 0; j < 32; j++)
+            isum += q[j] * qa[j];
+        const float dy = fp16_to_f32(dyh);
+        if (type == DTYPE_Q4_0)
+            sum += (float)isum * dx * dy;
+        else if (q8_1)
+            sum += dx * dy * (float)isum + mx * fp16_to_f32(syh);
+        else
+            sum += dx * dy * (float)isum;
+    }
+    return sum;
+}
 
 static float vec_dot_q4_0(int64_t n, const void *w, const void *a)
 {
-    const block_q4_0 *x = w;
-    const block_q8_0 *y = a;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            isum += ((x[b].qs[j] & 15) - 8) * y[b].qs[j];
-            isum += ((x[b].qs[j] >> 4) - 8) * y[b].qs[j + 16];
-        }
-        sum += (float)isum * fp16_to_f32(x[b].d) * fp16_to_f32(y[b].d);
-    }
-    return sum;
+    return vec_dot_w32(DTYPE_Q4_0, n, w, a);
 }
 
 static float vec_dot_q4_1(int64_t n, const void *w, const void *a)
 {
-    const block_q4_1 *x = w;
-    const block_q8_1 *y = a;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            isum += (x[b].qs[j] & 15) * y[b].qs[j];
-            isum += (x[b].qs[j] >> 4) * y[b].qs[j + 16];
-        }
-        /* Σ (q·dx + m)(qa·da) = dx·da·Σ q·qa + m·(da·Σ qa) */
-        sum += fp16_to_f32(x[b].d) * fp16_to_f32(y[b].d) * (float)isum
-             + fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
-    }
-    return sum;
-}
-
-/* The 5th bit of element j (j < 16) is bit j of qh; of element j+16, bit j+16. */
-static inline int q5_hi(uint32_t qh, int bit)
-{
-    return (int)((qh >> bit) & 1) << 4;
+    return vec_dot_w32(DTYPE_Q4_1, n, w, a);
 }
 
 static float vec_dot_q5_0(int64_t n, const void *w, const void *a)
 {
-    const block_q5_0 *x = w;
-    const block_q8_0 *y = a;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, sizeof qh);
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            isum += (((x[b].qs[j] & 15) | q5_hi(qh, j)) - 16) * y[b].qs[j];
-            isum += (((x[b].qs[j] >> 4) | q5_hi(qh, j + 16)) - 16) * y[b].qs[j + 16];
-        }
-        sum += fp16_to_f32(x[b].d) * fp16_to_f32(y[b].d) * (float)isum;
-    }
-    return sum;
+    return vec_dot_w32(DTYPE_Q5_0, n, w, a);
 }
 
 static float vec_dot_q5_1(int64_t n, const void *w, const void *a)
 {
-    const block_q5_1 *x = w;
-    const block_q8_1 *y = a;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, sizeof qh);
-        int isum = 0;
-        for (int j = 0; j < 16; j++) {
-            isum += ((x[b].qs[j] & 15) | q5_hi(qh, j)) * y[b].qs[j];
-            isum += ((x[b].qs[j] >> 4) | q5_hi(qh, j + 16)) * y[b].qs[j + 16];
-        }
-        sum += fp16_to_f32(x[b].d) * fp16_to_f32(y[b].d) * (float)isum
-             + fp16_to_f32(x[b].m) * fp16_to_f32(y[b].s);
-    }
-    return sum;
+    return vec_dot_w32(DTYPE_Q5_1, n, w, a);
 }
 
 static float vec_dot_q8_0(int64_t n, const void *w, const void *a)
 {
-    const block_q8_0 *x = w;
-    const block_q8_0 *y = a;
-    float sum = 0.0f;
-    for (int64_t b = 0; b < n / 32; b++) {
-        int isum = 0;
-        for (int j = 0; j < 32; j++)
-            isum += x[b].qs[j] * y[b].qs[j];
-        sum += (float)isum * (fp16_to_f32(x[b].d) * fp16_to_f32(y[b].d));
-    }
-    return sum;
+    return vec_dot_w32(DTYPE_Q8_0, n, w, a);
 }
 
 /* ---- K-quants ------------------------------------------------------------------ */

@@ -753,8 +753,8 @@ static const kn_impl *simd_impl(int which)
     return s;
 }
 
-/* Same weight rows, same (reference-converted) activations: the SIMD dot may
- * differ from the reference only by f32 summation order. */
+/* Same weight rows, same (reference-converted) activations: the SIMD dot (a
+ * 1 x 1 tile) may differ from the reference only by f32 summation order. */
 START_TEST(test_simd_vec_dot)
 {
     const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
@@ -780,7 +780,8 @@ START_TEST(test_simd_vec_dot)
             for (int64_t i = 0; i < k; i++)
                 mag += fabs((double)wf[i] * x[i]);
             float r = kn_ref_impl.vec_dot[type](k, tensor_row(&w, o), arow);
-            float v = simd->vec_dot[type](k, tensor_row(&w, o), arow);
+            float v;
+            simd->tile[type](k, tensor_row(&w, o), 0, 1, arow, 0, 1, &v, 0);
             ck_assert_msg(fabs(r - v) <= 2e-6 * mag + 1e-7, "%s k=%lld row %lld: simd %.9g ref %.9g",
                           dtype_get(type)->name, (long long)k, (long long)o, v, r);
         }
@@ -792,38 +793,86 @@ START_TEST(test_simd_vec_dot)
 }
 END_TEST
 
-/* The multi-token dots give, per token, exactly the single-token dot. */
-START_TEST(test_simd_vec_dot_multi)
+/* Batch invariance of the tiles: every (row, token) result of a tile of
+ * n_rows x n_tok equals the 1 x 1 tile of that pair bit for bit, for row and
+ * token counts that leave every kind of remainder of the micro-kernels
+ * (4 x 4 and 8 x 1 on AVX-512, 2 x 4 and 4 x 1 on AVX2), and row widths with
+ * a tail shorter than a vector. */
+START_TEST(test_simd_tile_invariant)
 {
     const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
         return;
     const int type = weight_types[_i % N_WEIGHT_TYPES];
-    if (!simd->vec_dot_multi[type])
-        return;
+    ck_assert_ptr_nonnull(simd->tile[type]);
     const int act = kn_act_of(type);
-    const int64_t k = odd_k(type, 3);
-    tensor w;
-    void *wd = random_weights(type, k, 3, &w);
-    float *x = random_f32(KN_DOT_TOKENS * k, -2.0f, 2.0f);
-    const size_t row = kn_act_row_size(act, k);
-    uint8_t *qa = malloc(KN_DOT_TOKENS * row);
-    for (int t = 0; t < KN_DOT_TOKENS; t++) {
-        if (act == KN_ACT_F32)
-            memcpy(qa + t * row, x + t * k, row);
-        else
-            simd->from_float[act](x + t * k, qa + t * row, k);
-    }
-    for (int64_t o = 0; o < 3; o++) {
-        float multi[KN_DOT_TOKENS];
-        simd->vec_dot_multi[type](k, tensor_row(&w, o), qa, row, multi);
-        for (int t = 0; t < KN_DOT_TOKENS; t++) {
-            float one = simd->vec_dot[type](k, tensor_row(&w, o), qa + t * row);
-            ck_assert_msg(memcmp(&one, &multi[t], sizeof one) == 0, "%s row %lld token %d: %a vs %a",
-                          dtype_get(type)->name, (long long)o, t, multi[t], one);
+    const int64_t n_rows = 19, max_tok = 11;
+    for (int mult = 1; mult <= 7; mult += 3) {
+        const int64_t k = odd_k(type, mult);
+        const size_t row = kn_act_row_size(act, k), w_row = dtype_row_size(type, k);
+        tensor w;
+        void *wd = random_weights(type, k, n_rows, &w);
+        float *x = random_f32(max_tok * k, -2.0f, 2.0f);
+        uint8_t *qa = malloc(max_tok * row);
+        float *y = malloc((size_t)(max_tok * n_rows) * sizeof *y);
+        for (int64_t t = 0; t < max_tok; t++) {
+            if (act == KN_ACT_F32)
+                memcpy(qa + t * row, x + t * k, row);
+            else
+                simd->from_float[act](x + t * k, qa + t * row, k);
         }
+        for (int64_t nr = 1; nr <= n_rows; nr += 3)
+            for (int64_t nt = 1; nt <= max_tok; nt++) {
+                /* rows [1, 1 + nr): a tile need not start at row 0 */
+                simd->tile[type](k, (const uint8_t *)wd + w_row, w_row, nr, qa, row, nt, y, (size_t)nr);
+                for (int64_t t = 0; t < nt; t++)
+                    for (int64_t o = 0; o < nr; o++) {
+                        float one;
+                        simd->tile[type](k, tensor_row(&w, 1 + o), 0, 1, qa + t * row, 0, 1, &one, 0);
+                        ck_assert_msg(memcmp(&one, &y[t * nr + o], sizeof one) == 0,
+                                      "%s k=%lld %lldx%lld tile, row %lld token %lld: %a vs %a alone",
+                                      dtype_get(type)->name, (long long)k, (long long)nr, (long long)nt,
+                                      (long long)o, (long long)t, y[t * nr + o], one);
+                    }
+            }
+        free(y);
+        free(qa);
+        free(x);
+        free(wd);
     }
-    free(qa);
+}
+END_TEST
+
+/* The same through the whole invariant matmul (conversion, pool, parts,
+ * token blocks and row tiles): a token's row of the result is the same bits
+ * whatever the number of tokens and threads, with more tokens than a token
+ * block and more rows than a row tile. */
+START_TEST(test_simd_matmul_invariant)
+{
+    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
+    if (!simd)
+        return;
+    const int type = weight_types[_i % N_WEIGHT_TYPES];
+    const int64_t k = odd_k(type, 3), n = 77, max_tok = 70;
+    ck_assert_int_eq(kernels_reserve(max_tok * k, NULL), 0);
+    tensor w;
+    void *wd = random_weights(type, k, n, &w);
+    float *x = random_f32(max_tok * k, -1.0f, 1.0f);
+    float *y1 = malloc((size_t)(max_tok * n) * sizeof *y1), *y = malloc((size_t)(max_tok * n) * sizeof *y);
+    for (int64_t t = 0; t < max_tok; t++)
+        kn_matmul_invariant_impl(simd, NULL, &w, x + t * k, 1, y1 + t * n);
+    for (int nth = 1; nth <= 3; nth += 2) {
+        threadpool *tp;
+        ck_assert_int_eq(threadpool_create(nth, &tp, NULL), 0);
+        for (int64_t n_tok = 2; n_tok <= max_tok; n_tok += n_tok < 10 ? 1 : 30) {
+            kn_matmul_invariant_impl(simd, tp, &w, x, n_tok, y);
+            ck_assert_msg(memcmp(y, y1, (size_t)(n_tok * n) * sizeof *y) == 0, "%s: %lld tokens, %d threads",
+                          dtype_get(type)->name, (long long)n_tok, nth);
+        }
+        threadpool_free(tp);
+    }
+    free(y);
+    free(y1);
     free(x);
     free(wd);
 }
@@ -890,7 +939,7 @@ START_TEST(test_simd_act_conversion)
     }
     free(xk);
 
-    uint16_t rh[k], sh[k];
+    float rh[k], sh[k];
     for (int64_t n = 1; n <= 40; n++) {
         kn_ref_impl.from_float[KN_ACT_F16](x, rh, n);
         simd->from_float[KN_ACT_F16](x, sh, n);
@@ -1328,7 +1377,8 @@ Suite *kernels_suite(void)
 
     tc = tcase_create("simd");
     tcase_add_loop_test(tc, test_simd_vec_dot, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
-    tcase_add_loop_test(tc, test_simd_vec_dot_multi, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_tile_invariant, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_matmul_invariant, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
     tcase_add_loop_test(tc, test_simd_act_conversion, 0, N_SIMD_TABLES);
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
     tcase_add_loop_test(tc, test_simd_matmul_small_panels, 0, N_SIMD_TABLES);

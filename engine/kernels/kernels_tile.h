@@ -1,0 +1,157 @@
+/*
+ * kernels_tile.h — the register-blocked matrix tile, written once for both
+ * vector widths. Private to kernels_avx2.c and kernels_avx512.c, which
+ * include it after defining:
+ *
+ *   TARGET, INLINE        function attributes of the file's ISA
+ *   VF, VL                the float vector type and its lanes (8 or 16)
+ *   vf_zero(), vf_fma(a, b, c) = a*b + c, vf_hsum(v) (a fixed tree)
+ *   vf_load(p)            VL floats
+ *   vf_from_f16(p), vf_from_bf16(p)   VL halves / bfloats widened to f32
+ *   TILE_R, TILE_T        rows x tokens of the float micro-kernel
+ *   TILE_R1               rows per step when a single token is left (decode)
+ *
+ * A tile is y[t*y_stride + o] = dot(weight row o, activation row t) for
+ * o < n_rows, t < n_tok (kn_tile_fn). The micro-kernel computes R rows x T
+ * tokens at once: each weight vector is loaded (and widened) once for T
+ * tokens, each activation vector once for R rows, R*T FMAs per R+T loads.
+ *
+ * Batch invariance: every (row, token) pair has exactly ONE accumulator
+ * chain of VL lanes, stepped over k in VL-element steps from element 0, the
+ * last k % VL elements as one more step on zero-padded copies, then vf_hsum.
+ * Nothing in that chain depends on R, T, n_rows or n_tok, so a pair's result
+ * is the same bit for bit whichever micro-kernel shape computed it, and the
+ * one-token dot (1 x 1) is the same chain too.
+ */
+#ifndef GLIMPSE_KERNELS_TILE_H
+#define GLIMPSE_KERNELS_TILE_H
+
+#include <string.h>
+
+/* Accumulator arrays are indexed by constants after unrolling, which keeps
+ * them in registers; without the pragma -O2 keeps them in memory. */
+#define TILE_UNROLL _Pragma("GCC unroll 8")
+
+enum wf_kind { WF_F32, WF_F16, WF_BF16 };
+
+static inline size_t wf_size(enum wf_kind kind)
+{
+    return kind == WF_F32 ? sizeof(float) : sizeof(uint16_t);
+}
+
+/* VL weights of kind at element i of row p, as f32. */
+INLINE VF wf_load(enum wf_kind kind, const void *p, int64_t i)
+{
+    switch (kind) {
+    case WF_F16: return vf_from_f16((const uint16_t *)p + i);
+    case WF_BF16: return vf_from_bf16((const uint16_t *)p + i);
+    case WF_F32:
+    default: return vf_load((const float *)p + i);
+    }
+}
+
+/* The last n < VL values from element i, zero-padded to VL. */
+INLINE VF wf_load_tail(enum wf_kind kind, const void *p, int64_t i, int64_t n)
+{
+    _Alignas(64) uint8_t buf[VL * sizeof(float)] = { 0 };
+    memcpy(buf, (const uint8_t *)p + (size_t)i * wf_size(kind), (size_t)n * wf_size(kind));
+    return wf_load(kind, buf, 0);
+}
+
+/* R weight rows (w, w + w_row bytes, ...) x T f32 activation rows (a, a +
+ * a_row bytes, ...), R <= TILE_R1, T <= TILE_T. F16/BF16 activations are
+ * f32 values already rounded to the weight's type (enum kn_act), so the
+ * products are those of llama.cpp's half x half dots. */
+INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k, const uint8_t *w, size_t w_row,
+                        const uint8_t *a, size_t a_row, float *y, size_t y_stride)
+{
+    VF acc[TILE_R1][TILE_T], wv[TILE_R1];
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            acc[r][t] = vf_zero();
+    }
+    int64_t i = 0;
+    for (; i + VL <= k; i += VL) {
+        TILE_UNROLL
+        for (int r = 0; r < R; r++)
+            wv[r] = wf_load(kind, w + (size_t)r * w_row, i);
+        TILE_UNROLL
+        for (int t = 0; t < T; t++) {
+            const VF av = vf_load((const float *)(a + (size_t)t * a_row) + i);
+            TILE_UNROLL
+            for (int r = 0; r < R; r++)
+                acc[r][t] = vf_fma(wv[r], av, acc[r][t]);
+        }
+    }
+    if (i < k) {
+        TILE_UNROLL
+        for (int r = 0; r < R; r++)
+            wv[r] = wf_load_tail(kind, w + (size_t)r * w_row, i, k - i);
+        TILE_UNROLL
+        for (int t = 0; t < T; t++) {
+            const VF av = wf_load_tail(WF_F32, a + (size_t)t * a_row, i, k - i);
+            TILE_UNROLL
+            for (int r = 0; r < R; r++)
+                acc[r][t] = vf_fma(wv[r], av, acc[r][t]);
+        }
+    }
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * y_stride + r] = vf_hsum(acc[r][t]);
+    }
+}
+
+/* Defines a kn_tile_fn `name` over a micro-kernel
+ *   micro(R, T, k, w, w_row, a, a_row, y, y_stride)
+ * (R rows x T tokens, both compile-time constants at every call): tokens in
+ * groups of MT, each group over the rows MR at a time (so the group's
+ * activation rows stay in L1 while the tile's weight rows pass), then the
+ * tokens left over one at a time, MR1 rows per step. Rows left over go one
+ * at a time. */
+#define DEFINE_TILE(name, micro, MR, MT, MR1)                                                        \
+    TARGET static void name(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a,     \
+                            size_t a_row, int64_t n_tok, float *y, size_t y_stride)                    \
+    {                                                                                                  \
+        const uint8_t *w8 = w, *a8 = a;                                                                \
+        int64_t t = 0;                                                                                 \
+        for (; t + (MT) <= n_tok; t += (MT)) {                                                         \
+            const uint8_t *at = a8 + (size_t)t * a_row;                                                \
+            float *yt = y + (size_t)t * y_stride;                                                      \
+            int64_t o = 0;                                                                             \
+            for (; o + (MR) <= n_rows; o += (MR))                                                      \
+                micro(MR, MT, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);          \
+            for (; o < n_rows; o++)                                                                    \
+                micro(1, MT, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);           \
+        }                                                                                              \
+        for (; t < n_tok; t++) {                                                                       \
+            const uint8_t *at = a8 + (size_t)t * a_row;                                                \
+            float *yt = y + (size_t)t * y_stride;                                                      \
+            int64_t o = 0;                                                                             \
+            for (; o + (MR1) <= n_rows; o += (MR1))                                                    \
+                micro(MR1, 1, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);          \
+            for (; o < n_rows; o++)                                                                    \
+                micro(1, 1, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);            \
+        }                                                                                              \
+    }
+
+#define MICRO_F32(R, T, ...) micro_float(WF_F32, R, T, __VA_ARGS__)
+#define MICRO_F16(R, T, ...) micro_float(WF_F16, R, T, __VA_ARGS__)
+#define MICRO_BF16(R, T, ...) micro_float(WF_BF16, R, T, __VA_ARGS__)
+
+DEFINE_TILE(tile_f32, MICRO_F32, TILE_R, TILE_T, TILE_R1)
+DEFINE_TILE(tile_f16, MICRO_F16, TILE_R, TILE_T, TILE_R1)
+DEFINE_TILE(tile_bf16, MICRO_BF16, TILE_R, TILE_T, TILE_R1)
+
+/* The f32 dot of kn_dot_f32: the same chain as a 1 x 1 tile. */
+TARGET static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    float r;
+    micro_float(WF_F32, 1, 1, n, (const uint8_t *)a, 0, (const uint8_t *)b, 0, &r, 0);
+    return r;
+}
+
+#endif /* GLIMPSE_KERNELS_TILE_H */
