@@ -47,8 +47,11 @@ static uint32_t rd_u32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static void *load_ref(const char *name, const char *magic, size_t *len)
+/* Reads fixture BASE.EXT; owned, free with free(). */
+static void *load_ref(const char *base, const char *ext, const char *magic, size_t *len)
 {
+    char name[256];
+    snprintf(name, sizeof name, "%s.%s", base, ext);
     void *buf = read_file(fixture_path(name), len);
     ck_assert_msg(buf, "fixture %s is missing (make check generates it)", fixture_path(name));
     ck_assert_msg(*len >= 16 && !memcmp(buf, magic, 4) && rd_u32((unsigned char *)buf + 4) == 1,
@@ -66,7 +69,7 @@ static void *dup_bytes(const void *src, size_t n)
 static void load_logits(const char *name, ref_logits *r)
 {
     size_t len;
-    unsigned char *b = load_ref(name, "GLGT", &len);
+    unsigned char *b = load_ref(name, "logits", "GLGT", &len);
     r->n_tok = rd_u32(b + 8);
     r->n_vocab = rd_u32(b + 12);
     size_t need = 16 + 4 * (size_t)r->n_tok + 4 * (size_t)r->n_tok * r->n_vocab;
@@ -79,7 +82,7 @@ static void load_logits(const char *name, ref_logits *r)
 static void load_greedy(const char *name, ref_greedy *r)
 {
     size_t len;
-    unsigned char *b = load_ref(name, "GGRD", &len);
+    unsigned char *b = load_ref(name, "greedy", "GGRD", &len);
     r->n_prompt = rd_u32(b + 8);
     r->n_gen = rd_u32(b + 12);
     size_t need = 16 + 4 * (size_t)r->n_prompt + 8 * (size_t)r->n_gen;
@@ -206,16 +209,23 @@ static const golden_case golden[] = {
     { "tiny-bias", KV_F32, 1e-4 },
 };
 
+static const char *kv_name(int kv_type) { return kv_type == KV_F16 ? "f16" : "f32"; }
+
+/* A rig over the golden case's model with its cache type, one sequence. */
+static void rig_open_golden(rig *r, const golden_case *g)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.gguf", g->name);
+    rig_open(r, name, g->kv_type, 1);
+}
+
 START_TEST(logits_match_reference)
 {
     const golden_case *g = &golden[_i];
-    char name[256];
     ref_logits ref;
-    snprintf(name, sizeof name, "%s.logits", g->name);
-    load_logits(name, &ref);
-    snprintf(name, sizeof name, "%s.gguf", g->name);
+    load_logits(g->name, &ref);
     rig r;
-    rig_open(&r, name, g->kv_type, 1);
+    rig_open_golden(&r, g);
     ck_assert_int_eq(r.m.cfg.n_vocab, (int)ref.n_vocab);
 
     float *got = malloc(sizeof(float) * ref.n_tok * ref.n_vocab);
@@ -223,13 +233,13 @@ START_TEST(logits_match_reference)
     double worst = 0;
     for (uint32_t t = 0; t < ref.n_tok; t++) {
         double e = rel_err(got + (size_t)t * ref.n_vocab, ref.logits + (size_t)t * ref.n_vocab, ref.n_vocab);
-        ck_assert_msg(e <= g->tol, "%s kv=%s position %u: relative error %.3g > %.3g", g->name,
-                      g->kv_type == KV_F16 ? "f16" : "f32", t, e, g->tol);
+        ck_assert_msg(e <= g->tol, "%s kv=%s position %u: relative error %.3g > %.3g", g->name, kv_name(g->kv_type),
+                      t, e, g->tol);
         if (e > worst)
             worst = e;
     }
     fprintf(stderr, "check_decoder: %-10s kv=%s %u positions, worst relative error %.3g (tolerance %.0e)\n",
-            g->name, g->kv_type == KV_F16 ? "f16" : "f32", ref.n_tok, worst, g->tol);
+            g->name, kv_name(g->kv_type), ref.n_tok, worst, g->tol);
     free(got);
     free(ref.tokens);
     free(ref.logits);
@@ -247,13 +257,10 @@ END_TEST
 START_TEST(greedy_matches_reference)
 {
     const golden_case *g = &golden[_i];
-    char name[256];
     ref_greedy ref;
-    snprintf(name, sizeof name, "%s.greedy", g->name);
-    load_greedy(name, &ref);
-    snprintf(name, sizeof name, "%s.gguf", g->name);
+    load_greedy(g->name, &ref);
     rig r;
-    rig_open(&r, name, g->kv_type, 1);
+    rig_open_golden(&r, g);
     ck_assert_uint_ge(ref.n_gen, 64);
     ck_assert_uint_le(ref.n_prompt + ref.n_gen, RIG_CTX);
 
@@ -273,8 +280,8 @@ START_TEST(greedy_matches_reference)
         }
         run_tokens(&r, &ref.gen[i], 1, ref.n_prompt + i, NULL);
     }
-    fprintf(stderr, "check_decoder: %-10s kv=%s greedy: %u/%u tokens identical\n", g->name,
-            g->kv_type == KV_F16 ? "f16" : "f32", same, ref.n_gen);
+    fprintf(stderr, "check_decoder: %-10s kv=%s greedy: %u/%u tokens identical\n", g->name, kv_name(g->kv_type),
+            same, ref.n_gen);
     if (g->kv_type == KV_F32)
         ck_assert_uint_eq(same, ref.n_gen);
     free(ref.prompt);
@@ -286,32 +293,48 @@ END_TEST
 
 /* ---- decoder behaviour ----------------------------------------------------- */
 
+/* The decoder test case's rig (a checked fixture): tiny-f32, F32 cache, two
+ * sequences, the first open and reserved. */
+static rig dr;
+
+static void dr_open(void) { rig_open(&dr, "tiny-f32.gguf", KV_F32, 2); }
+
+static void dr_close(void) { rig_close(&dr); }
+
+/* The last position's logits [n_vocab] after tokens[0..n) from position 0 of
+ * the rig's sequence; owned, free with free(). */
+static float *logits_alone(rig *r, const int32_t *tokens, int n)
+{
+    size_t bytes = sizeof(float) * (size_t)r->m.cfg.n_vocab;
+    float *out = malloc(bytes);
+    ck_assert_ptr_nonnull(out);
+    run_tokens(r, tokens, n, 0, NULL);
+    memcpy(out, decoder_logits(r->d, 0), bytes);
+    return out;
+}
+
 /* An entry given as an embedding vector (the vision path) is the same as the
  * token whose embedding row it is. */
 START_TEST(embedding_input_equals_token)
 {
-    rig r;
-    rig_open(&r, "tiny-f32.gguf", KV_F32, 1);
+    rig *r = &dr;
     const int32_t toks[] = { 1, 50, 60, 70, 80 };
-    int n_vocab = r.m.cfg.n_vocab, E = r.m.cfg.n_embd;
-    float *want = malloc(sizeof(float) * n_vocab);
-    run_tokens(&r, toks, 5, 0, NULL);
-    memcpy(want, decoder_logits(r.d, 0), sizeof(float) * n_vocab);
+    int n_vocab = r->m.cfg.n_vocab, E = r->m.cfg.n_embd;
+    float *want = logits_alone(r, toks, 5);
 
     float *emb = malloc(sizeof(float) * 5 * E);
-    const tensor *te = r.m.w.token_embd;
+    const tensor *te = r->m.w.token_embd;
     dec_entry b[5];
     for (int i = 0; i < 5; i++) {
         dequantize_row(te->type, tensor_row(te, toks[i]), emb + (size_t)i * E, E);
         /* mix both kinds of entries in one batch */
-        b[i] = (dec_entry){ r.seq, i, i % 2 ? toks[i] : -1, i % 2 ? NULL : emb + (size_t)i * E, i == 4 };
+        b[i] = (dec_entry){ r->seq, i, i % 2 ? toks[i] : -1, i % 2 ? NULL : emb + (size_t)i * E, i == 4 };
     }
     glimpse_err err = { 0 };
-    ck_assert_int_eq(decoder_forward(r.d, b, 5, &err), 0);
-    ck_assert_msg(rel_err(decoder_logits(r.d, 0), want, n_vocab) < 1e-6, "embedding input differs");
+    ck_assert_int_eq(decoder_forward(r->d, b, 5, &err), 0);
+    ck_assert_msg(rel_err(decoder_logits(r->d, 0), want, n_vocab) < 1e-6, "embedding input differs");
     free(emb);
     free(want);
-    rig_close(&r);
 }
 END_TEST
 
@@ -320,58 +343,51 @@ END_TEST
  * sequence. */
 START_TEST(two_sequences_in_one_batch)
 {
-    rig r;
-    rig_open(&r, "tiny-f32.gguf", KV_F32, 2);
+    rig *r = &dr;
     glimpse_err err = { 0 };
     const int32_t a[] = { 1, 50, 60, 70 }, bt[] = { 1, 300, 200 };
-    int n_vocab = r.m.cfg.n_vocab;
-    float *alone_a = malloc(sizeof(float) * n_vocab), *alone_b = malloc(sizeof(float) * n_vocab);
-    run_tokens(&r, a, 4, 0, NULL);
-    memcpy(alone_a, decoder_logits(r.d, 0), sizeof(float) * n_vocab);
-    run_tokens(&r, bt, 3, 0, NULL);  /* overwrites positions 0..2 of the same sequence */
-    memcpy(alone_b, decoder_logits(r.d, 0), sizeof(float) * n_vocab);
+    int n_vocab = r->m.cfg.n_vocab;
+    float *alone_a = logits_alone(r, a, 4);
+    float *alone_b = logits_alone(r, bt, 3); /* overwrites positions 0..2 of the same sequence */
 
     int s2;
-    ck_assert_int_eq(kv_seq_open(r.kv, &s2, &err), 0);
-    ck_assert_int_ne(s2, r.seq);
-    ck_assert_int_eq(kv_seq_reserve(r.kv, s2, 16, &err), 0);
+    ck_assert_int_eq(kv_seq_open(r->kv, &s2, &err), 0);
+    ck_assert_int_ne(s2, r->seq);
+    ck_assert_int_eq(kv_seq_reserve(r->kv, s2, 16, &err), 0);
     dec_entry b[7] = {
-        { r.seq, 0, a[0], NULL, false }, { s2, 0, bt[0], NULL, false }, { r.seq, 1, a[1], NULL, false },
-        { s2, 1, bt[1], NULL, false },   { r.seq, 2, a[2], NULL, false }, { s2, 2, bt[2], NULL, true },
-        { r.seq, 3, a[3], NULL, true },
+        { r->seq, 0, a[0], NULL, false }, { s2, 0, bt[0], NULL, false }, { r->seq, 1, a[1], NULL, false },
+        { s2, 1, bt[1], NULL, false },   { r->seq, 2, a[2], NULL, false }, { s2, 2, bt[2], NULL, true },
+        { r->seq, 3, a[3], NULL, true },
     };
-    ck_assert_int_eq(decoder_forward(r.d, b, 7, &err), 0);
-    ck_assert(rel_err(decoder_logits(r.d, 0), alone_b, n_vocab) < 1e-6);
-    ck_assert(rel_err(decoder_logits(r.d, 1), alone_a, n_vocab) < 1e-6);
+    ck_assert_int_eq(decoder_forward(r->d, b, 7, &err), 0);
+    ck_assert(rel_err(decoder_logits(r->d, 0), alone_b, n_vocab) < 1e-6);
+    ck_assert(rel_err(decoder_logits(r->d, 1), alone_a, n_vocab) < 1e-6);
     free(alone_a);
     free(alone_b);
-    rig_close(&r);
 }
 END_TEST
 
 START_TEST(bad_batches)
 {
-    rig r;
-    rig_open(&r, "tiny-f32.gguf", KV_F32, 1);
+    rig *r = &dr;
     glimpse_err err = { 0 };
     dec_entry b[RIG_BATCH + 1];
     for (int i = 0; i <= RIG_BATCH; i++)
-        b[i] = (dec_entry){ r.seq, i, 1, NULL, true };
-    ck_assert_int_eq(decoder_forward(r.d, b, RIG_BATCH + 1, &err), GLIMPSE_EINVAL);
-    ck_assert_int_eq(decoder_forward(r.d, b, 0, &err), GLIMPSE_EINVAL);
-    b[0].token = r.m.cfg.n_vocab;
-    ck_assert_int_eq(decoder_forward(r.d, b, 1, &err), GLIMPSE_EINVAL);
+        b[i] = (dec_entry){ r->seq, i, 1, NULL, true };
+    ck_assert_int_eq(decoder_forward(r->d, b, RIG_BATCH + 1, &err), GLIMPSE_EINVAL);
+    ck_assert_int_eq(decoder_forward(r->d, b, 0, &err), GLIMPSE_EINVAL);
+    b[0].token = r->m.cfg.n_vocab;
+    ck_assert_int_eq(decoder_forward(r->d, b, 1, &err), GLIMPSE_EINVAL);
     ck_assert(strstr(err.msg, "out of range"));
-    b[0] = (dec_entry){ r.seq, RIG_CTX, 1, NULL, true };
-    ck_assert_int_eq(decoder_forward(r.d, b, 1, &err), GLIMPSE_EINVAL);
+    b[0] = (dec_entry){ r->seq, RIG_CTX, 1, NULL, true };
+    ck_assert_int_eq(decoder_forward(r->d, b, 1, &err), GLIMPSE_EINVAL);
     ck_assert(strstr(err.msg, "not reserved"));
-    b[0] = (dec_entry){ r.seq + 1, 0, 1, NULL, true };
-    ck_assert_int_eq(decoder_forward(r.d, b, 1, &err), GLIMPSE_EINVAL);
-    b[0] = (dec_entry){ r.seq, 5, 1, NULL, false };
-    b[1] = (dec_entry){ r.seq, 5, 1, NULL, true };
-    ck_assert_int_eq(decoder_forward(r.d, b, 2, &err), GLIMPSE_EINVAL);
+    b[0] = (dec_entry){ r->seq + 1, 0, 1, NULL, true };
+    ck_assert_int_eq(decoder_forward(r->d, b, 1, &err), GLIMPSE_EINVAL);
+    b[0] = (dec_entry){ r->seq, 5, 1, NULL, false };
+    b[1] = (dec_entry){ r->seq, 5, 1, NULL, true };
+    ck_assert_int_eq(decoder_forward(r->d, b, 2, &err), GLIMPSE_EINVAL);
     ck_assert(strstr(err.msg, "do not increase"));
-    rig_close(&r);
 }
 END_TEST
 
@@ -795,9 +811,12 @@ int main(void)
     tcase_add_loop_test(tc, greedy_matches_reference, 0, sizeof golden / sizeof golden[0]);
     suite_add_tcase(s, tc);
     tc = tcase_create("decoder");
+    tcase_add_checked_fixture(tc, dr_open, dr_close);
     tcase_add_test(tc, embedding_input_equals_token);
     tcase_add_test(tc, two_sequences_in_one_batch);
     tcase_add_test(tc, bad_batches);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("kvcache");
     tcase_add_test(tc, kv_pool_accounting);
     suite_add_tcase(s, tc);
     tc = tcase_create("loader");
