@@ -300,6 +300,18 @@ static int parse_stop(chat_req *cr, const cJSON *v, api_error *e)
     return 0;
 }
 
+/* 400 when key k of obj repeats an earlier key, at every level of a request:
+ * which copy is meant is anyone's guess, and a proxy that reads JSON
+ * differently would judge another request. The lookup is linear in k's
+ * position, which stays small: every caller refuses unknown keys (top-level
+ * nulls, skipped unchecked, are the exception, so they are not checked). */
+static int refuse_repeated(const cJSON *obj, const cJSON *k, const char *param, const char *where, api_error *e)
+{
+    if (cJSON_GetObjectItemCaseSensitive(obj, k->string) == k)
+        return 0;
+    return api_error_set(e, 400, param, "invalid_value", "'%.40s' is given twice%s", k->string, where);
+}
+
 /* One content part: text or image_url, into *out. */
 static int parse_part(chat_req *cr, const cJSON *it, const char *param, bool user, chat_upload *ups, size_t n_ups,
                       const chat_limits *lim, glimpse_part *out, size_t *text_bytes, api_error *e)
@@ -318,9 +330,9 @@ static int parse_part(chat_req *cr, const cJSON *it, const char *param, bool use
     const char *want = is_text ? "text" : "image_url";
     const cJSON *val = NULL;
     for (const cJSON *k = it->child; k; k = k->next) {
+        if (refuse_repeated(it, k, param, " in a content part", e) < 0)
+            return -1;
         if (!strcmp(k->string, want)) {
-            if (val)
-                return api_error_set(e, 400, param, "invalid_value", "'%s' is given twice in a content part", want);
             val = k;
         } else if (strcmp(k->string, "type")) {
             snprintf(p2, sizeof p2, "%.64s.%.40s", param, k->string);
@@ -341,9 +353,9 @@ static int parse_part(chat_req *cr, const cJSON *it, const char *param, bool use
         return api_error_set(e, 400, p2, "invalid_type", "'image_url' must be an object with a 'url'");
     const cJSON *url = NULL;
     for (const cJSON *k = val->child; k; k = k->next) {
+        if (refuse_repeated(val, k, p2, " in image_url", e) < 0)
+            return -1;
         if (!strcmp(k->string, "url")) {
-            if (url) /* like every repeated key: which one is meant is anyone's guess */
-                return api_error_set(e, 400, p2, "invalid_value", "'url' is given twice in image_url");
             url = k;
         } else if (!strcmp(k->string, "detail")) {
             if (!cJSON_IsString(k) ||
@@ -392,9 +404,9 @@ static int parse_messages(chat_req *cr, const cJSON *msgs, chat_upload *ups, siz
             return api_error_set(e, 400, param, "invalid_type", "each message must be an object");
         const cJSON *role = NULL, *content = NULL;
         for (const cJSON *k = m->child; k; k = k->next) {
-            /* a repeated key is refused: the parts were counted with the first "content" */
-            if ((!strcmp(k->string, "role") && role) || (!strcmp(k->string, "content") && content))
-                return api_error_set(e, 400, param, "invalid_value", "'%s' is given twice in a message", k->string);
+            /* also because the parts were counted with the first "content" */
+            if (refuse_repeated(m, k, param, " in a message", e) < 0)
+                return -1;
             if (!strcmp(k->string, "role"))
                 role = k;
             else if (!strcmp(k->string, "content"))
@@ -458,11 +470,9 @@ static int parse_params(chat_req *cr, const cJSON *root, const chat_limits *lim,
         int b = 0, rc = 0;
         if (cJSON_IsNull(k)) /* OpenAI's clients send null for "not given" */
             continue;
-        /* A repeated key is refused: "messages" is read from its first copy and the others from
-         * their last, so a proxy that reads JSON differently would judge another request.
-         * Cheap: earlier non-null keys are all distinct known ones (anything else was refused). */
-        if (cJSON_GetObjectItemCaseSensitive(root, name) != k)
-            return api_error_set(e, 400, name, "invalid_value", "'%.40s' is given twice", name);
+        /* also because "messages" is read from its first copy and the others from their last */
+        if (refuse_repeated(root, k, name, "", e) < 0)
+            return -1;
         if (!strcmp(name, "messages"))
             continue;
         if (!strcmp(name, "model")) {
@@ -534,6 +544,8 @@ static int parse_params(chat_req *cr, const cJSON *root, const chat_limits *lim,
                                  "'stream_options' is only allowed when 'stream' is true");
         for (const cJSON *k = stream_options->child; k; k = k->next) {
             int b = 0;
+            if (refuse_repeated(stream_options, k, "stream_options", " in stream_options", e) < 0)
+                return -1;
             if (strcmp(k->string, "include_usage"))
                 return api_error_set(e, 400, "stream_options", "unknown_parameter",
                                      "unknown key '%s' in stream_options", k->string);

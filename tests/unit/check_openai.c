@@ -107,147 +107,177 @@ START_TEST(test_parse_full)
 }
 END_TEST
 
-/* Bad bodies: each must fail with this status, param and code. */
-static const struct {
-    const char *body;
-    int status;
-    const char *param; /* "" for null */
+/* Bad bodies: each must fail with a 400 naming this param ("" for null) and
+ * this code. Whole bodies first; then, to keep each case to what it is about,
+ * top-level parameters after one good message, content parts of a user
+ * message and image URLs of such a part. */
+typedef struct bad_case {
+    const char *json;
+    const char *param;
     const char *code;
-} BAD[] = {
-    { "", 400, "", "invalid_json" },
-    { "{", 400, "", "invalid_json" },
-    { "{\"messages\":[]} x", 400, "", "invalid_json" },
-    { "[1,2]", 400, "", "invalid_type" },
-    { "\"hi\"", 400, "", "invalid_type" },
-    { "{}", 400, "messages", "invalid_type" },
-    { "{\"messages\":[]}", 400, "messages", "invalid_type" },
-    { "{\"messages\":{}}", 400, "messages", "invalid_type" },
-    { "{\"messages\":[1]}", 400, "messages[0]", "invalid_type" },
-    { "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages[0]", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "messages[0]", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\"}]}", 400, "messages[0].content", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages[0].content", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[]}]}", 400, "messages[0].content", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"colour\":1}]}", 400, "messages[0].colour",
+} bad_case;
+
+static const bad_case BAD_BODIES[] = {
+    { "", "", "invalid_json" },
+    { "{", "", "invalid_json" },
+    { "{\"messages\":[]} x", "", "invalid_json" },
+    { "[1,2]", "", "invalid_type" },
+    { "\"hi\"", "", "invalid_type" },
+    { "{}", "messages", "invalid_type" },
+    { "{\"messages\":[]}", "messages", "invalid_type" },
+    { "{\"messages\":{}}", "messages", "invalid_type" },
+    { "{\"messages\":[1]}", "messages[0]", "invalid_type" },
+    { "{\"messages\":[{\"content\":\"x\"}]}", "messages[0]", "invalid_type" },
+    { "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\"}]}", "messages[0].content", "invalid_type" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content", "invalid_type" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":[]}]}", "messages[0].content", "invalid_type" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"colour\":1}]}", "messages[0].colour",
       "unknown_parameter" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"audio\"}]}]}", 400, "messages[0].content[0].type",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":\"x\"}]}]}", 400, "messages[0].content[0]",
-      "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]}", 400,
-      "messages[0].content[0].text", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"url\":\"b\"}]}]}", 400,
-      "messages[0].content[0].url", "unknown_parameter" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":\"data:x\"}]}]}", 400,
-      "messages[0].content[0].image_url", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}", 400,
-      "messages[0].content[0].image_url.url", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"size\":1}}]}]}",
-      400, "messages[0].content[0].image_url", "unknown_parameter" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"detail\":\"max\"}}]}]}",
-      400, "messages[0].content[0].image_url", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://example.com/a.png\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "image_url_not_supported" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"HTTP://x/a.png\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "image_url_not_supported" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"file:///etc/passwd\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_image_url" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,@@@@\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_base64" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:text/plain;base64,aGk=\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_image_url" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png,abc\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_image_url" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_image_url" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"upload:image\"}}]}]}",
-      400, "messages[0].content[0].image_url.url", "invalid_image_url" },
-    { "{\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,"
-      PNG_B64 "\"}}]}]}", 400, "messages[0].content[0]", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,"
-      PNG_B64 "\"}},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64," PNG_B64
+    { "{\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/"
+      "png;base64," PNG_B64 "\"}}]}]}", "messages[0].content[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;"
+      "base64," PNG_B64 "\"}},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64," PNG_B64
       "\"}},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64," PNG_B64 "\"}}]}]}",
-      400, "messages[0].content[2]", "too_many_images" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"foo\":1}", 400, "foo", "unknown_parameter" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":5}", 400, "model", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", 400, "max_tokens", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":1.5}", 400, "max_tokens", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":\"5\"}", 400, "max_tokens", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":1e12}", 400,
-      "max_completion_tokens", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":2.5}", 400, "temperature", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"hot\"}", 400, "temperature", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_p\":1.5}", 400, "top_p", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_k\":-1}", 400, "top_k", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_p\":-0.1}", 400, "min_p", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"presence_penalty\":3}", 400, "presence_penalty",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"frequency_penalty\":-3}", 400, "frequency_penalty",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"repetition_penalty\":0}", 400, "repetition_penalty",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":0.5}", 400, "seed", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":5}", 400, "stop", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",1]}", 400, "stop", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":\"\"}", 400, "stop", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":0}", 400, "n", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":5}", 400, "n", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":1}", 400, "stream", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", 400,
-      "stream_options", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,\"stream_options\":{\"x\":true}}", 400,
-      "stream_options", "unknown_parameter" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,\"stream_options\":[]}", 400,
-      "stream_options", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":\"yes\"}", 400, "logprobs", "invalid_type" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":3}", 400, "top_logprobs",
-      "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}", 400,
-      "top_logprobs", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"user\":7}", 400, "user", "invalid_type" },
-    /* a repeated "content" (found by tests/fuzz/fuzz_chat_json: the parts were counted with the first one
-     * and written with the last, past the end of their array) */
+      "messages[0].content[2]", "too_many_images" },
+    /* a repeated key is refused at every level. A repeated "content" was found by tests/fuzz/fuzz_chat_json
+     * (the parts were counted with the first one and written with the last, past the end of their array);
+     * a repeated top-level key by tests/integration/hostile.py (the first "messages" was used, the second
+     * never looked at, while other parameters took their last value) */
     { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
-      "{\"type\":\"text\",\"text\":\"b\"}]}]}", 400, "messages[0]", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", 400, "messages[0]", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\"}]}]}", 400,
-      "messages[0].content[0]", "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"a\",\"url\":\"b\"}}]}]}",
-      400, "messages[0].content[0].image_url", "invalid_value" },
-    /* a repeated top-level key (found by tests/integration/hostile.py: the first "messages" was used, the
-     * second never looked at, while other parameters took their last value) */
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}",
-      400, "messages", "invalid_value" },
-    { "{\"messages\":null,\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}", 400, "messages",
+      "{\"type\":\"text\",\"text\":\"b\"}]}]}", "messages[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", "messages[0]", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"name\":\"a\",\"name\":\"b\"}]}", "messages[0]",
       "invalid_value" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":2,\"max_tokens\":3}", 400,
-      "max_tokens", "invalid_value" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}",
+      "messages", "invalid_value" },
+    { "{\"messages\":null,\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}", "messages", "invalid_value" },
     /* bytes that are not UTF-8 inside strings (found by tests/fuzz/fuzz_chat_json: cJSON passed them
      * into the prompt): a truncated sequence, an overlong '/', a surrogate, a code point past U+10FFFF */
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xE7" "ello\"}]}", 400, "", "invalid_json" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\xC0\xAF\"}]}", 400, "", "invalid_json" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xED\xA0\x80\"}]}", 400, "", "invalid_json" },
-    { "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":\"\xF4\x90\x80\x80\"}", 400, "",
-      "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xE7" "ello\"}]}", "", "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"a\xC0\xAF\"}]}", "", "invalid_json" },
+    { "{\"messages\":[{\"role\":\"user\",\"content\":\"\xED\xA0\x80\"}]}", "", "invalid_json" },
 };
 
-START_TEST(test_bad)
+/* The body is ONE_MESSAGE, the case's json, "}". */
+#define ONE_MESSAGE "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+static const bad_case BAD_PARAMS[] = {
+    { "\"foo\":1", "foo", "unknown_parameter" },
+    { "\"model\":5", "model", "invalid_type" },
+    { "\"max_tokens\":0", "max_tokens", "invalid_value" },
+    { "\"max_tokens\":1.5", "max_tokens", "invalid_type" },
+    { "\"max_tokens\":\"5\"", "max_tokens", "invalid_type" },
+    { "\"max_completion_tokens\":1e12", "max_completion_tokens", "invalid_value" },
+    { "\"temperature\":2.5", "temperature", "invalid_value" },
+    { "\"temperature\":\"hot\"", "temperature", "invalid_type" },
+    { "\"top_p\":1.5", "top_p", "invalid_value" },
+    { "\"top_k\":-1", "top_k", "invalid_value" },
+    { "\"min_p\":-0.1", "min_p", "invalid_value" },
+    { "\"presence_penalty\":3", "presence_penalty", "invalid_value" },
+    { "\"frequency_penalty\":-3", "frequency_penalty", "invalid_value" },
+    { "\"repetition_penalty\":0", "repetition_penalty", "invalid_value" },
+    { "\"seed\":0.5", "seed", "invalid_type" },
+    { "\"stop\":5", "stop", "invalid_type" },
+    { "\"stop\":[\"a\",1]", "stop", "invalid_type" },
+    { "\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop", "invalid_value" },
+    { "\"stop\":\"\"", "stop", "invalid_value" },
+    { "\"stop\":\"\xF4\x90\x80\x80\"", "", "invalid_json" }, /* past U+10FFFF */
+    { "\"n\":0", "n", "invalid_value" },
+    { "\"n\":5", "n", "invalid_value" },
+    { "\"stream\":1", "stream", "invalid_type" },
+    { "\"stream_options\":{\"include_usage\":true}", "stream_options", "invalid_value" },
+    { "\"stream\":true,\"stream_options\":{\"x\":true}", "stream_options", "unknown_parameter" },
+    { "\"stream\":true,\"stream_options\":[]", "stream_options", "invalid_type" },
+    { "\"logprobs\":\"yes\"", "logprobs", "invalid_type" },
+    { "\"top_logprobs\":3", "top_logprobs", "invalid_value" },
+    { "\"logprobs\":true,\"top_logprobs\":21", "top_logprobs", "invalid_value" },
+    { "\"user\":7", "user", "invalid_type" },
+    /* repeated keys */
+    { "\"max_tokens\":2,\"max_tokens\":3", "max_tokens", "invalid_value" },
+    { "\"stream\":true,\"stream_options\":{\"include_usage\":true,\"include_usage\":false}", "stream_options",
+      "invalid_value" },
+};
+
+/* The body is PART_BEFORE, the case's json, PART_AFTER; param follows messages[0].content[0]. */
+#define PART_BEFORE "{\"messages\":[{\"role\":\"user\",\"content\":["
+#define PART_AFTER "]}]}"
+static const bad_case BAD_PARTS[] = {
+    { "{\"type\":\"audio\"}", ".type", "invalid_value" },
+    { "{\"text\":\"x\"}", "", "invalid_type" },
+    { "{\"type\":\"text\",\"text\":1}", ".text", "invalid_type" },
+    { "{\"type\":\"text\",\"text\":\"a\",\"url\":\"b\"}", ".url", "unknown_parameter" },
+    { "{\"type\":\"image_url\",\"image_url\":\"data:x\"}", ".image_url", "invalid_type" },
+    { "{\"type\":\"image_url\",\"image_url\":{}}", ".image_url.url", "invalid_type" },
+    { "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"size\":1}}", ".image_url", "unknown_parameter" },
+    { "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"detail\":\"max\"}}", ".image_url", "invalid_value" },
+    /* repeated keys */
+    { "{\"type\":\"text\",\"text\":\"a\",\"text\":\"b\"}", "", "invalid_value" },
+    { "{\"type\":\"text\",\"type\":\"image_url\",\"text\":\"a\"}", "", "invalid_value" },
+    { "{\"type\":\"image_url\",\"image_url\":{\"url\":\"a\",\"url\":\"b\"}}", ".image_url", "invalid_value" },
+    { "{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\",\"detail\":\"low\",\"detail\":\"high\"}}", ".image_url",
+      "invalid_value" },
+};
+
+/* The url of an image_url part; the param is always messages[0].content[0].image_url.url. */
+static const struct {
+    const char *url;
+    const char *code;
+} BAD_URLS[] = {
+    { "https://example.com/a.png", "image_url_not_supported" },
+    { "HTTP://x/a.png", "image_url_not_supported" },
+    { "file:///etc/passwd", "invalid_image_url" },
+    { "data:image/png;base64,@@@@", "invalid_base64" },
+    { "data:text/plain;base64,aGk=", "invalid_image_url" },
+    { "data:image/png,abc", "invalid_image_url" },
+    { "data:image/png;base64", "invalid_image_url" },
+    { "upload:image", "invalid_image_url" },
+};
+
+/* Parses body from right before a guard page; it must fail with a 400, param and code. */
+static void expect_bad(const char *body, const char *param, const char *code)
 {
     chat_req *cr = NULL;
     api_error e = { 0 };
-    const char *body = BAD[_i].body;
     char *g = guarded_copy(body, strlen(body));
     int rc = chat_parse_json(g, strlen(body), NULL, 0, &LIM, &cr, &e);
     guarded_free(g, strlen(body));
-    ck_assert_msg(rc < 0, "case %d accepted: %s", _i, body);
+    ck_assert_msg(rc < 0, "accepted: %s", body);
     ck_assert_ptr_null(cr);
-    ck_assert_msg(e.status == BAD[_i].status && !strcmp(e.param, BAD[_i].param) && e.code &&
-                      !strcmp(e.code, BAD[_i].code),
-                  "case %d: got %d param '%s' code %s (%s)", _i, e.status, e.param, e.code ? e.code : "null",
-                  e.message);
+    ck_assert_msg(e.status == 400 && !strcmp(e.param, param) && e.code && !strcmp(e.code, code),
+                  "%s: got %d param '%s' code %s (%s), want param '%s' code %s", body, e.status, e.param,
+                  e.code ? e.code : "null", e.message, param, code);
     ck_assert(e.message[0]);
+}
+
+START_TEST(test_bad_body)
+{
+    expect_bad(BAD_BODIES[_i].json, BAD_BODIES[_i].param, BAD_BODIES[_i].code);
+}
+END_TEST
+
+START_TEST(test_bad_param)
+{
+    char body[512];
+    ck_assert_int_lt(snprintf(body, sizeof body, ONE_MESSAGE "%s}", BAD_PARAMS[_i].json), (int)sizeof body);
+    expect_bad(body, BAD_PARAMS[_i].param, BAD_PARAMS[_i].code);
+}
+END_TEST
+
+START_TEST(test_bad_part)
+{
+    char body[512], param[128];
+    ck_assert_int_lt(snprintf(body, sizeof body, PART_BEFORE "%s" PART_AFTER, BAD_PARTS[_i].json), (int)sizeof body);
+    snprintf(param, sizeof param, "messages[0].content[0]%s", BAD_PARTS[_i].param);
+    expect_bad(body, param, BAD_PARTS[_i].code);
+}
+END_TEST
+
+START_TEST(test_bad_url)
+{
+    char body[512];
+    ck_assert_int_lt(snprintf(body, sizeof body, PART_BEFORE "{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}}"
+                              PART_AFTER, BAD_URLS[_i].url), (int)sizeof body);
+    expect_bad(body, "messages[0].content[0].image_url.url", BAD_URLS[_i].code);
 }
 END_TEST
 
@@ -591,7 +621,10 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_base64);
     tcase_add_test(tc, test_parse_full);
-    tcase_add_loop_test(tc, test_bad, 0, (int)(sizeof BAD / sizeof BAD[0]));
+    tcase_add_loop_test(tc, test_bad_body, 0, (int)(sizeof BAD_BODIES / sizeof BAD_BODIES[0]));
+    tcase_add_loop_test(tc, test_bad_param, 0, (int)(sizeof BAD_PARAMS / sizeof BAD_PARAMS[0]));
+    tcase_add_loop_test(tc, test_bad_part, 0, (int)(sizeof BAD_PARTS / sizeof BAD_PARTS[0]));
+    tcase_add_loop_test(tc, test_bad_url, 0, (int)(sizeof BAD_URLS / sizeof BAD_URLS[0]));
     tcase_add_test(tc, test_prompt_limit);
     tcase_add_test(tc, test_form_prompt);
     tcase_add_test(tc, test_form_utf8);
