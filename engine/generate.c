@@ -166,6 +166,7 @@ int job_prepare(glimpse_job *j, const glimpse_request *req, glimpse_err *err)
 
     j->seq = -1;
     j->on_token = req->on_token;
+    j->on_done = req->on_done;
     j->user = req->user;
     if (req->max_tokens < 0)
         return err_set(err, GLIMPSE_EINVAL, "generate: max_tokens %d is negative", req->max_tokens);

@@ -237,6 +237,14 @@ typedef struct glimpse_token {
  * return) and must not call any glimpse function on the same model. */
 typedef int (*glimpse_token_fn)(const glimpse_token *tok, void *user);
 
+/* Called once when a submitted request ends (finished, failed or
+ * cancelled) with what glimpse_job_wait returns: after it, no callback of
+ * the request runs and glimpse_job_wait/glimpse_job_free return at once.
+ * res is filled for rc 0 and GLIMPSE_ECANCELED, err for rc < 0. Same rules
+ * as on_token (engine thread; quick; no glimpse call on the same model). */
+struct glimpse_result; /* below */
+typedef void (*glimpse_done_fn)(int rc, const struct glimpse_result *res, const glimpse_err *err, void *user);
+
 typedef struct glimpse_request {
     const glimpse_message *messages; /* rendered with the model's chat template */
     size_t n_messages;
@@ -248,7 +256,8 @@ typedef struct glimpse_request {
     int max_tokens;                  /* >= 1; 0 = until the context is full */
     const char *stop[GLIMPSE_MAX_STOP]; /* NULL-padded */
     glimpse_token_fn on_token;       /* may be NULL */
-    void *user;                      /* passed to on_token */
+    void *user;                      /* passed to on_token and on_done */
+    glimpse_done_fn on_done;         /* may be NULL */
 } glimpse_request;
 
 /* Fills *r with defaults: no messages, default sampling, max_tokens 0, no stops. */
@@ -309,6 +318,10 @@ int glimpse_job_wait(glimpse_job *j, glimpse_result *res, glimpse_err *err);
 /* Asks the engine to end the job at its next step (or to drop it while it
  * waits); its KV blocks return to the pool. Any thread, non-blocking. */
 void glimpse_job_cancel(glimpse_job *j);
+
+/* Non-zero while the job waits for admission (queued, or sent back to the
+ * queue when the KV cache ran out). Any thread, non-blocking. */
+int glimpse_job_waiting(glimpse_job *j);
 
 /* Cancels the job if it has not ended, waits for it and frees it.
  * Accepts NULL. Any thread, once per job. */

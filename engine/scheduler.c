@@ -30,8 +30,8 @@
  * job's state / cancel / result fields and the counters. The engine thread
  * drops it while it computes (encoding, forward pass, sampling), so submit,
  * cancel and stats never wait for a step. on_token callbacks run without
- * the lock. The prefix cache and the image cache are touched by the engine
- * thread only.
+ * the lock, on_done ones with it (a job ends under the lock). The prefix
+ * cache and the image cache are touched by the engine thread only.
  */
 #include "scheduler.h"
 
@@ -248,6 +248,8 @@ static void job_finish(scheduler *s, glimpse_job *j, int rc, const glimpse_err *
     else
         s->st.requests_failed++;
     j->state = JOB_DONE;
+    if (j->on_done)
+        j->on_done(rc, &j->res, &j->err, j->user);
     pthread_cond_broadcast(&s->done);
 }
 
@@ -738,6 +740,15 @@ void glimpse_job_cancel(glimpse_job *j)
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->lock);
+}
+
+int glimpse_job_waiting(glimpse_job *j)
+{
+    scheduler *s = j->m->sched;
+    pthread_mutex_lock(&s->lock);
+    int waiting = j->state == JOB_WAITING;
+    pthread_mutex_unlock(&s->lock);
+    return waiting;
 }
 
 void glimpse_job_free(glimpse_job *j)

@@ -43,6 +43,7 @@ struct img_entry;
 struct glimpse_job {
     glimpse_model *m;
     glimpse_token_fn on_token;
+    glimpse_done_fn on_done;
     void *user;
 
     /* ---- prepared on the submitting thread (generate.c) ---- */
