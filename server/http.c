@@ -36,9 +36,8 @@
 struct http_server {
     struct MHD_Daemon *d;
     const http_config *cfg;
-    gq *q;
     metrics *mx;
-    _Atomic(const glimpse_model *) model;
+    _Atomic(glimpse_model *) model; /* jobs are submitted to it */
     atomic_int draining;
     atomic_long in_flight;
     atomic_long unstarted;     /* connections that have not sent a request yet */
@@ -77,6 +76,7 @@ typedef struct conn {
     size_t pending_off;
     bool stream_done;
     int last_state;          /* the job's state at the previous take */
+    int quiet_ms;            /* since the stream's last bytes */
 } conn;
 
 static double now_s(void)
@@ -203,14 +203,12 @@ static enum MHD_Result route_health(struct MHD_Connection *con, conn *c)
 
 static enum MHD_Result route_metrics(struct MHD_Connection *con, conn *c)
 {
-    gq_stats qs;
     glimpse_stats es;
-    gq_stats_get(c->srv->q, &qs);
     const glimpse_model *model = atomic_load(&c->srv->model);
     if (model)
         glimpse_stats_get(model, &es);
     size_t len = 0;
-    char *text = metrics_render(c->srv->mx, &qs, model != NULL, model ? &es : NULL, &len);
+    char *text = metrics_render(c->srv->mx, model ? &es : NULL, &len);
     if (!text)
         return reply_json(con, c, 500, NULL, 0);
     return reply(con, c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, NULL);
@@ -286,8 +284,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         gq_events ev = { 0 };
         gq_status st;
         int prev = c->last_state;
-        size_t n = gq_job_take(c->job, s->cfg->keepalive_ms, &ev, &st);
+        /* short takes, so that a client that left is noticed within a slice
+         * whatever its job is doing (queued, encoding images, prefilling) */
+        const int slice = s->cfg->keepalive_ms < WAIT_SLICE_MS ? s->cfg->keepalive_ms : WAIT_SLICE_MS;
+        size_t n = gq_job_take(c->job, slice, &ev, &st);
         c->last_state = st.state;
+        c->quiet_ms = n == 0 && st.state == prev ? c->quiet_ms + slice : 0;
         note_events(c, &ev);
         chat_out_stream(c->out, &ev, &c->pending);
         gq_events_free(&ev);
@@ -306,9 +308,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
                 free(json);
             }
             c->stream_done = true;
-        } else if (n == 0 && st.state == prev) {
+        } else if (c->quiet_ms >= s->cfg->keepalive_ms) {
             /* nothing for a while (queued, or encoding images): keep proxies from timing out */
             sbuf_str(&c->pending, st.state == GQ_QUEUED ? ": queued\n\n" : ": working\n\n");
+            c->quiet_ms = 0;
         }
         if (c->pending.oom)
             return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -368,7 +371,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *con, conn *c)
     http_server *s = c->srv;
     const http_config *cfg = s->cfg;
     api_error e;
-    const glimpse_model *m = atomic_load(&s->model);
+    glimpse_model *m = atomic_load(&s->model);
     if (!m) {
         api_error_set(&e, 503, NULL, "model_loading", "the model is still loading; retry shortly");
         return reply_error(con, c, &e);
@@ -413,13 +416,9 @@ static enum MHD_Result handle_chat(struct MHD_Connection *con, conn *c)
     gq_spec spec = { .req = c->cr->req, .n_choices = c->cr->n, .owner = c->cr,
                      .owner_free = (void (*)(void *))chat_req_free };
     glimpse_err err = { 0 };
-    rc = gq_submit(s->q, &spec, &c->job, &err);
-    if (rc < 0) {
-        if (rc == GLIMPSE_ELIMIT)
-            api_error_set(&e, 429, NULL, "rate_limit_exceeded",
-                          "the server is busy (its queue is full); retry after a second");
-        else
-            api_error_set(&e, 503, NULL, "shutting_down", "the server is shutting down");
+    rc = gq_submit(m, &spec, &c->job, &err);
+    if (rc < 0) { /* 429 when the scheduler's queue is full, 503 when shutting down, 400, ... */
+        api_error_from_engine(&e, rc, &err);
         return reply_error(con, c, &e);
     }
     c->req = c->cr;
@@ -616,7 +615,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- life cycle ----------------------------------------------------------------------- */
 
-int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, glimpse_err *err)
+int http_start(const http_config *cfg, metrics *mx, http_server **out, glimpse_err *err)
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
     struct addrinfo *ai = NULL;
@@ -635,7 +634,6 @@ int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, gl
         return GLIMPSE_ENOMEM;
     }
     s->cfg = cfg;
-    s->q = q;
     s->mx = mx;
     s->started = (double)time(NULL);
     s->listen_fd = MHD_INVALID_SOCKET;
@@ -668,7 +666,7 @@ int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, gl
 
 int http_port(const http_server *s) { return s->port; }
 
-void http_set_model(http_server *s, const glimpse_model *m) { atomic_store(&s->model, m); }
+void http_set_model(http_server *s, glimpse_model *m) { atomic_store(&s->model, m); }
 
 void http_drain(http_server *s)
 {

@@ -2,7 +2,8 @@
  * http.h — the HTTP side of `glimpse serve`: a libmicrohttpd daemon (one
  * polling thread, one thread per connection) with routing, CORS, auth,
  * limits and the connection lifecycle. HTTP threads parse, decode images and
- * format responses; model math happens only on the queue's engine thread.
+ * format responses; model math happens only on the model's engine thread
+ * (the scheduler), to which each chat request is submitted (queue.h).
  */
 #ifndef GLIMPSE_HTTP_H
 #define GLIMPSE_HTTP_H
@@ -28,16 +29,16 @@ typedef struct http_config {
 
 typedef struct http_server http_server;
 
-/* Starts listening. The config's strings, q and mx must outlive the server.
+/* Starts listening. The config's strings and mx must outlive the server.
  * Until http_set_model, /health and chat requests answer 503.
  * On success *out is owned, stop with http_stop. Main thread. */
-int http_start(const http_config *cfg, gq *q, metrics *mx, http_server **out, glimpse_err *err);
+int http_start(const http_config *cfg, metrics *mx, http_server **out, glimpse_err *err);
 
 /* The port actually bound. Any thread. */
 int http_port(const http_server *s);
 
 /* Serves requests with m (borrowed; it must outlive http_stop). Any thread. */
-void http_set_model(http_server *s, const glimpse_model *m);
+void http_set_model(http_server *s, glimpse_model *m);
 
 /* Starts the shutdown: /health answers 503, the listener closes (new
  * connections are refused), and connections already open are answered

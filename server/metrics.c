@@ -182,10 +182,17 @@ static void put_engine_histogram(text *t, const char *name, const char *help, co
 static void put_engine(text *t, const glimpse_stats *es)
 {
     put(t,
-        "# HELP glimpse_sequences_running Sequences admitted by the scheduler (encoding images, prefill or decode).\n"
-        "# TYPE glimpse_sequences_running gauge\nglimpse_sequences_running %d\n"
-        "# HELP glimpse_sequences_waiting Requests waiting for admission (KV blocks or a sequence slot).\n"
-        "# TYPE glimpse_sequences_waiting gauge\nglimpse_sequences_waiting %d\n"
+        "# HELP glimpse_queue_depth Sequences (one per choice of a request) waiting for admission (KV blocks or a "
+        "sequence slot).\n"
+        "# TYPE glimpse_queue_depth gauge\nglimpse_queue_depth %d\n"
+        "# HELP glimpse_queue_capacity Sequences the queue holds before answering 429.\n"
+        "# TYPE glimpse_queue_capacity gauge\nglimpse_queue_capacity %d\n"
+        "# HELP glimpse_running Sequences admitted by the scheduler (encoding images, prefill or decode).\n"
+        "# TYPE glimpse_running gauge\nglimpse_running %d\n"
+        "# HELP glimpse_jobs_cancelled_total Sequences ended early: their client left or the server stopped.\n"
+        "# TYPE glimpse_jobs_cancelled_total counter\nglimpse_jobs_cancelled_total %llu\n"
+        "# HELP glimpse_jobs_completed_total Sequences the engine ran to their end (successfully or not).\n"
+        "# TYPE glimpse_jobs_completed_total counter\nglimpse_jobs_completed_total %llu\n"
         "# HELP glimpse_kv_cache_usage_ratio KV cache blocks held by sequences over the pool's blocks.\n"
         "# TYPE glimpse_kv_cache_usage_ratio gauge\nglimpse_kv_cache_usage_ratio %.6f\n"
         "# HELP glimpse_kv_cache_blocks Blocks in the KV pool.\n"
@@ -206,7 +213,9 @@ static void put_engine(text *t, const glimpse_stats *es)
         "# TYPE glimpse_engine_steps_total counter\nglimpse_engine_steps_total %llu\n"
         "# HELP glimpse_prompt_tokens_computed_total Prompt positions evaluated (prefix-cache hits excluded).\n"
         "# TYPE glimpse_prompt_tokens_computed_total counter\nglimpse_prompt_tokens_computed_total %llu\n",
-        es->running, es->waiting, es->kv_usage, es->kv_blocks, es->kv_cached_blocks,
+        es->waiting, es->max_queue, es->running, (unsigned long long)es->requests_cancelled,
+        (unsigned long long)(es->requests_done + es->requests_failed), es->kv_usage, es->kv_blocks,
+        es->kv_cached_blocks,
         (unsigned long long)es->prefix_queries, (unsigned long long)es->prefix_hits,
         (unsigned long long)es->image_queries, (unsigned long long)es->image_hits,
         (unsigned long long)es->preemptions, (unsigned long long)es->steps,
@@ -221,7 +230,7 @@ static void put_engine(text *t, const glimpse_stats *es)
                          &es->queue_s);
 }
 
-char *metrics_render(metrics *m, const gq_stats *qs, int ready, const glimpse_stats *es, size_t *len)
+char *metrics_render(metrics *m, const glimpse_stats *es, size_t *len)
 {
     text t = { 0 };
     pthread_mutex_lock(&m->mu);
@@ -266,20 +275,9 @@ char *metrics_render(metrics *m, const gq_stats *qs, int ready, const glimpse_st
         (unsigned long long)m->images, (long long)m->in_flight);
     pthread_mutex_unlock(&m->mu);
     put(&t,
-        "# HELP glimpse_queue_depth Jobs waiting for the engine.\n"
-        "# TYPE glimpse_queue_depth gauge\nglimpse_queue_depth %zu\n"
-        "# HELP glimpse_queue_capacity Jobs the queue holds before answering 429.\n"
-        "# TYPE glimpse_queue_capacity gauge\nglimpse_queue_capacity %zu\n"
-        "# HELP glimpse_running Jobs the engine is generating now.\n"
-        "# TYPE glimpse_running gauge\nglimpse_running %zu\n"
-        "# HELP glimpse_jobs_cancelled_total Jobs ended early because their client left or the server stopped.\n"
-        "# TYPE glimpse_jobs_cancelled_total counter\nglimpse_jobs_cancelled_total %llu\n"
-        "# HELP glimpse_jobs_completed_total Jobs the engine ran to their end (successfully or not).\n"
-        "# TYPE glimpse_jobs_completed_total counter\nglimpse_jobs_completed_total %llu\n"
         "# HELP glimpse_model_ready 1 once the model is loaded and requests are served.\n"
         "# TYPE glimpse_model_ready gauge\nglimpse_model_ready %d\n",
-        qs->queued, qs->capacity, qs->running, (unsigned long long)qs->cancelled, (unsigned long long)qs->completed,
-        ready ? 1 : 0);
+        es ? 1 : 0);
     if (es)
         put_engine(&t, es);
     if (t.oom) {

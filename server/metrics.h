@@ -5,7 +5,7 @@
 #ifndef GLIMPSE_METRICS_H
 #define GLIMPSE_METRICS_H
 
-#include "queue.h"
+#include "glimpse.h"
 
 #include <stddef.h>
 
@@ -33,10 +33,10 @@ void metrics_completion(metrics *m, int prompt_tokens, int completion_tokens, in
 /* Chat requests between their parse and their response's end (streams included). */
 void metrics_in_flight(metrics *m, int delta);
 
-/* Renders everything, with the queue's counters, the ready flag and the
- * engine's scheduler counters (es; NULL while the model loads). Owned, free
- * with free(); NULL on OOM. */
-char *metrics_render(metrics *m, const gq_stats *qs, int ready, const glimpse_stats *es, size_t *len);
+/* Renders everything, with the engine's scheduler counters (es: its queue,
+ * sequences, caches and histograms; NULL while the model loads, which also
+ * makes glimpse_model_ready 0). Owned, free with free(); NULL on OOM. */
+char *metrics_render(metrics *m, const glimpse_stats *es, size_t *len);
 
 /* The route label of a route. */
 const char *metrics_route_name(int route);

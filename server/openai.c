@@ -107,6 +107,13 @@ void api_error_from_engine(api_error *e, int rc, const glimpse_err *err)
     case GLIMPSE_ECANCELED:
         api_error_set(e, 503, NULL, "cancelled", "%s", msg);
         break;
+    case GLIMPSE_EBUSY:
+        api_error_set(e, 429, NULL, "rate_limit_exceeded",
+                      "the server is busy (its queue is full); retry after a second");
+        break;
+    case GLIMPSE_ESHUTDOWN:
+        api_error_set(e, 503, NULL, "shutting_down", "the server is shutting down");
+        break;
     default:
         api_error_set(e, 500, NULL, "engine_error", "%s", msg);
         break;

@@ -1,14 +1,17 @@
 /*
- * queue.h — a bounded FIFO of generation jobs in front of the engine.
+ * queue.h — the mailbox between the engine and one HTTP request.
  *
- * One engine thread (gq_run) pops jobs and runs glimpse_generate; the token
- * callback appends events to the job's mailbox; the HTTP thread that owns the
- * job takes them with gq_job_take. This is the whole interface between the
- * HTTP side and the engine: a later batching scheduler replaces this file
- * and keeps these calls.
+ * A request's choices run as jobs of the model's scheduler
+ * (engine/scheduler.c, which owns the bounded queue, admission and the
+ * refusals: GLIMPSE_EBUSY when its queue is full, GLIMPSE_ESHUTDOWN after
+ * glimpse_shutdown). Their token and end callbacks append events to the
+ * request's mailbox on the engine thread; the HTTP thread that owns the
+ * request takes them with gq_job_take, and cancels every choice at once
+ * (waiting, encoding its images, prefilling or decoding) when its client
+ * leaves.
  *
- * Lock order: a job's lock is never held while taking the queue's lock, and
- * neither is held while the engine computes.
+ * Lock order: the scheduler's lock, then a job's (the end callback runs
+ * under the first); a thread holding a job's lock calls no glimpse function.
  */
 #ifndef GLIMPSE_QUEUE_H
 #define GLIMPSE_QUEUE_H
@@ -18,7 +21,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct gq gq;
 typedef struct gq_job gq_job;
 
 enum gq_event_type {
@@ -59,29 +61,23 @@ typedef struct gq_events {
 void gq_events_free(gq_events *e);
 
 enum gq_state {
-    GQ_QUEUED = 0,  /* waiting for the engine */
+    GQ_QUEUED = 0,  /* every choice waits for admission */
     GQ_RUNNING = 1, /* the engine works on it */
-    GQ_DONE = 2,    /* finished, failed or cancelled: status holds rc and err */
+    GQ_DONE = 2,    /* every choice ended: status holds rc and err */
 };
 
 typedef struct gq_status {
     int state;       /* enum gq_state */
-    int rc;          /* DONE: 0 or the GLIMPSE_E* code of glimpse_generate */
+    int rc;          /* DONE: 0, or the first choice's error (GLIMPSE_ECANCELED when
+                      * cancelled, GLIMPSE_ESHUTDOWN when the model stopped) */
     glimpse_err err; /* DONE with rc < 0 */
 } gq_status;
 
-typedef struct gq_stats {
-    size_t capacity;
-    size_t queued;        /* jobs waiting */
-    size_t running;       /* jobs the engine works on (up to the gq_run callers) */
-    uint64_t cancelled;   /* jobs ended by gq_job_cancel or a reader that left */
-    uint64_t completed;   /* jobs that ran to their end */
-} gq_stats;
-
-/* What to run. req.on_token/req.user are set by the queue; req.sampling.seed
- * is the seed of choice 0, choice i uses seed + i. Everything req points to
- * belongs to owner, which the job frees with owner_free when the last
- * reference goes (the engine may still read it after the reader left). */
+/* What to run. req.on_token/on_done/user are set by the mailbox;
+ * req.sampling.seed is the seed of choice 0, choice i uses seed + i.
+ * Everything req points to belongs to owner, which gq_job_release frees with
+ * owner_free once the engine has let go of the request (it borrows the
+ * images until then). */
 typedef struct gq_spec {
     glimpse_request req;
     int n_choices;
@@ -89,25 +85,13 @@ typedef struct gq_spec {
     void (*owner_free)(void *owner);
 } gq_spec;
 
-/* Creates a queue holding at most capacity waiting jobs. Owned, free with
- * gq_free after gq_run returned. Any thread. */
-int gq_create(size_t capacity, gq **out, glimpse_err *err);
-void gq_free(gq *q);
-
-/* A worker loop: pops jobs and runs them on m until gq_shutdown. Several
- * threads may run it at once (one per parallel sequence of the model): the
- * model's engine thread batches their requests. */
-void gq_run(gq *q, glimpse_model *m);
-
-/* Makes gq_run return after cancelling the running jobs and failing the
- * queued ones (rc GLIMPSE_ECANCELED). Any thread. */
-void gq_shutdown(gq *q);
-
-/* Queues a job. On success *out holds the reader's reference (release with
- * gq_job_release) and the job owns spec->owner. GLIMPSE_ELIMIT when the queue
- * is full, GLIMPSE_ECANCELED after shutdown: then the caller keeps owner.
- * Any thread. */
-int gq_submit(gq *q, const gq_spec *spec, gq_job **out, glimpse_err *err);
+/* Submits every choice of spec to m's scheduler, all or none (they run
+ * together, batched). On success *out is the reader's (release with
+ * gq_job_release) and owns spec->owner. Errors are glimpse_submit's:
+ * GLIMPSE_EBUSY (the scheduler's queue is full: 429), GLIMPSE_ESHUTDOWN
+ * (503), GLIMPSE_ELIMIT (the prompt never fits the context), ...; then the
+ * caller keeps owner. Any thread. */
+int gq_submit(glimpse_model *m, const gq_spec *spec, gq_job **out, glimpse_err *err);
 
 /* Waits up to timeout_ms (0: no wait) until the job has events or changes
  * state since the last take, then moves all pending events into *ev, which
@@ -115,15 +99,14 @@ int gq_submit(gq *q, const gq_spec *spec, gq_job **out, glimpse_err *err);
  * Returns the number of events moved. Any thread, one reader per job. */
 size_t gq_job_take(gq_job *j, int timeout_ms, gq_events *ev, gq_status *st);
 
-/* Asks the engine to stop the job at its next token (or to skip it while
- * queued). Any thread. */
+/* Asks the engine to end every choice at its next step, whatever it is
+ * doing (waiting, encoding images, prefilling, decoding): their sequence
+ * slots and KV blocks return to the pool then. Non-blocking. Any thread. */
 void gq_job_cancel(gq_job *j);
 
-/* Drops the reader's reference; cancels the job if it has not finished.
- * Accepts NULL. */
+/* Cancels the job if it has not ended, waits for the engine to let go of it
+ * (at most the step in progress), then frees it and its owner. Accepts NULL.
+ * The reader's thread. */
 void gq_job_release(gq_job *j);
-
-/* A snapshot of the counters, for /metrics. Any thread. */
-void gq_stats_get(gq *q, gq_stats *out);
 
 #endif /* GLIMPSE_QUEUE_H */

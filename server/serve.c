@@ -3,9 +3,10 @@
  * variable), start-up, signals and shutdown.
  *
  * Start-up order: the listener comes up first so that /health can answer 503
- * while the model loads; the engine thread loads the model, marks the server
- * ready and then runs the queue (a failed load ends the process with status
- * 1). The first SIGINT/SIGTERM drains: /health answers 503, the listener
+ * while the model loads; a loader thread loads the model (which starts its
+ * own engine thread: the scheduler, with the bounded queue) and marks the
+ * server ready (a failed load ends the process with status 1). The first
+ * SIGINT/SIGTERM drains: /health answers 503, the listener
  * closes (new connections are refused, so a load balancer retries them on
  * another replica), requests in flight finish, streams too, and the process
  * exits 0. A second signal, or --shutdown-timeout with requests still running,
@@ -15,7 +16,6 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "queue.h"
 #include "serve.h"
 
 #include <errno.h>
@@ -83,7 +83,7 @@ static const opt_def OPTS[] = {
     { "cors-origin", S(cors_origin), "*", "Access-Control-Allow-Origin for browsers; '' turns CORS off" },
     { "threads", I(threads, 0, 1024), "0 (all CPUs)", "compute threads of the engine" },
     { "ctx-size", I(ctx, 0, 1 << 20), "0 (min(model, 4096))", "positions per request (prompt + answer)" },
-    { "queue-size", I(queue_size, 1, 1 << 20), "64", "requests waiting for the engine before 429" },
+    { "queue-size", I(queue_size, 1, 1 << 20), "64", "requests (choices) waiting for admission before 429" },
     { "parallel", I(parallel, 0, 256), "0 (4)", "requests generated together (continuous batching)" },
     { "kv-cache-mb", I(kv_cache_mb, 0, 1 << 24), "0 (ctx-size x parallel)", "KV cache pool in MiB, shared by all requests" },
     { "max-connections", I(max_connections, 1, 1 << 16), "256", "open HTTP connections" },
@@ -195,15 +195,14 @@ static int parse_serve(int argc, char **argv, serve_opts *o)
     return 0;
 }
 
-/* ---- the engine thread -------------------------------------------------------------- */
+/* ---- loading ----------------------------------------------------------------------- */
 
-typedef struct engine_ctx {
+typedef struct load_ctx {
     glimpse_model_params mp;
-    gq *q;
     http_server *http;
     glimpse_model *model;
     int failed;
-} engine_ctx;
+} load_ctx;
 
 /* The main thread sleeps on stop_sem until a signal or a failed load posts it.
  * A handler, not sigwait: libraries (OpenBLAS) start threads before main()
@@ -218,16 +217,9 @@ static void on_stop_signal(int sig)
     sem_post(&stop_sem); /* async-signal-safe */
 }
 
-static void *worker_main(void *arg)
+static void *load_main(void *arg)
 {
-    engine_ctx *e = arg;
-    gq_run(e->q, e->model);
-    return NULL;
-}
-
-static void *engine_main(void *arg)
-{
-    engine_ctx *e = arg;
+    load_ctx *e = arg;
     glimpse_err err = { 0 };
     if (glimpse_model_load(&e->mp, &e->model, &err) < 0) {
         slog(GLIMPSE_LOG_ERROR, "cannot load the model %s%s%s: %s", e->mp.model_path, e->mp.mmproj_path ? " + " : "",
@@ -241,19 +233,6 @@ static void *engine_main(void *arg)
     slog(GLIMPSE_LOG_INFO, "model %s loaded in %.0f ms: %d layers, n_embd %d, context %d, %d threads, vision %s",
          info.name, info.load_ms, info.n_layer, info.n_embd, info.n_ctx, info.n_threads, info.has_vision ? "yes" : "no");
     http_set_model(e->http, e->model);
-    /* One queue worker per parallel sequence: each waits in glimpse_generate
-     * while the model's own engine thread batches all of them. */
-    enum { MAX_WORKERS = 256 };
-    pthread_t workers[MAX_WORKERS];
-    int n_workers = 0;
-    for (int i = 1; i < info.n_parallel && i < MAX_WORKERS; i++) {
-        if (pthread_create(&workers[n_workers], NULL, worker_main, e) != 0)
-            break;
-        n_workers++;
-    }
-    gq_run(e->q, e->model);
-    for (int i = 0; i < n_workers; i++)
-        pthread_join(workers[i], NULL);
     return NULL;
 }
 
@@ -291,11 +270,10 @@ int cmd_serve(int argc, char **argv)
 
     int status = 1;
     metrics *mx = NULL;
-    gq *q = NULL;
     http_server *http = NULL;
-    engine_ctx ec = { 0 };
-    pthread_t engine;
-    int engine_started = 0;
+    load_ctx ec = { 0 };
+    pthread_t loader;
+    int loader_started = 0;
     glimpse_err err = { 0 };
 
     sem_init(&stop_sem, 0, 0);
@@ -314,11 +292,11 @@ int cmd_serve(int argc, char **argv)
         .limits = { .max_images = (size_t)o.max_images, .max_prompt_bytes = (size_t)o.max_prompt_bytes,
                     .max_n = (int)o.max_n, .image = { .max_pixels = o.max_image_pixels } },
     };
-    if (metrics_create(&mx) < 0 || gq_create((size_t)o.queue_size, &q, &err) < 0) {
+    if (metrics_create(&mx) < 0) {
         fprintf(stderr, "glimpse serve: out of memory\n");
         goto done;
     }
-    if (http_start(&cfg, q, mx, &http, &err) < 0) {
+    if (http_start(&cfg, mx, &http, &err) < 0) {
         fprintf(stderr, "glimpse serve: %s\n", err.msg);
         goto done;
     }
@@ -333,13 +311,13 @@ int cmd_serve(int argc, char **argv)
     ec.mp.n_ctx = (int)o.ctx;
     ec.mp.n_parallel = (int)o.parallel;
     ec.mp.kv_cache_mb = (int)o.kv_cache_mb;
-    ec.q = q;
+    ec.mp.max_queue = (int)o.queue_size;
     ec.http = http;
-    if (pthread_create(&engine, NULL, engine_main, &ec)) {
-        fprintf(stderr, "glimpse serve: cannot start the engine thread\n");
+    if (pthread_create(&loader, NULL, load_main, &ec)) {
+        fprintf(stderr, "glimpse serve: cannot start the loader thread\n");
         goto done;
     }
-    engine_started = 1;
+    loader_started = 1;
 
     while (sem_wait(&stop_sem) < 0 && errno == EINTR)
         ;
@@ -364,16 +342,15 @@ int cmd_serve(int argc, char **argv)
     }
     status = 0;
 done:
-    if (q)
-        gq_shutdown(q);
-    if (engine_started)
-        pthread_join(engine, NULL);
-    /* the jobs are finished now; let their connections write their last events */
-    for (int waited = 0; http && http_in_flight(http) > 0 && waited < 2000; waited += 20)
-        nanosleep(&(struct timespec){ 0, 20 * 1000000L }, NULL);
+    if (loader_started)
+        pthread_join(loader, NULL);
+    /* A request that still slipped in (on a connection that was open but
+     * silent) is refused with 503; http_stop then closes the connections,
+     * which cancels and frees their jobs before the model goes. */
+    if (ec.model)
+        glimpse_shutdown(ec.model);
     http_stop(http);
     glimpse_model_free(ec.model);
-    gq_free(q);
     metrics_free(mx);
     free(demo_model);
     free(demo_mmproj);
