@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -441,11 +442,59 @@ static int route_of(const char *url)
     return ROUTE_OTHER;
 }
 
+/* How a request's body is delimited, from all its headers: libmicrohttpd
+ * looks only at the first Content-Length and prefers Transfer-Encoding. */
+typedef struct framing {
+    const char *length;    /* the first Content-Length */
+    bool lengths_differ;   /* a later Content-Length says otherwise */
+    int n_encodings;       /* Transfer-Encoding headers */
+} framing;
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    framing *f = cls;
+    (void)kind;
+    value = value ? value : "";
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        f->lengths_differ |= f->length && strcmp(f->length, value);
+        f->length = f->length ? f->length : value;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        f->n_encodings++;
+    }
+    return MHD_YES;
+}
+
+/* NULL, or why the end of the body is ambiguous: a front proxy that reads
+ * the other header would see another request in the bytes that follow
+ * (request smuggling, RFC 9112 §6.3), so the request is refused. */
+static const char *ambiguous_framing(struct MHD_Connection *con)
+{
+    framing f = { 0 };
+    MHD_get_connection_values(con, MHD_HEADER_KIND, scan_framing, &f);
+    if (f.lengths_differ)
+        return "the request has Content-Length headers with different values";
+    if (f.length && f.n_encodings)
+        return "the request has both Content-Length and Transfer-Encoding";
+    if (f.n_encodings > 1)
+        return "the request has more than one Transfer-Encoding header";
+    return NULL;
+}
+
 /* The first call for a request: everything decidable from the headers. */
 static enum MHD_Result on_headers(struct MHD_Connection *con, conn *c, const char *url, const char *method)
 {
     http_server *s = c->srv;
     api_error e;
+    const char *why = ambiguous_framing(con);
+    if (why) {
+        /* the connection is closed after the answer: where its next request starts is unknown */
+        api_error_set(&e, 400, NULL, "invalid_request", "%s", why);
+        size_t len = 0;
+        char *json = api_error_json(&e, &len);
+        if (!json)
+            return reply_json(con, c, 500, NULL, 0);
+        return reply(con, c, 400, "application/json", json, len, MHD_HTTP_HEADER_CONNECTION, "close");
+    }
     if (!strcmp(method, "OPTIONS")) { /* CORS preflight: open, like /health */
         const char *req_h =
             MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Access-Control-Request-Headers");

@@ -101,6 +101,14 @@ def send_raw(data, limit_s=30.0):
         s.close()
 
 
+def framed(headers, body, close=True):
+    """Raw bytes of a chat POST with the key, a JSON type, these framing
+    headers ("Name: value\\r\\n" each) and body."""
+    conn = "Connection: close\r\n" if close else ""
+    return (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\n{conn}Authorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\n{headers}\r\n").encode() + body
+
+
 def request(method, path, body=b"", ctype="application/json", headers=(), auth=True):
     if isinstance(body, str):
         body = body.encode()
@@ -197,43 +205,38 @@ def closed_by_server(s, within):
         return False
 
 
-def slowloris_headers():
+def goes_quiet(data, where):
+    """Sends data, drips one more byte and goes quiet: the server must close
+    the connection after --timeout idle seconds, not before. (--timeout is
+    idle time: a byte per second would keep a connection for as long as it
+    drips, which is what --max-connections bounds.)"""
     s = connect()
     try:
-        # --timeout is idle time (a byte per second would keep a connection for
-        # as long as it drips: that is what --max-connections bounds), so the
-        # client drips a little and then goes quiet
-        s.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Drip: ".encode())
+        s.sendall(data[:-1])
         time.sleep(0.2)
-        s.sendall(b"a")
+        s.sendall(data[-1:])
         t0 = time.monotonic()
         ok = closed_by_server(s, TIMEOUT_S + 4)
-        return ok and time.monotonic() - t0 >= TIMEOUT_S - 0.5, "idle mid-headers connection not closed in time"
+        return ok and time.monotonic() - t0 >= TIMEOUT_S - 0.5, f"idle {where} connection not closed in time"
     finally:
         s.close()
+
+
+def slowloris_headers():
+    return goes_quiet(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-Drip: a".encode(), "mid-headers")
 
 
 def slowloris_body():
-    s = connect()
-    try:
-        body = json.dumps(msg("hi")).encode()
-        s.sendall((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[:10])
-        t0 = time.monotonic()
-        ok = closed_by_server(s, TIMEOUT_S + 4)
-        return ok and time.monotonic() - t0 >= TIMEOUT_S - 0.5, "idle mid-body connection not closed in time"
-    finally:
-        s.close()
+    body = json.dumps(msg("hi")).encode()
+    return goes_quiet(framed(f"Content-Length: {len(body)}\r\n", body[:10], close=False), "mid-body")
 
 
 def slow_drip_under_timeout():
     """A slow but live client (a byte every 0.3 s, < --timeout) still gets its answer."""
     body = json.dumps(msg("hi")).encode()
-    data = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     s = connect()
     try:
-        s.sendall(data + body[:-6])
+        s.sendall(framed(f"Content-Length: {len(body)}\r\n", body[:-6]))
         for i in range(6):
             time.sleep(0.3)
             s.sendall(body[len(body) - 6 + i:len(body) - 5 + i])
@@ -241,6 +244,21 @@ def slow_drip_under_timeout():
         return st == 200 and json.loads(b)["choices"][0]["finish_reason"] in ("stop", "length"), f"got {st}"
     finally:
         s.close()
+
+
+def smuggled_request():
+    """A kept-alive GET whose second Content-Length covers another request:
+    one answer (400) and a closed connection, not two answers."""
+    inner = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    s = connect()
+    try:
+        s.sendall(f"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: {len(inner)}\r\n\r\n"
+                  f"{inner}".encode())
+        raw = read_all(s, 10)
+    finally:
+        s.close()
+    n = len(re.findall(rb"(?:^|\r\n)HTTP/1\.1 \d{3}", raw))
+    return raw.startswith(b"HTTP/1.1 400") and n == 1, f"{n} answers: {raw[:300]!r}"
 
 
 def connection_flood():
@@ -274,8 +292,7 @@ def hangup_mid_headers():
 
 def hangup_mid_body():
     s = connect()
-    s.sendall((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-               "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n").encode() + b'{"messages": [')
+    s.sendall(framed("Content-Length: 5000\r\n", b'{"messages": [', close=False))
     s.close()
     return True, ""
 
@@ -283,8 +300,7 @@ def hangup_mid_body():
 def hangup_after_request():
     s = connect()
     body = json.dumps({**msg("a long answer please"), "max_tokens": 200}).encode()
-    s.sendall((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+    s.sendall(framed(f"Content-Length: {len(body)}\r\n", body, close=False))
     s.close()
     return True, ""
 
@@ -292,8 +308,7 @@ def hangup_after_request():
 def stream_request(max_tokens=200):
     s = connect()
     body = json.dumps({**msg("talk"), "max_tokens": max_tokens, "stream": True}).encode()
-    s.sendall((f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+    s.sendall(framed(f"Content-Length: {len(body)}\r\n", body))
     return s
 
 
@@ -390,6 +405,8 @@ CASES = [
     ("duplicated key: messages twice", lambda: chat('{"messages":[{"role":"user","content":"a"}],"messages":[{"role":"user","content":"b"}],"max_tokens":2}'), 400, "invalid_value"),
     ("duplicated key: max_tokens 2 then -1", lambda: chat('{"messages":[{"role":"user","content":"a"}],"max_tokens":2,"max_tokens":-1}'), 400, "invalid_value"),
     ("duplicated key: role twice", lambda: chat('{"messages":[{"role":"user","role":"system","content":"a"}],"max_tokens":2}'), 400, "invalid_value"),
+    ("duplicated key: include_usage twice in stream_options", lambda: chat('{"messages":[{"role":"user","content":"a"}],"max_tokens":2,"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}'), 400, "invalid_value"),
+    ("duplicated key: type twice in a content part", lambda: chat('{"messages":[{"role":"user","content":[{"type":"text","type":"image_url","text":"a"}]}],"max_tokens":2}'), 400, "invalid_value"),
     ("missing role", lambda: chat({"messages": [{"content": "hi"}]}), 400, "invalid_type"),
     ("missing content", lambda: chat({"messages": [{"role": "user"}]}), 400, "invalid_type"),
     ("content null", lambda: chat({"messages": [{"role": "user", "content": None}]}), 400, "invalid_type"),
@@ -414,21 +431,25 @@ CASES = [
     # 505 HTTP Version Not Supported is the one right 5xx (libmicrohttpd's own answer)
     ("HTTP/2 preface on a HTTP/1 port", lambda: send_raw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), (0, 400, 505), None),
     ("Content-Length not a number", lambda: request("POST", CHAT, headers=["Content-Length: abc"]), (0, 400), None),
-    ("two Content-Length headers that disagree", lambda: send_raw(
-        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}".encode()), (0, 400), None),
-    ("Content-Length 2^64", lambda: send_raw(
-        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        "Content-Length: 18446744073709551616\r\n\r\n{}".encode()), (0, 400, 413), None),
-    ("a bad chunk size", lambda: send_raw(
-        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".encode(), limit_s=TIMEOUT_S + 5), (0, 400), None),
-    ("a chunk of 2^64-1 bytes", lambda: send_raw(
-        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{}\r\n".encode(), limit_s=TIMEOUT_S + 5), (0, 400, 413), None),
-    ("Expect: 100-continue for 3 GB", lambda: send_raw(
-        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-        "Expect: 100-continue\r\nContent-Length: 3000000000\r\n\r\n".encode()), 413, "request_too_large"),
+    # two lengths, or a length and an encoding: a front proxy that reads the other one would see a
+    # second request in the body (request smuggling), so the request is refused and the connection closed
+    ("two Content-Length headers that disagree", lambda: send_raw(framed(
+        "Content-Length: 2\r\nContent-Length: 40\r\n", b"{}")), 400, "invalid_request"),
+    ("Content-Length, then Transfer-Encoding", lambda: send_raw(framed(
+        "Content-Length: 7\r\nTransfer-Encoding: chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n")), 400, "invalid_request"),
+    ("Transfer-Encoding, then Content-Length", lambda: send_raw(framed(
+        "Transfer-Encoding: chunked\r\nContent-Length: 7\r\n", b"2\r\n{}\r\n0\r\n\r\n")), 400, "invalid_request"),
+    ("two Transfer-Encoding headers", lambda: send_raw(framed(
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n")), 400, "invalid_request"),
+    ("a request smuggled behind two Content-Lengths", smuggled_request, None, None),
+    ("Content-Length 2^64", lambda: send_raw(framed(
+        "Content-Length: 18446744073709551616\r\n", b"{}")), (0, 400, 413), None),
+    ("a bad chunk size", lambda: send_raw(framed(
+        "Transfer-Encoding: chunked\r\n", b"zz\r\n{}\r\n0\r\n\r\n"), limit_s=TIMEOUT_S + 5), (0, 400), None),
+    ("a chunk of 2^64-1 bytes", lambda: send_raw(framed(
+        "Transfer-Encoding: chunked\r\n", b"ffffffffffffffff\r\n{}\r\n"), limit_s=TIMEOUT_S + 5), (0, 400, 413), None),
+    ("Expect: 100-continue for 3 GB", lambda: send_raw(framed(
+        "Expect: 100-continue\r\nContent-Length: 3000000000\r\n", b"")), 413, "request_too_large"),
     ("a NUL byte in a header value", lambda: request("GET", "/health", headers=["X-A: a\x00b"], ctype=None), (0, 200, 400), None),
     # -- slow and vanishing clients
     ("slowloris: headers stop mid-line", slowloris_headers, None, None),
