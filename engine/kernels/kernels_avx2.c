@@ -473,34 +473,12 @@ TARGET static inline void dot_w32(enum w32_kind kind, int64_t n, const void *w, 
 
 /* ---- K-quants ---------------------------------------------------------------------- */
 
-/* The 6-bit scales and mins of the 8 sub-blocks as bytes, four at a time in
- * 32-bit words (the packing of spec §1.4's get_scale_min_k4): sub-blocks 0-3
- * keep their low 6 bits in bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7
- * take 4 bits from bytes 8-11 and their top 2 bits from bits 6-7 of 0-7. */
-static inline void unpack_scales_k4(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
-{
-    uint32_t u[3], o[4];
-    memcpy(u, s, sizeof u);
-    o[0] = u[0] & 0x3f3f3f3fu;
-    o[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    o[2] = u[1] & 0x3f3f3f3fu;
-    o[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    memcpy(sc, o, 8);
-    memcpy(m, o + 2, 8);
-}
-
 /* Σ over the 16 bsums of min(j/2)·bsum (the min term of a Q4_K/Q5_K block):
  * the mins widened to 16 int16 lanes, each twice, against the bsums. */
 TARGET static inline int k4_min_sum(const block_q8_K *y, __m256i mins16)
 {
     __m256i b = _mm256_loadu_si256((const __m256i *)y->bsums);
     return hsum_epi32(_mm256_madd_epi16(b, mins16));
-}
-
-TARGET static inline __m256i widen_mins(const uint8_t m[8])
-{
-    __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
-    return _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
 }
 
 /* Q4_K and Q5_K: 4 groups of 64; in group g, 32 bytes of qs give sub-block 2g

@@ -1,12 +1,12 @@
 /*
  * kernels_avx512.c — the AVX-512 table: the AVX2 table with the matrix
  * tiles that gain from 16-lane registers replaced: F32/F16/BF16 (4 weight
- * rows x 4 tokens per micro-kernel, kernels_tile.h) and Q8_0 with VNNI
- * where the CPU has it (the same blocking), and the fused attention
- * (attention_avx512.c).
+ * rows x 4 tokens per micro-kernel, kernels_tile.h) and Q8_0/Q4_0/Q5_0
+ * with VNNI where the CPU has it (the same blocking), and the fused
+ * attention (attention_avx512.c).
  *
  * Numerics vs the reference: float tiles sum each output in one 16-lane f32
- * chain instead of double, the Q8_0 tile adds the block terms in 16 lanes
+ * chain instead of double, the Q8_0/Q4_0/Q5_0 tiles add the block terms in 16 lanes
  * (8 per block) instead of one f32 sum, so both differ by float rounding
  * (as the AVX2 ones do). Every output's order of operations depends on k
  * alone (kernels_tile.h: batch invariance).
@@ -45,34 +45,58 @@
 #define TILE_R1 8
 #include "kernels_tile.h"
 
-/* ---- Q8_0 x Q8_0 with VNNI ------------------------------------------------------- */
+/* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
 
 #undef TARGET
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
-/* The quants of blocks b and b+1 of a Q8_0 row in one register (b+1 zero
- * when absent). */
-INLINE __m512i q8_pair(const block_q8_0 *x, int64_t b, bool two)
+enum w32_kind { W_Q8_0, W_Q4_0, W_Q5_0 };
+
+static inline size_t w32_size(enum w32_kind kind)
 {
-    const __m512i lo = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)x[b].qs));
-    return two ? _mm512_inserti64x4(lo, _mm256_loadu_si256((const __m256i *)x[b + 1].qs), 1) : lo;
+    return kind == W_Q8_0 ? sizeof(block_q8_0) : kind == W_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
 }
 
-/* Their scales: 8 lanes of d_b, 8 of d_{b+1} (0 when absent). */
-INLINE __m512 q8_pair_scales(const block_q8_0 *x, int64_t b, bool two)
+/* Block b of a row as 32 signed quants, and its half scale. Nibble formats:
+ * byte j holds element j (low) and j+16 (high); Q5_0's 5th bit of element j
+ * is bit j of qh (a byte mask as it stands); offsets 8 / 16 removed. */
+INLINE __m256i w32_block(enum w32_kind kind, const uint8_t *row, int64_t b, uint16_t *d)
 {
-    return _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(two ? (short)x[b + 1].d : 0), _mm_set1_epi16((short)x[b].d)));
+    const uint8_t *blk = row + (size_t)b * w32_size(kind);
+    memcpy(d, blk, sizeof *d);
+    if (kind == W_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)blk)->qs);
+    const uint8_t *qs = kind == W_Q4_0 ? ((const block_q4_0 *)blk)->qs : ((const block_q5_0 *)blk)->qs;
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), low4 = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), _mm_and_si128(raw, low4));
+    if (kind == W_Q4_0)
+        return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    uint32_t qh;
+    memcpy(&qh, ((const block_q5_0 *)blk)->qh, sizeof qh);
+    q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+    return _mm256_mask_add_epi8(q, (__mmask32)qh, q, _mm256_set1_epi8(16));
 }
 
-/* R Q8_0 weight rows x T Q8_0 activation rows, two blocks per step.
+/* Blocks b and b+1 in one register (b+1 zero when absent), and their scales:
+ * 8 lanes of d_b, 8 of d_{b+1}. */
+INLINE __m512i w32_pair(enum w32_kind kind, const uint8_t *row, int64_t b, bool two, __m512 *scales)
+{
+    uint16_t d0, d1 = 0;
+    const __m512i lo = _mm512_zextsi256_si512(w32_block(kind, row, b, &d0));
+    const __m512i q = two ? _mm512_inserti64x4(lo, w32_block(kind, row, b + 1, &d1), 1) : lo;
+    *scales = _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16((short)d1), _mm_set1_epi16((short)d0)));
+    return q;
+}
+
+/* R weight rows x T Q8_0 activation rows, two blocks per step.
  * vpdpbusd multiplies unsigned by signed bytes: the activations go in as
  * a + 128 (they never hold -128, so a + 128 is 1..255), the weights signed,
  * and the accumulator starts at -128 * (the weight's 4-byte sums), computed
  * once per weight vector for all T tokens; so each 8-lane half holds one
  * block's exact integer partial sums, then scaled by d_w * d_a and added to
  * the pair's one accumulator. The order depends on k alone. */
-INLINE void micro_q8_0(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row,
-                       float *y, size_t y_stride)
+INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t *w, size_t w_row,
+                      const uint8_t *a, size_t a_row, float *y, size_t y_stride)
 {
     const int64_t nb = k / QK8_0;
     const __m512i bias = _mm512_set1_epi8((char)0x80);
@@ -88,17 +112,14 @@ INLINE void micro_q8_0(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
         const bool two = b + 1 < nb;
         TILE_UNROLL
         for (int r = 0; r < R; r++) {
-            const block_q8_0 *x = (const block_q8_0 *)(w + (size_t)r * w_row);
-            qw[r] = q8_pair(x, b, two);
+            qw[r] = w32_pair(kind, w + (size_t)r * w_row, b, two, &dw[r]);
             corr[r] = _mm512_sub_epi32(_mm512_setzero_si512(),
                                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qw[r]));
-            dw[r] = q8_pair_scales(x, b, two);
         }
         TILE_UNROLL
         for (int t = 0; t < T; t++) {
-            const block_q8_0 *yb = (const block_q8_0 *)(a + (size_t)t * a_row);
-            const __m512i qa = _mm512_xor_si512(q8_pair(yb, b, two), bias);
-            const __m512 da = q8_pair_scales(yb, b, two);
+            __m512 da;
+            const __m512i qa = _mm512_xor_si512(w32_pair(W_Q8_0, a + (size_t)t * a_row, b, two, &da), bias);
             TILE_UNROLL
             for (int r = 0; r < R; r++) {
                 const __m512i isum = _mm512_dpbusd_epi32(corr[r], qa, qw[r]);
@@ -114,9 +135,98 @@ INLINE void micro_q8_0(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
     }
 }
 
-/* Measured like the float tile: 4x4 ~200-220 GOP/s on one core (3x4 the
- * same, 4x2 ~180, 8x1 ~130). */
-DEFINE_TILE(tile_q8_0, micro_q8_0, TILE_R, TILE_T, TILE_R1)
+#define MICRO_Q8_0(R, T, ...) micro_w32(W_Q8_0, R, T, __VA_ARGS__)
+#define MICRO_Q4_0(R, T, ...) micro_w32(W_Q4_0, R, T, __VA_ARGS__)
+#define MICRO_Q5_0(R, T, ...) micro_w32(W_Q5_0, R, T, __VA_ARGS__)
+
+/* Measured like the float tile, Q8_0: 4x4 ~200-220 GOP/s on one core (3x4
+ * the same, 4x2 ~180, 8x1 ~130). */
+DEFINE_TILE(tile_q8_0, MICRO_Q8_0, TILE_R, TILE_T, TILE_R1)
+DEFINE_TILE(tile_q4_0, MICRO_Q4_0, TILE_R, TILE_T, TILE_R1)
+DEFINE_TILE(tile_q5_0, MICRO_Q5_0, TILE_R, TILE_T, TILE_R1)
+
+/* ---- Q4_K x Q8_K with VNNI ------------------------------------------------------- */
+
+/* R Q4_K weight rows x T Q8_K activation rows, one 256-element block per
+ * step in 4 groups of 64: the group's 32 bytes of qs unpacked to 64 unsigned
+ * quants (low nibbles = elements 64g..64g+31, high = the next 32) meet the
+ * activation's 64 bytes in vpmaddubsw (pairs, no saturation: 2*15*127),
+ * and vpdpwssd multiplies the pair sums by the sub-block scales (16-bit
+ * lanes: sc[2g] for the lower half, sc[2g+1] for the upper) into the pair's
+ * integer block sum. Per block, the pair's one f32 accumulator gets
+ * d_w*d_a * (that sum) and then -dmin_w*d_a * (mins x bsums), lane by lane:
+ * the order depends on k alone. */
+INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row,
+                       float *y, size_t y_stride)
+{
+    const int64_t nb = k / QK_K;
+    const __m256i low4 = _mm256_set1_epi8(15);
+    __m512 acc[TILE_R1][TILE_T];
+    __m512i isum[TILE_R1][TILE_T], qw[TILE_R1], scw[TILE_R1];
+    __m256i mins16[TILE_R1];
+    uint8_t sc[TILE_R1][8];
+    float dw[TILE_R1], dminw[TILE_R1];
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        TILE_UNROLL
+        for (int r = 0; r < R; r++) {
+            const block_q4_K *x = (const block_q4_K *)(w + (size_t)r * w_row) + b;
+            uint8_t mn[8];
+            unpack_scales_k4(x->scales, sc[r], mn);
+            mins16[r] = widen_mins(mn);
+            dw[r] = _cvtsh_ss(x->d);
+            dminw[r] = _cvtsh_ss(x->dmin);
+            TILE_UNROLL
+            for (int t = 0; t < T; t++)
+                isum[r][t] = _mm512_setzero_si512();
+        }
+        for (int g = 0; g < 4; g++) {
+            TILE_UNROLL
+            for (int r = 0; r < R; r++) {
+                const block_q4_K *x = (const block_q4_K *)(w + (size_t)r * w_row) + b;
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * g));
+                qw[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(raw, low4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), 1);
+                scw[r] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(sc[r][2 * g])),
+                                            _mm256_set1_epi16(sc[r][2 * g + 1]), 1);
+            }
+            TILE_UNROLL
+            for (int t = 0; t < T; t++) {
+                const block_q8_K *ya = (const block_q8_K *)(a + (size_t)t * a_row) + b;
+                const __m512i qa = _mm512_loadu_si512(ya->qs + 64 * g);
+                TILE_UNROLL
+                for (int r = 0; r < R; r++)
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(qw[r], qa), scw[r]);
+            }
+        }
+        TILE_UNROLL
+        for (int t = 0; t < T; t++) {
+            const block_q8_K *ya = (const block_q8_K *)(a + (size_t)t * a_row) + b;
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)ya->bsums);
+            TILE_UNROLL
+            for (int r = 0; r < R; r++) {
+                const __m512 mins = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(_mm256_madd_epi16(bsums, mins16[r])));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][t]), _mm512_set1_ps(dw[r] * ya->d), acc[r][t]);
+                acc[r][t] = _mm512_fnmadd_ps(mins, _mm512_set1_ps(dminw[r] * ya->d), acc[r][t]);
+            }
+        }
+    }
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+/* Two rows x 4 tokens: 8 integer and 8 float accumulators; 4 rows for a
+ * single token. */
+DEFINE_TILE(tile_q4_K, micro_q4_K, 2, TILE_T, 4)
 
 /* ---- the table -------------------------------------------------------------------- */
 
@@ -141,8 +251,12 @@ const kn_impl *kn_avx512_impl(void)
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;
     t.tile[DTYPE_BF16] = tile_bf16;
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512dq"))
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512dq")) {
         t.tile[DTYPE_Q8_0] = tile_q8_0;
+        t.tile[DTYPE_Q4_0] = tile_q4_0;
+        t.tile[DTYPE_Q5_0] = tile_q5_0;
+        t.tile[DTYPE_Q4_K] = tile_q4_K;
+    }
     avx512_impl = t;
     return &avx512_impl;
 }

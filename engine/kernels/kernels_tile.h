@@ -146,6 +146,32 @@ DEFINE_TILE(tile_f32, MICRO_F32, TILE_R, TILE_T, TILE_R1)
 DEFINE_TILE(tile_f16, MICRO_F16, TILE_R, TILE_T, TILE_R1)
 DEFINE_TILE(tile_bf16, MICRO_BF16, TILE_R, TILE_T, TILE_R1)
 
+/* ---- K-quant helpers, shared by both files' K-quant tiles ------------------------ */
+
+/* The 6-bit scales and mins of the 8 sub-blocks as bytes, four at a time in
+ * 32-bit words (the packing of spec §1.4's get_scale_min_k4): sub-blocks 0-3
+ * keep their low 6 bits in bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7
+ * take 4 bits from bytes 8-11 and their top 2 bits from bits 6-7 of 0-7. */
+static inline void unpack_scales_k4(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+{
+    uint32_t u[3], o[4];
+    memcpy(u, s, sizeof u);
+    o[0] = u[0] & 0x3f3f3f3fu;
+    o[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    o[2] = u[1] & 0x3f3f3f3fu;
+    o[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sc, o, 8);
+    memcpy(m, o + 2, 8);
+}
+
+/* The 8 mins as 16 int16 lanes, each twice: lane i pairs with bsums[i]
+ * (16 elements each) of the Q8_K activation. */
+TARGET static inline __m256i widen_mins(const uint8_t m[8])
+{
+    __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
+    return _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
+}
+
 /* The f32 dot of kn_dot_f32: the same chain as a 1 x 1 tile. */
 TARGET static float dot_f32(const float *a, const float *b, int64_t n)
 {
