@@ -17,8 +17,8 @@
 #include "fusion.h"
 #include "kernels/kernels.h"
 
-#include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,7 +49,7 @@ struct vision_model {
     vision_layer *layers;        /* [n_layer_run] */
     projector proj;
 
-    /* scratch for one tile, sized at load (attention scores grow once per
+    /* scratch for one tile, sized at load (the attention's grows once per
      * thread count, the first time a pool of that size is used) */
     float *patches;              /* [n_patches][3*p*p] */
     float *x;                    /* [n_pos][C] residual stream */
@@ -58,8 +58,8 @@ struct vision_model {
     float *attn;                 /* [n_pos][C] concatenated heads */
     float *ffn;                  /* [n_pos][F] */
     float *proj_scratch;
-    float *scores;               /* [n_scores_threads][n_pos][n_pos] */
-    int n_scores_threads;
+    float *attn_scratch;         /* [n_attn_parts][kn_attention_dense_scratch(n_pos, head_dim)] */
+    int n_attn_parts;
 };
 
 /* ---- loading --------------------------------------------------------------- */
@@ -343,16 +343,25 @@ static int load_patch_embd(const gguf_file *f, vision_model *vm, glimpse_err *er
     return vision_load_vec(f, "v.patch_embd.bias", C, true, &vm->patch_b, err);
 }
 
-static int ensure_scores(vision_model *vm, int nth)
+/* Queries per attention work item (a multiple of KN_ATTN_DENSE_QUERIES):
+ * 1024 positions x 12 heads make 192 items, enough to even out two threads
+ * that the OS runs unevenly; keys and values are read once per 32 queries
+ * whatever the size. The items are split into VIS_ATTN_PARTS_PER_THREAD
+ * parts per pool thread, each with its own scratch. */
+#define VIS_Q_TILE 64
+#define VIS_ATTN_PARTS_PER_THREAD 4
+
+static int ensure_attn_scratch(vision_model *vm, int nth)
 {
-    if (vm->n_scores_threads >= nth)
+    const int parts = VIS_ATTN_PARTS_PER_THREAD * nth;
+    if (vm->n_attn_parts >= parts)
         return 0;
-    size_t n = (size_t)vm->hp.n_pos;
-    float *s = realloc(vm->scores, (size_t)nth * n * n * sizeof *s);
+    const size_t per_part = kn_attention_dense_scratch(vm->hp.n_pos, vm->hp.head_dim);
+    float *s = realloc(vm->attn_scratch, (size_t)parts * per_part * sizeof *s);
     if (!s)
         return GLIMPSE_ENOMEM;
-    vm->scores = s;
-    vm->n_scores_threads = nth;
+    vm->attn_scratch = s;
+    vm->n_attn_parts = parts;
     return 0;
 }
 
@@ -373,8 +382,8 @@ static int alloc_scratch(vision_model *vm, glimpse_err *err)
     if (!vm->patches || !vm->x || !vm->h || !vm->q || !vm->k || !vm->v || !vm->attn || !vm->ffn ||
         !vm->proj_scratch)
         return err_set(err, GLIMPSE_ENOMEM, "mmproj: out of memory for the vision scratch");
-    if (ensure_scores(vm, 1))
-        return err_set(err, GLIMPSE_ENOMEM, "mmproj: out of memory for the attention scores");
+    if (ensure_attn_scratch(vm, 1))
+        return err_set(err, GLIMPSE_ENOMEM, "mmproj: out of memory for the attention scratch");
     size_t act = n * (F > C ? F : C);
     return kernels_reserve((int64_t)(act > (size_t)hp->n_patches * k ? act : (size_t)hp->n_patches * k), err);
 }
@@ -450,7 +459,7 @@ void vision_free(vision_model *vm)
     free(vm->attn);
     free(vm->ffn);
     free(vm->proj_scratch);
-    free(vm->scores);
+    free(vm->attn_scratch);
     free(vm);
 }
 
@@ -507,29 +516,28 @@ static void layer_norm(threadpool *tp, const float *x, const float *w, const flo
     threadpool_run(tp, norm_rows, &t);
 }
 
-/* Bidirectional multi-head attention: heads are split over threads; each
- * thread owns one n_pos×n_pos score matrix. */
+/* Bidirectional multi-head attention, fused (kn_attention_dense): the work
+ * items (head, tile of VIS_Q_TILE queries) are split into parts, each with
+ * its own scratch. */
 typedef struct attn_task {
     vision_model *vm;
 } attn_task;
 
-static void attn_heads(void *arg, int ith, int nth)
+static void attn_part(void *arg, int ith, int nth)
 {
     vision_model *vm = ((attn_task *)arg)->vm;
     const vision_hparams *hp = &vm->hp;
     const int n = hp->n_pos, C = hp->n_embd, d = hp->head_dim;
-    const float scale = 1.0f / sqrtf((float)d);
-    float *s = vm->scores + (size_t)ith * n * n;
-    for (int hd = ith; hd < hp->n_head; hd += nth) {
-        const size_t off = (size_t)hd * d;
-        /* s[i][j] = scale * q_i · k_j */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, scale, vm->q + off, C, vm->k + off, C,
-                    0.0f, s, n);
-        for (int i = 0; i < n; i++)
-            kn_softmax(s + (size_t)i * n, n);
-        /* attn_i = Σ_j s[i][j] v_j */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, s, n, vm->v + off, C, 0.0f,
-                    vm->attn + off, C);
+    const int n_tiles = (n + VIS_Q_TILE - 1) / VIS_Q_TILE;
+    float *scratch = vm->attn_scratch + (size_t)ith * kn_attention_dense_scratch(n, d);
+    int64_t lo, hi;
+    threadpool_split((int64_t)hp->n_head * n_tiles, ith, nth, &lo, &hi);
+    for (int64_t it = lo; it < hi; it++) {
+        const int h = (int)(it / n_tiles), q0 = (int)(it % n_tiles) * VIS_Q_TILE;
+        const int n_q = n - q0 < VIS_Q_TILE ? n - q0 : VIS_Q_TILE;
+        const size_t off = (size_t)h * d;
+        kn_attention_dense(vm->q + (size_t)q0 * C + off, (size_t)C, n_q, vm->k + off, vm->v + off, (size_t)C, n, d,
+                           1.0f / sqrtf((float)d), vm->attn + (size_t)q0 * C + off, (size_t)C, scratch);
     }
 }
 
@@ -603,9 +611,9 @@ void vision_encode_part(vision_model *vm, threadpool *tp, const float *tile, int
     const int64_t n = hp->n_pos, C = hp->n_embd, F = hp->n_ff;
     const int nth = tp ? threadpool_size(tp) : 1;
 
-    /* Scores are sized for one thread at load and grow once for a larger
-     * pool; if that growth fails, run on the caller's thread alone. */
-    if (ensure_scores(vm, nth))
+    /* The attention scratch is sized for one thread at load and grows once
+     * for a larger pool; if that growth fails, run on the caller's thread alone. */
+    if (ensure_attn_scratch(vm, nth))
         tp = NULL;
 
     if (layer_from == 0)
@@ -617,7 +625,7 @@ void vision_encode_part(vision_model *vm, threadpool *tp, const float *tile, int
         matmul_bias(tp, l->wk, l->bk, vm->h, n, vm->k);
         matmul_bias(tp, l->wv, l->bv, vm->h, n, vm->v);
         attn_task at = { vm };
-        threadpool_run(tp, attn_heads, &at);
+        threadpool_run_parts(tp, attn_part, &at, vm->n_attn_parts);
         matmul_bias(tp, l->wo, l->bo, vm->attn, n, vm->h);
         add_rows(vm->x, vm->h, n * C);
 

@@ -1,9 +1,11 @@
 /*
- * attention.c — the fused attention (kn_attention): its scratch layout, the
- * call into the selected table, and the scalar reference every SIMD version
+ * attention.c — the fused attentions: kn_attention (the decoder's, causal,
+ * over row pointers) and kn_attention_dense (the vision encoder's,
+ * bidirectional, f32): scratch layouts, the call into the version for the
+ * selected table, and the scalar references every SIMD version
  * (attention_avx512.c) is held to by tests/unit/check_kernels.c.
  */
-#include "kernels_impl.h"
+#include "attention_impl.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -109,5 +111,72 @@ void kn_attention_ref(const kn_attn_kv *kv, const float *q, size_t q_stride, int
         const float inv = 1.0f / w.l[i];
         for (int t = 0; t < d; t++)
             out[(size_t)i * out_stride + t] = w.acc[(size_t)i * d + t] * inv;
+    }
+}
+
+/* ---- dense (vision) attention ---------------------------------------------------- */
+
+size_t kn_attention_dense_scratch(int64_t n, int head_dim)
+{
+    /* SIMD layout: scores [n][Q] (n rounded up to whole tiles of 16 keys),
+     * queries transposed [d][Q], outputs transposed [d][Q]; the reference
+     * uses the first n + d floats. */
+    return (((size_t)n + 15) / 16 * 16 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
+}
+
+/* A table with the AVX-512 attention is one whose CPU has AVX-512 (a cheap
+ * test: this runs per call, and kn_avx512_impl checks the CPU each time). */
+kn_attn_dense_fn kn_attention_dense_for(const kn_impl *impl)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (impl && impl->attention == kn_attention_avx512)
+        return kn_attention_dense_avx512;
+#endif
+    return kn_attention_dense_ref;
+}
+
+void kn_attention_dense(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                        size_t kv_stride, int64_t n, int head_dim, float scale, float *out, size_t out_stride,
+                        float *scratch)
+{
+    kn_attention_dense_for(kn_impl_active())(q, q_stride, n_q, k, v, kv_stride, n, head_dim, scale, out,
+                                             out_stride, scratch);
+}
+
+/* The definition, one query at a time: the scores (q.k summed over t in
+ * order, times scale), the reference kn_softmax over them, then the
+ * probability-weighted values summed in key order within blocks of
+ * KN_ATTN_DENSE_VBLOCK keys, the blocks' sums added in order. */
+void kn_attention_dense_ref(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                            size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
+                            size_t out_stride, float *scratch)
+{
+    const int d = head_dim;
+    float *p = scratch, *blk = p + n;  /* [n], [d] */
+    for (int i = 0; i < n_q; i++) {
+        const float *qi = q + (size_t)i * q_stride;
+        float *o = out + (size_t)i * out_stride;
+        for (int64_t j = 0; j < n; j++) {
+            const float *kj = k + (size_t)j * kv_stride;
+            float dot = 0;
+            for (int t = 0; t < d; t++)
+                dot += qi[t] * kj[t];
+            p[j] = dot * scale;
+        }
+        kn_ref_impl.softmax(p, n);
+        for (int t = 0; t < d; t++)
+            o[t] = 0;
+        for (int64_t j0 = 0; j0 < n; j0 += KN_ATTN_DENSE_VBLOCK) {
+            const int64_t j1 = n - j0 < KN_ATTN_DENSE_VBLOCK ? n : j0 + KN_ATTN_DENSE_VBLOCK;
+            for (int t = 0; t < d; t++)
+                blk[t] = 0;
+            for (int64_t j = j0; j < j1; j++) {
+                const float *vj = v + (size_t)j * kv_stride;
+                for (int t = 0; t < d; t++)
+                    blk[t] += p[j] * vj[t];
+            }
+            for (int t = 0; t < d; t++)
+                o[t] += blk[t];
+        }
     }
 }

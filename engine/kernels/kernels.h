@@ -116,4 +116,33 @@ size_t kn_attention_scratch(int n_q, int head_dim);
 void kn_attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
                   float scale, float *out, size_t out_stride, float *scratch);
 
+/* Queries kn_attention_dense computes side by side (one per vector lane),
+ * and the keys whose weighted values it sums before adding them to a
+ * query's output (two-level sums: less rounding over long rows). */
+#define KN_ATTN_DENSE_QUERIES 32
+#define KN_ATTN_DENSE_VBLOCK 64
+
+/* Floats of scratch kn_attention_dense needs for n keys of head_dim d (any
+ * n_q): KN_ATTN_DENSE_QUERIES rows of n scores, and as many of 2*d. */
+size_t kn_attention_dense_scratch(int64_t n, int head_dim);
+
+/* Bidirectional softmax attention of n_q queries over all n keys of one
+ * head, f32 rows (the vision encoder's), fused:
+ *   o_i = sum_{j < n} p_ij v_j,   p_i = softmax_j(scale * q_i . k_j)
+ * Query i at q + i*q_stride, key and value j at k + j*kv_stride and
+ * v + j*kv_stride, output i at out + i*out_stride; head_dim floats each,
+ * n >= 1. Queries are taken KN_ATTN_DENSE_QUERIES at a time, one per vector
+ * lane: one pass over the keys fills their rows of scores (never the n x n
+ * matrix), the softmax runs on those rows as kn_softmax does (max-subtracted,
+ * sum in double, times the f32 reciprocal: ggml's soft_max, so the
+ * probabilities are rounded as llama.cpp's non-flash attention rounds them),
+ * and one pass over the values sums p_ij v_j in key order (in blocks of
+ * KN_ATTN_DENSE_VBLOCK). Each key and value
+ * is read once per 32 queries; no operation mixes two queries, so a query's
+ * output does not depend on n_q or on the other queries.
+ * scratch: kn_attention_dense_scratch(n, head_dim) floats. Any thread. */
+void kn_attention_dense(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                        size_t kv_stride, int64_t n, int head_dim, float scale, float *out, size_t out_stride,
+                        float *scratch);
+
 #endif /* GLIMPSE_KERNELS_H */

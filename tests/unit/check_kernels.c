@@ -10,7 +10,7 @@
  */
 #include "testutil.h"
 
-#include "kernels/kernels_impl.h"
+#include "kernels/attention_impl.h"
 
 #include <math.h>
 #include <sched.h>
@@ -1133,6 +1133,113 @@ START_TEST(test_simd_attention)
 }
 END_TEST
 
+/* ---- dense (vision) attention ------------------------------------------------------ */
+
+/* Head sizes (12: not a multiple of 8, the SIMD versions' fallback), key
+ * counts around the 8-key score tiles and 64-key value blocks, query counts
+ * around the 32 lanes. */
+static const int dense_dims[] = { 8, 12, 16, 40, 64, 72 };
+static const int64_t dense_lens[] = { 1, 7, 8, 9, 63, 64, 65, 100, 257 };
+static const int dense_nq[] = { 1, 31, 33, 70 };
+
+/* Runs fn on every shape with q, k, v and out as the ViT lays them out (a
+ * head's columns of wider rows); check() sees the output and the inputs. */
+typedef void (*dense_check_fn)(kn_attn_dense_fn fn, const char *name, const float *q, const float *k,
+                               const float *v, size_t stride, int n_q, int64_t n, int d, const float *out);
+
+static void dense_shapes(kn_attn_dense_fn fn, const char *name, dense_check_fn check)
+{
+    for (size_t di = 0; di < sizeof dense_dims / sizeof *dense_dims; di++)
+        for (size_t li = 0; li < sizeof dense_lens / sizeof *dense_lens; li++)
+            for (size_t qi = 0; qi < sizeof dense_nq / sizeof *dense_nq; qi++) {
+                const int d = dense_dims[di], n_q = dense_nq[qi];
+                const int64_t n = dense_lens[li], rows = n > n_q ? n : n_q;
+                const size_t stride = (size_t)d + 5;
+                float *q = random_f32(rows * (int64_t)stride, -3.0f, 3.0f);
+                float *k = random_f32(rows * (int64_t)stride, -2.0f, 2.0f);
+                float *v = random_f32(rows * (int64_t)stride, -2.0f, 2.0f);
+                float *out = malloc((size_t)n_q * stride * sizeof *out);
+                float *scratch = malloc(kn_attention_dense_scratch(n, d) * sizeof *scratch);
+                ck_assert(out && scratch);
+                fn(q, stride, n_q, k, v, stride, n, d, 1.0f / sqrtf((float)d), out, stride, scratch);
+                check(fn, name, q, k, v, stride, n_q, n, d, out);
+                free(scratch);
+                free(out);
+                free(v);
+                free(k);
+                free(q);
+            }
+}
+
+/* vs two-pass softmax attention in double: outputs are convex combinations
+ * of values in [-2, 2], so errors are absolute. */
+static void check_dense_vs_double(kn_attn_dense_fn fn, const char *name, const float *q, const float *k,
+                                  const float *v, size_t stride, int n_q, int64_t n, int d, const float *out)
+{
+    double *s = malloc((size_t)n * sizeof *s);
+    for (int i = 0; i < n_q; i++) {
+        double max = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+            double dot = 0;
+            for (int t = 0; t < d; t++)
+                dot += (double)q[(size_t)i * stride + t] * k[(size_t)j * stride + t];
+            s[j] = dot / sqrt((double)d);
+            max = fmax(max, s[j]);
+        }
+        for (int64_t j = 0; j < n; j++)
+            sum += s[j] = exp(s[j] - max);
+        for (int t = 0; t < d; t++) {
+            double o = 0;
+            for (int64_t j = 0; j < n; j++)
+                o += s[j] / sum * v[(size_t)j * stride + t];
+            ck_assert_msg(fabs(out[(size_t)i * stride + t] - o) <= 2e-5,
+                          "%s d=%d n=%lld n_q=%d query %d dim %d: %.9g, double %.9g", name, d, (long long)n, n_q, i,
+                          t, out[(size_t)i * stride + t], o);
+        }
+    }
+    free(s);
+}
+
+/* vs the reference (the same operations but FMA and a polynomial exp), and
+ * each query alone vs within the call, bit for bit: no query's arithmetic
+ * depends on the others in its group of lanes. */
+static void check_dense_simd(kn_attn_dense_fn fn, const char *name, const float *q, const float *k,
+                             const float *v, size_t stride, int n_q, int64_t n, int d, const float *out)
+{
+    float *ref = malloc((size_t)n_q * stride * sizeof *ref), *one = malloc((size_t)d * sizeof *one);
+    float *scratch = malloc(kn_attention_dense_scratch(n, d) * sizeof *scratch);
+    ck_assert(ref && one && scratch);
+    kn_attention_dense_ref(q, stride, n_q, k, v, stride, n, d, 1.0f / sqrtf((float)d), ref, stride, scratch);
+    for (int i = 0; i < n_q; i++) {
+        for (int t = 0; t < d; t++)
+            ck_assert_msg(fabsf(out[(size_t)i * stride + t] - ref[(size_t)i * stride + t]) <= 2e-6f,
+                          "%s d=%d n=%lld n_q=%d query %d dim %d: %.9g, ref %.9g", name, d, (long long)n, n_q, i, t,
+                          out[(size_t)i * stride + t], ref[(size_t)i * stride + t]);
+        fn(q + (size_t)i * stride, stride, 1, k, v, stride, n, d, 1.0f / sqrtf((float)d), one, (size_t)d, scratch);
+        ck_assert_msg(memcmp(one, out + (size_t)i * stride, (size_t)d * sizeof *one) == 0,
+                      "%s d=%d n=%lld n_q=%d: query %d differs alone and in a group", name, d, (long long)n, n_q, i);
+    }
+    free(scratch);
+    free(one);
+    free(ref);
+}
+
+START_TEST(test_attention_dense_ref)
+{
+    dense_shapes(kn_attention_dense_ref, "dense ref", check_dense_vs_double);
+}
+END_TEST
+
+START_TEST(test_simd_attention_dense)
+{
+    const kn_impl *simd = simd_impl(_i);
+    if (!simd)
+        return;
+    dense_shapes(kn_attention_dense_for(simd), simd->isa, check_dense_simd);
+    dense_shapes(kn_attention_dense_for(simd), simd->isa, check_dense_vs_double);
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     setenv("GLIMPSE_KERNELS", "scalar", 1);
@@ -1373,6 +1480,7 @@ Suite *kernels_suite(void)
     tcase_add_test(tc, test_softmax_swiglu_dot);
     tcase_add_test(tc, test_gelu_tables);
     tcase_add_test(tc, test_attention_ref);
+    tcase_add_test(tc, test_attention_dense_ref);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("simd");
@@ -1386,6 +1494,7 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_softmax_swiglu, 0, N_SIMD_TABLES);
     tcase_add_loop_test(tc, test_simd_gelu, 0, N_SIMD_TABLES);
     tcase_add_test(tc, test_simd_attention);
+    tcase_add_loop_test(tc, test_simd_attention_dense, 0, N_SIMD_TABLES);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 
