@@ -19,10 +19,10 @@ class Config:
     # vision
     image_size: int = 128
     patch_size: int = 8
-    v_dim: int = 96
-    v_ffn: int = 384
-    v_layers: int = 2
-    v_heads: int = 3
+    v_dim: int = 128
+    v_ffn: int = 512
+    v_layers: int = 3
+    v_heads: int = 4
     v_eps: float = 1e-6
     scale_factor: int = 4
     # text
