@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 size_t kn_attention_scratch(int n_q, int head_dim)
 {
@@ -124,13 +125,15 @@ size_t kn_attention_dense_scratch(int64_t n, int head_dim)
     return (((size_t)n + 15) / 16 * 16 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
 }
 
-/* A table with the AVX-512 attention is one whose CPU has AVX-512 (a cheap
- * test: this runs per call, and kn_avx512_impl checks the CPU each time). */
+/* Tables are told apart by their ISA name, not by calling kn_avx2_impl /
+ * kn_avx512_impl: this runs per call, and those check the CPU each time. */
 kn_attn_dense_fn kn_attention_dense_for(const kn_impl *impl)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (impl && impl->attention == kn_attention_avx512)
+    if (impl && strcmp(impl->isa, "avx512") == 0)
         return kn_attention_dense_avx512;
+    if (impl && strcmp(impl->isa, "avx2") == 0)
+        return kn_attention_dense_avx2;
 #endif
     return kn_attention_dense_ref;
 }

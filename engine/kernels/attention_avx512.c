@@ -31,31 +31,10 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_exp.h"
+
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define INLINE TARGET static inline __attribute__((always_inline))
-
-/* e^x as exp256 in kernels_avx2.c (same reduction, same polynomial): within
- * ~1 ulp of expf, +inf above 88.8, 0 below -86.6 (and for -inf). */
-INLINE __m512 exp512(__m512 x)
-{
-    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-86.6f), _CMP_GE_OQ);
-    x = _mm512_min_ps(_mm512_set1_ps(88.8f), x);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_cvtps_epi32(n);
-    const __m512 half = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(126)), 23));
-    return _mm512_maskz_mul_ps(keep, _mm512_mul_ps(p, half), _mm512_set1_ps(2.0f));
-}
 
 /* Keys [j0, j0+nb) into kt [d][16] (transposed) and vb [16][d] as f32, zero
  * past nb. Rows are widened 16 values at a time; the transposition goes
@@ -121,7 +100,7 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
         float *m = w->m + qi[g], *l = w->l + qi[g];
         const float mn = *m > mb ? *m : mb;
         c[g] = expf(*m - mn);
-        const __m512 e = exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mn)));
+        const __m512 e = kn_exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mn)));
         *l = *l * c[g] + _mm512_reduce_add_ps(e);
         *m = mn;
         _mm512_storeu_ps(p[g], e);
@@ -229,122 +208,42 @@ TARGET void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_s
 
 /* ---- dense (vision) attention ----------------------------------------------------- */
 
-#define DQ KN_ATTN_DENSE_QUERIES  /* queries per pass: lanes of two zmm */
-#define DKG 8                     /* keys per score tile: 8 x 2 accumulators */
-#define DTG 8                     /* dimensions per output tile: 8 x 2 accumulators */
-/* Loops over a register tile must be unrolled, or -O2 keeps the tile in memory. */
-#define UNROLL_TILE _Pragma("GCC unroll 8")
+#define VEC __m512
+#define VL 16
+#define V_LOAD _mm512_loadu_ps
+#define V_STORE _mm512_storeu_ps
+#define V_SET1 _mm512_set1_ps
+#define V_ZERO _mm512_setzero_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_MUL _mm512_mul_ps
+#define V_ADD _mm512_add_ps
+#define V_SUB _mm512_sub_ps
+#define V_MAX _mm512_max_ps
+#define V_EXP kn_exp512
+#define DKG 8  /* 8 keys x 2 zmm accumulators */
+#define DTG 8  /* 8 dimensions x 2 zmm accumulators */
+#define DENSE_FN kn_attention_dense_avx512
 
-/* s[j][lane] = scale * q_lane . k_j for the DKG keys at kr[] (past the last
- * key, kr repeats it: those rows of s are written, never read), qt [d][DQ]. */
-INLINE void dense_scores(const float *qt, int d, const float *const *kr, float scale, float *s)
+typedef struct { __m512d lo, hi; } DSUM;  /* lanes 0-7, 8-15 */
+
+INLINE DSUM dsum_zero(void)
 {
-    __m512 a[DKG][2];
-    UNROLL_TILE
-    for (int j = 0; j < DKG; j++)
-        a[j][0] = a[j][1] = _mm512_setzero_ps();
-    for (int t = 0; t < d; t++) {
-        const __m512 q0 = _mm512_loadu_ps(qt + (size_t)t * DQ), q1 = _mm512_loadu_ps(qt + (size_t)t * DQ + 16);
-        UNROLL_TILE
-        for (int j = 0; j < DKG; j++) {
-            const __m512 kb = _mm512_set1_ps(kr[j][t]);
-            a[j][0] = _mm512_fmadd_ps(kb, q0, a[j][0]);
-            a[j][1] = _mm512_fmadd_ps(kb, q1, a[j][1]);
-        }
-    }
-    const __m512 sc = _mm512_set1_ps(scale);
-    UNROLL_TILE
-    for (int j = 0; j < DKG; j++) {
-        _mm512_storeu_ps(s + (size_t)j * DQ, _mm512_mul_ps(a[j][0], sc));
-        _mm512_storeu_ps(s + (size_t)j * DQ + 16, _mm512_mul_ps(a[j][1], sc));
-    }
+    return (DSUM){ _mm512_setzero_pd(), _mm512_setzero_pd() };
 }
 
-/* kn_softmax for 16 queries at once, lane by lane: p[j][lane], j < n, in place. */
-INLINE void dense_softmax(float *p, int64_t n)
+INLINE void dsum_add(DSUM *s, __m512 e)
 {
-    __m512 m = _mm512_loadu_ps(p);
-    for (int64_t j = 1; j < n; j++)
-        m = _mm512_max_ps(m, _mm512_loadu_ps(p + (size_t)j * DQ));
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();  /* lanes 0-7, 8-15 */
-    for (int64_t j = 0; j < n; j++) {
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p + (size_t)j * DQ), m));
-        _mm512_storeu_ps(p + (size_t)j * DQ, e);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
-    }
+    s->lo = _mm512_add_pd(s->lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    s->hi = _mm512_add_pd(s->hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+}
+
+INLINE __m512 dsum_inv(const DSUM *s)
+{
     const __m512d one = _mm512_set1_pd(1.0);
-    const __m256 inv0 = _mm512_cvtpd_ps(_mm512_div_pd(one, s0)), inv1 = _mm512_cvtpd_ps(_mm512_div_pd(one, s1));
-    const __m512 inv = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(inv0)),
-                                                           _mm256_castps_pd(inv1), 1));
-    for (int64_t j = 0; j < n; j++)
-        _mm512_storeu_ps(p + (size_t)j * DQ, _mm512_mul_ps(_mm512_loadu_ps(p + (size_t)j * DQ), inv));
+    const __m256 lo = _mm512_cvtpd_ps(_mm512_div_pd(one, s->lo)), hi = _mm512_cvtpd_ps(_mm512_div_pd(one, s->hi));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
 }
 
-/* ot[t0 + u][lane] += sum_{j < nb} p[j][lane] * v_j[t0 + u] for u < DTG, the
- * block's sum from zero in key order; v_j at v + j*kv_stride. */
-INLINE void dense_values(float *ot, int t0, const float *p, const float *v, size_t kv_stride, int nb)
-{
-    __m512 a[DTG][2];
-    UNROLL_TILE
-    for (int u = 0; u < DTG; u++)
-        a[u][0] = a[u][1] = _mm512_setzero_ps();
-    for (int j = 0; j < nb; j++) {
-        const __m512 p0 = _mm512_loadu_ps(p + (size_t)j * DQ), p1 = _mm512_loadu_ps(p + (size_t)j * DQ + 16);
-        const float *vj = v + (size_t)j * kv_stride + t0;
-        UNROLL_TILE
-        for (int u = 0; u < DTG; u++) {
-            const __m512 vb = _mm512_set1_ps(vj[u]);
-            a[u][0] = _mm512_fmadd_ps(vb, p0, a[u][0]);
-            a[u][1] = _mm512_fmadd_ps(vb, p1, a[u][1]);
-        }
-    }
-    UNROLL_TILE
-    for (int u = 0; u < DTG; u++) {
-        float *o = ot + (size_t)(t0 + u) * DQ;
-        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a[u][0]));
-        _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), a[u][1]));
-    }
-}
-
-TARGET void kn_attention_dense_avx512(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
-                                      size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
-                                      size_t out_stride, float *scratch)
-{
-    const int d = head_dim;
-    if (d % DTG != 0) {
-        kn_attention_dense_ref(q, q_stride, n_q, k, v, kv_stride, n, head_dim, scale, out, out_stride, scratch);
-        return;
-    }
-    /* [n16][DQ], [d][DQ], [d][DQ]: the layout of kn_attention_dense_scratch */
-    float *p = scratch, *qt = p + (size_t)(n + 15) / 16 * 16 * DQ, *ot = qt + (size_t)d * DQ;
-    for (int i0 = 0; i0 < n_q; i0 += DQ) {
-        const int nq = n_q - i0 < DQ ? n_q - i0 : DQ;
-        /* lanes past nq hold zero queries: computed, never written out */
-        for (int t = 0; t < d; t++)
-            for (int i = 0; i < DQ; i++) {
-                qt[(size_t)t * DQ + i] = i < nq ? q[(size_t)(i0 + i) * q_stride + t] : 0.0f;
-                ot[(size_t)t * DQ + i] = 0.0f;
-            }
-        for (int64_t j0 = 0; j0 < n; j0 += DKG) {
-            const int nk = n - j0 < DKG ? (int)(n - j0) : DKG;
-            const float *kr[DKG];
-            UNROLL_TILE
-            for (int j = 0; j < DKG; j++)
-                kr[j] = k + (size_t)(j0 + (j < nk ? j : nk - 1)) * kv_stride;
-            dense_scores(qt, d, kr, scale, p + (size_t)j0 * DQ);
-        }
-        dense_softmax(p, n);
-        dense_softmax(p + 16, n);
-        for (int64_t j0 = 0; j0 < n; j0 += KN_ATTN_DENSE_VBLOCK) {
-            const int nb = n - j0 < KN_ATTN_DENSE_VBLOCK ? (int)(n - j0) : KN_ATTN_DENSE_VBLOCK;
-            for (int t0 = 0; t0 < d; t0 += DTG)
-                dense_values(ot, t0, p + (size_t)j0 * DQ, v + (size_t)j0 * kv_stride, kv_stride, nb);
-        }
-        for (int i = 0; i < nq; i++)
-            for (int t = 0; t < d; t++)
-                out[(size_t)(i0 + i) * out_stride + t] = ot[(size_t)t * DQ + i];
-    }
-}
+#include "attention_dense.h"
 
 #endif

@@ -16,6 +16,9 @@ typedef void (*kn_attn_dense_fn)(const float *q, size_t q_stride, int n_q, const
 void kn_attention_dense_ref(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
                             size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
                             size_t out_stride, float *scratch);
+void kn_attention_dense_avx2(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                             size_t kv_stride, int64_t n, int head_dim, float scale, float *out, size_t out_stride,
+                             float *scratch);
 void kn_attention_dense_avx512(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
                                size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
                                size_t out_stride, float *scratch);

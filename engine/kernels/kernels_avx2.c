@@ -32,6 +32,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_exp.h"
+
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 /* Loops over accumulator arrays must be unrolled, or -O2 keeps the
  * accumulators in memory and every FMA waits on a store-to-load forward. */
@@ -255,36 +257,6 @@ TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
 
 /* ---- softmax and SwiGLU ------------------------------------------------------------ */
 
-/* e^x within ~1 ulp of expf: split x = n·ln2 + r with |r| <= ln2/2 (ln2 in
- * two parts, so r is exact to f32), e^r by its degree-7 Taylor polynomial
- * (remainder < 1e-8 relative), times 2^n built in the exponent field.
- * Above 88.8 the result is +inf (the input is clamped there so that n stays
- * in range); below -86.6 it is flushed to 0 where expf would give at most
- * 2.5e-38: irrelevant after max-subtraction. */
-TARGET static inline __m256 exp256(__m256 x)
-{
-    const __m256 lo = _mm256_set1_ps(-86.6f);
-    x = _mm256_min_ps(_mm256_set1_ps(88.8f), x);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    /* 2^n for n in [-125, 128]: 2^128 is not a float, so build 2^(n-1) and
-     * double it, which overflows to inf exactly when e^x does. */
-    const __m256i e = _mm256_cvtps_epi32(n);
-    const __m256 half = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(126)), 23));
-    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, half), _mm256_set1_ps(2.0f));
-    return _mm256_and_ps(y, _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
-}
-
 /* Max-subtracted exponentials summed in double one 8-lane vector at a time
  * (ggml's AVX2 soft_max does the same), then scaled by the f32 reciprocal. */
 TARGET static void softmax(float *x, int64_t n)
@@ -305,7 +277,7 @@ TARGET static void softmax(float *x, int64_t n)
     const __m256 vmax = _mm256_set1_ps(max);
     double sum = 0.0;
     for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        __m256 e = kn_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
         _mm256_storeu_ps(x + i, e);
         sum += (double)hsum_ps(e);
     }
@@ -327,7 +299,7 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
     const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(g + i);
-        __m256 e = exp256(_mm256_xor_ps(v, neg));
+        __m256 e = kn_exp256(_mm256_xor_ps(v, neg));
         __m256 silu = _mm256_div_ps(v, _mm256_add_ps(one, e));
         _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
