@@ -93,12 +93,12 @@ void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp
     }
     const int64_t n = hp->n_patches, n_mid = pj->mm0->ne[1];
     kn_matmul(tp, pj->mm0, x + hp->n_embd, n, scratch);
-    if (pj->mm0_b)
-        kn_add_bias(scratch, pj->mm0_b, n, n_mid);
-    vision_map(tp, kn_gelu, scratch, n * n_mid);
+    vision_rows mid = { .y = scratch, .n_rows = n, .n = n_mid, .b = pj->mm0_b, .act = kn_gelu };
+    vision_rows_run(tp, &mid);
     kn_matmul(tp, pj->mm2, scratch, n, out);
-    if (pj->mm2_b)
-        kn_add_bias(out, pj->mm2_b, n, pj->mm2->ne[1]);
+    vision_rows bias = { .y = out, .n_rows = n, .n = pj->mm2->ne[1], .b = pj->mm2_b };
+    if (bias.b)
+        vision_rows_run(tp, &bias);
 }
 
 /* ---- splicing ---------------------------------------------------------------- */

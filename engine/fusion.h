@@ -31,8 +31,22 @@ int vision_find_tensor(const gguf_file *f, const char *name, int64_t ne0, int64_
 int vision_load_vec(const gguf_file *f, const char *name, int64_t n, bool optional, float **out,
                     glimpse_err *err);
 
-/* Applies fn in place to x[0..n), split over the pool's threads. */
-void vision_map(threadpool *tp, void (*fn)(float *x, int64_t n), float *x, int64_t n);
+/* The per-row work after a matrix product, one pass over each row of
+ * y [n_rows][n], split over the pool by rows: y += b (if b), act(y) (if act),
+ * then x += y (if x), then h = LayerNorm(x, or y without x) with ln_w, ln_b,
+ * eps (if h; h may be the row it normalises). */
+typedef struct vision_rows {
+    float *y;
+    int64_t n_rows, n;
+    const float *b;
+    void (*act)(float *y, int64_t n);
+    float *x;
+    float *h;
+    const float *ln_w, *ln_b;
+    float eps;
+} vision_rows;
+
+void vision_rows_run(threadpool *tp, const vision_rows *t);
 
 /* Finds the projector tensors of hp->projector in f, checks their shapes
  * against hp and sets hp->n_embd_text and hp->n_tokens_out. Tensors are
