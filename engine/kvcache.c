@@ -105,6 +105,13 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
     if (!kv->k || !kv->v || !kv->free_list || !kv->tables || !kv->n_seq_blocks || !kv->ref || !kv->registered ||
         !kv->hash || !kv->hnext || !kv->lru_prev || !kv->lru_next || !kv->buckets)
         goto oom;
+    /* Resident from the start, as llama.cpp clears its KV buffer at load: the
+     * prefix cache keeps released blocks and take_block uses never-touched
+     * free ones first, so the pool would otherwise become resident block by
+     * block over hours of traffic, an RSS creep up to its size that looks
+     * like a leak (found by bench/soak.py). */
+    memset(kv->k, 0, total);
+    memset(kv->v, 0, total);
     for (size_t i = 0; i < kv->n_buckets; i++)
         kv->buckets[i] = -1;
     kv->lru_head = kv->lru_tail = -1;
