@@ -35,6 +35,9 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define INLINE TARGET static inline __attribute__((always_inline))
+/* Loops over the G queries' register arrays must be unrolled, or -O2 keeps
+ * the arrays in memory. */
+#define UNROLL_G _Pragma("GCC unroll 4")
 
 /* Keys [j0, j0+nb) into kt [d][16] (transposed) and vb [16][d] as f32, zero
  * past nb. Rows are widened 16 values at a time; the transposition goes
@@ -78,21 +81,25 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
     /* scores: q . k_j for the 16 keys, as two chains over even and odd t */
     {
         __m512 s0[4], s1[4];
+        UNROLL_G
         for (int g = 0; g < G; g++)
             s0[g] = s1[g] = _mm512_setzero_ps();
         for (int t = 0; t < d; t += 2) {
             const __m512 k0 = _mm512_loadu_ps(w->kt + (size_t)t * KN_ATTN_BLOCK);
             const __m512 k1 = _mm512_loadu_ps(w->kt + (size_t)(t + 1) * KN_ATTN_BLOCK);
+            UNROLL_G
             for (int g = 0; g < G; g++) {
                 const float *q = w->qc + (size_t)qi[g] * d + t;
                 s0[g] = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), k0, s0[g]);
                 s1[g] = _mm512_fmadd_ps(_mm512_set1_ps(q[1]), k1, s1[g]);
             }
         }
+        UNROLL_G
         for (int g = 0; g < G; g++)
             s[g] = _mm512_mul_ps(_mm512_add_ps(s0[g], s1[g]), _mm512_set1_ps(scale));
     }
     /* online softmax: new max, rescale factor, the block's exponentials */
+    UNROLL_G
     for (int g = 0; g < G; g++) {
         const __mmask16 valid = (__mmask16)((1u << nv[g]) - 1);
         const __m512 sv = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s[g]);
@@ -109,6 +116,7 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
     int t = 0;
     for (; t + 32 <= d; t += 32) {
         __m512 a0[4], a1[4];
+        UNROLL_G
         for (int g = 0; g < G; g++) {
             float *a = w->acc + (size_t)qi[g] * d + t;
             a0[g] = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_set1_ps(c[g]));
@@ -117,12 +125,14 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
         for (int j = 0; j < KN_ATTN_BLOCK; j++) {
             const __m512 v0 = _mm512_loadu_ps(w->vb + (size_t)j * d + t);
             const __m512 v1 = _mm512_loadu_ps(w->vb + (size_t)j * d + t + 16);
+            UNROLL_G
             for (int g = 0; g < G; g++) {
                 const __m512 pj = _mm512_set1_ps(p[g][j]);
                 a0[g] = _mm512_fmadd_ps(pj, v0, a0[g]);
                 a1[g] = _mm512_fmadd_ps(pj, v1, a1[g]);
             }
         }
+        UNROLL_G
         for (int g = 0; g < G; g++) {
             float *a = w->acc + (size_t)qi[g] * d + t;
             _mm512_storeu_ps(a, a0[g]);
@@ -131,13 +141,16 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
     }
     for (; t < d; t += 16) {
         __m512 a0[4];
+        UNROLL_G
         for (int g = 0; g < G; g++)
             a0[g] = _mm512_mul_ps(_mm512_loadu_ps(w->acc + (size_t)qi[g] * d + t), _mm512_set1_ps(c[g]));
         for (int j = 0; j < KN_ATTN_BLOCK; j++) {
             const __m512 v0 = _mm512_loadu_ps(w->vb + (size_t)j * d + t);
+            UNROLL_G
             for (int g = 0; g < G; g++)
                 a0[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g][j]), v0, a0[g]);
         }
+        UNROLL_G
         for (int g = 0; g < G; g++)
             _mm512_storeu_ps(w->acc + (size_t)qi[g] * d + t, a0[g]);
     }
