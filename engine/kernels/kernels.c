@@ -136,17 +136,23 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 
 /* ---- matmul -------------------------------------------------------------------- */
 
-/* A pool thread's share of a matmul is walked in blocks of TOK_BLOCK
- * activation rows (at most 64 x 3072 f32 = 768 KB: they stay in L2 while
- * all of the share's weight rows pass) and, within a block, in tiles of
- * ROW_TILE weight rows (at most 32 x 3072 halves = 192 KB, mostly L1/L2)
- * that the table's tile kernel runs against every row of the block. */
+/* A pool thread's share of a matmul (whole ROW_TILEs of output rows) is
+ * walked in blocks of activation rows of at most TOK_BYTES (and TOK_BLOCK
+ * rows), which stay in L2 while the share's weight rows pass over them a
+ * few at a time (kernels_tile.h). Measured on Zen 5, F16 weights, 2
+ * threads: 128 KB blocks run k = 3072 at ~370 GFLOP/s where 64 rows (768
+ * KB) ran ~200; k = 576..1536 run ~350-370 with 64 KB to 256 KB. */
+#define TOK_BYTES (128 * 1024)
 #define TOK_BLOCK 64
 #define ROW_TILE 32
 /* Parts per pool thread of the dot products: on a shared machine the OS runs
  * our threads unevenly, and small parts let the thread that runs take over
  * the work of the one that does not (threadpool.c). */
 #define PARTS_PER_THREAD 4
+/* Activation elements up to which the caller converts them alone (a few
+ * microseconds: decode of one or a batch of streams), saving a pool round
+ * trip per matmul. */
+#define CONVERT_INLINE 32768
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
@@ -181,8 +187,11 @@ static void dot_rows(void *p, int ith, int nth)
     threadpool_split((j->n_out + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
     lo *= ROW_TILE;
     hi = hi * ROW_TILE < j->n_out ? hi * ROW_TILE : j->n_out;
-    for (int64_t t0 = 0; t0 < j->n_tok; t0 += TOK_BLOCK) {
-        const int64_t nt = j->n_tok - t0 < TOK_BLOCK ? j->n_tok - t0 : TOK_BLOCK;
+    /* a multiple of 4 tokens, the micro-kernels' group (at least one group) */
+    int64_t tb = (int64_t)(TOK_BYTES / j->act_row) & ~(int64_t)3;
+    tb = tb < 4 ? 4 : tb > TOK_BLOCK ? TOK_BLOCK : tb;
+    for (int64_t t0 = 0; t0 < j->n_tok; t0 += tb) {
+        const int64_t nt = j->n_tok - t0 < tb ? j->n_tok - t0 : tb;
         const uint8_t *a = j->act + (size_t)t0 * j->act_row;
         float *y = j->y + t0 * j->n_out;
         for (int64_t o0 = lo; o0 < hi; o0 += ROW_TILE) {
@@ -341,7 +350,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
         } else {
             j.act_out = scratch;
             j.act = scratch;
-            if (j.n_tok == 1)
+            if (j.n_tok * k <= CONVERT_INLINE)
                 convert_rows(&j, 0, 1);
             else
                 threadpool_run(tp, convert_rows, &j);

@@ -107,27 +107,30 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k, const uint8_
 
 /* Defines a kn_tile_fn `name` over a micro-kernel
  *   micro(R, T, k, w, w_row, a, a_row, y, y_stride)
- * (R rows x T tokens, both compile-time constants at every call): tokens in
- * groups of MT, each group over the rows MR at a time (so the group's
- * activation rows stay in L1 while the tile's weight rows pass), then the
- * tokens left over one at a time, MR1 rows per step. Rows left over go one
- * at a time. */
+ * (R rows x T tokens, both compile-time constants at every call): rows MR
+ * at a time, each group against all tokens MT at a time (so the group's
+ * weight rows stay in L1 while the activation rows stream from L2: the
+ * caller keeps their block small, kernels.c TOK_BYTES), rows left over one
+ * at a time; then the tokens left over one at a time, MR1 rows per step. */
 #define DEFINE_TILE(name, micro, MR, MT, MR1)                                                        \
     TARGET static void name(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a,     \
                             size_t a_row, int64_t n_tok, float *y, size_t y_stride)                    \
     {                                                                                                  \
         const uint8_t *w8 = w, *a8 = a;                                                                \
-        int64_t t = 0;                                                                                 \
-        for (; t + (MT) <= n_tok; t += (MT)) {                                                         \
-            const uint8_t *at = a8 + (size_t)t * a_row;                                                \
-            float *yt = y + (size_t)t * y_stride;                                                      \
-            int64_t o = 0;                                                                             \
-            for (; o + (MR) <= n_rows; o += (MR))                                                      \
-                micro(MR, MT, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);          \
-            for (; o < n_rows; o++)                                                                    \
-                micro(1, MT, k, w8 + (size_t)o * w_row, w_row, at, a_row, yt + o, y_stride);           \
+        const int64_t n_full = n_tok - n_tok % (MT);                                                   \
+        for (int64_t o = 0; o < n_rows; o += (MR)) {                                                   \
+            const uint8_t *wo = w8 + (size_t)o * w_row;                                                \
+            for (int64_t t = 0; t < n_full; t += (MT)) {                                               \
+                const uint8_t *at = a8 + (size_t)t * a_row;                                            \
+                float *yt = y + (size_t)t * y_stride + o;                                              \
+                if (o + (MR) <= n_rows)                                                                \
+                    micro(MR, MT, k, wo, w_row, at, a_row, yt, y_stride);                              \
+                else                                                                                   \
+                    for (int64_t r = 0; r < n_rows - o; r++)                                           \
+                        micro(1, MT, k, wo + (size_t)r * w_row, w_row, at, a_row, yt + r, y_stride);   \
+            }                                                                                          \
         }                                                                                              \
-        for (; t < n_tok; t++) {                                                                       \
+        for (int64_t t = n_full; t < n_tok; t++) {                                                     \
             const uint8_t *at = a8 + (size_t)t * a_row;                                                \
             float *yt = y + (size_t)t * y_stride;                                                      \
             int64_t o = 0;                                                                             \
