@@ -13,10 +13,11 @@
  *      encoder), and up to STEP_TILES_IDLE whole tiles otherwise;
  *   4. builds one batch: one entry for every decoding sequence, then prompt
  *      chunks of the prefilling ones, oldest first, up to the step's token
- *      budget (so a long prompt takes several steps and never holds back the
- *      running streams); reserves KV positions, preempting the newest job
- *      when the pool is out of blocks (it goes back to the head of the queue
- *      and recomputes later, mostly from the prefix cache);
+ *      budget, and at most STEP_PROMPT_BUSY positions while sequences decode
+ *      (so a long prompt takes several steps and holds back the running
+ *      streams by a bounded time); reserves KV positions, preempting the
+ *      newest job when the pool is out of blocks (it goes back to the head
+ *      of the queue and recomputes later, mostly from the prefix cache);
  *   5. runs one forward pass (every weight matrix read once per step);
  *   6. registers newly full blocks in the prefix cache, samples every job
  *      whose last position got logits, reports the tokens and ends the jobs
@@ -49,6 +50,11 @@
  * 512-pixel SigLIP tile is ~0.3 s on two cores, the bound this puts on
  * their inter-token latency (a whole tile, 12 layers, would be ~3.6 s). */
 #define STEP_LAYERS_BUSY 1
+/* Prompt positions evaluated per step while sequences decode: 64 positions
+ * of SmolVLM-256M's text model take about as long as one such ViT layer (a
+ * full 256-position budget would hold the streams ~4x as long); the weights
+ * read once more per 64 positions cost little beside their arithmetic. */
+#define STEP_PROMPT_BUSY 64
 
 /* Histogram bucket bounds. */
 static const double time_bounds[GLIMPSE_HIST_N] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -458,6 +464,8 @@ static int plan_step(scheduler *s)
     for (glimpse_job *j = s->running.head; j; j = j->next)
         n_decode += j->state == JOB_RUNNING && j->n_total - j->n_computed == 1;
     int budget = s->p.step_tokens - n_decode, n = 0;
+    if (n_decode > 0 && budget > STEP_PROMPT_BUSY)
+        budget = STEP_PROMPT_BUSY;
     for (glimpse_job *j = s->running.head, *next; j; j = next) {
         next = j->next;
         j->take = 0;

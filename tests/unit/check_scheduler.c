@@ -37,6 +37,8 @@ typedef struct trace {
     char text[4096];
     size_t text_len;
     int cancel_after; /* > 0: the callback cancels after this many tokens */
+    int done_calls;   /* on_done's calls, the last one's status, error code and tokens */
+    int done_rc, done_code, done_tokens;
 } trace;
 
 static int on_token(const glimpse_token *t, void *user)
@@ -52,6 +54,15 @@ static int on_token(const glimpse_token *t, void *user)
         tr->text_len += t->text_len;
     }
     return tr->cancel_after > 0 && tr->n >= tr->cancel_after;
+}
+
+static void on_done(int rc, const glimpse_result *res, const glimpse_err *err, void *user)
+{
+    trace *tr = user;
+    tr->done_calls++;
+    tr->done_rc = rc;
+    tr->done_code = rc < 0 ? err->code : 0;
+    tr->done_tokens = rc == 0 || rc == GLIMPSE_ECANCELED ? res->completion_tokens : -1;
 }
 
 static glimpse_model *load(int n_parallel, int n_batch, int n_ctx, int kv_mb)
@@ -317,6 +328,7 @@ START_TEST(queue_full_shutdown_and_context)
     ck_assert_int_eq(glimpse_submit(m, &r, &q2, &err), 0);
     ck_assert_int_eq(glimpse_submit(m, &r, &extra, &err), GLIMPSE_EBUSY);
     ck_assert(extra == NULL);
+    ck_assert(!glimpse_job_waiting(first) && glimpse_job_waiting(q1) && glimpse_job_waiting(q2));
     glimpse_stats st;
     glimpse_stats_get(m, &st);
     ck_assert_int_eq(st.running, 1);
@@ -366,9 +378,12 @@ START_TEST(cancel_returns_blocks)
         memset(&tr[i], 0, sizeof tr[i]);
         variant(i, &r, &tr[i]);
         tr[i].cancel_after = i % 2 ? 3 : 0; /* two cancel from their callback */
+        r.on_done = on_done;
         ck_assert_int_eq(glimpse_submit(m, &r, &jobs[i], &err), 0);
     }
     glimpse_job_free(jobs[2]); /* one is dropped by its owner at any step */
+    ck_assert_int_eq(tr[2].done_calls, 1); /* its end was reported before the free returned */
+    ck_assert(tr[2].done_rc == 0 || tr[2].done_rc == GLIMPSE_ECANCELED);
     for (int i = 0; i < 4; i++) {
         if (i == 2)
             continue;
@@ -377,6 +392,11 @@ START_TEST(cancel_returns_blocks)
         ck_assert_int_eq(rc, i % 2 ? GLIMPSE_ECANCELED : 0);
         if (i % 2)
             ck_assert_int_eq(res.completion_tokens, 3);
+        /* on_done ran once, before the wait returned, with what the wait returns */
+        ck_assert_int_eq(tr[i].done_calls, 1);
+        ck_assert_int_eq(tr[i].done_rc, rc);
+        ck_assert_int_eq(tr[i].done_code, rc);
+        ck_assert_int_eq(tr[i].done_tokens, res.completion_tokens);
         glimpse_job_free(jobs[i]);
     }
     glimpse_stats st;
@@ -393,34 +413,40 @@ END_TEST
 
 START_TEST(long_prompt_does_not_starve_streams)
 {
-    /* A streams; then B arrives with a prompt of many step budgets (32
-     * entries a step). A must get a token in every step of B's prefill. */
-    glimpse_model *m = load(2, 32, 1024, 0);
-    glimpse_err err = { 0 };
-    glimpse_job *ja = start_a(m, 80), *jb;
-    glimpse_request rb;
+    /* A streams; then B arrives with a prompt of many step budgets. A must
+     * get a token in every step of B's prefill, which takes at most the
+     * step's budget beside A's token (n_batch 32: 31 positions), and at most
+     * 64 positions while anything decodes (the scheduler's STEP_PROMPT_BUSY,
+     * n_batch 256), so that a stream waits for a bounded step. */
+    static const int n_batch[2] = { 32, 256 }, per_step[2] = { 31, 64 };
     static char long_prompt[4096];
     long_prompt[0] = '\0';
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 8; i++)
         strcat(long_prompt, prompts[2]);
-    glimpse_request_default(&rb);
-    rb.prompt = long_prompt;
-    rb.max_tokens = 2;
-    rb.sampling.temperature = 0;
-    rb.on_token = stream_b;
-    ck_assert_int_eq(glimpse_submit(m, &rb, &jb, &err), 0);
-    atomic_store(&a_release, INT_MAX); /* B is queued before A's second step */
-    glimpse_result res_a, res_b;
-    ck_assert_int_eq(glimpse_job_wait(jb, &res_b, &err), 0);
-    ck_assert_int_eq(glimpse_job_wait(ja, &res_a, &err), 0);
-    int steps_b = (res_b.prompt_tokens + 30) / 31; /* at least 31 prompt entries a step beside A's */
-    ck_assert_int_ge(steps_b, 4);
-    ck_assert_msg(atomic_load(&a_tokens_at_b_first) - 1 >= steps_b,
-                  "A got %d tokens during B's prefill of %d positions (>= %d steps)",
-                  atomic_load(&a_tokens_at_b_first) - 1, res_b.prompt_tokens, steps_b);
-    glimpse_job_free(ja);
-    glimpse_job_free(jb);
-    glimpse_model_free(m);
+    for (int c = 0; c < 2; c++) {
+        glimpse_model *m = load(2, n_batch[c], 1024, 0);
+        glimpse_err err = { 0 };
+        glimpse_job *ja = start_a(m, 80), *jb;
+        glimpse_request rb;
+        glimpse_request_default(&rb);
+        rb.prompt = long_prompt;
+        rb.max_tokens = 2;
+        rb.sampling.temperature = 0;
+        rb.on_token = stream_b;
+        ck_assert_int_eq(glimpse_submit(m, &rb, &jb, &err), 0);
+        atomic_store(&a_release, INT_MAX); /* B is queued before A's second step */
+        glimpse_result res_a, res_b;
+        ck_assert_int_eq(glimpse_job_wait(jb, &res_b, &err), 0);
+        ck_assert_int_eq(glimpse_job_wait(ja, &res_a, &err), 0);
+        int steps_b = (res_b.prompt_tokens + per_step[c] - 1) / per_step[c];
+        ck_assert_int_ge(steps_b, 4);
+        ck_assert_msg(atomic_load(&a_tokens_at_b_first) - 1 >= steps_b,
+                      "n_batch %d: A got %d tokens during B's prefill of %d positions (>= %d steps)", n_batch[c],
+                      atomic_load(&a_tokens_at_b_first) - 1, res_b.prompt_tokens, steps_b);
+        glimpse_job_free(ja);
+        glimpse_job_free(jb);
+        glimpse_model_free(m);
+    }
 }
 END_TEST
 
