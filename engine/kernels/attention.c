@@ -119,10 +119,10 @@ void kn_attention_ref(const kn_attn_kv *kv, const float *q, size_t q_stride, int
 
 size_t kn_attention_dense_scratch(int64_t n, int head_dim)
 {
-    /* SIMD layout: scores [n][Q] (n rounded up to whole tiles of 16 keys),
-     * queries transposed [d][Q], outputs transposed [d][Q]; the reference
-     * uses the first n + d floats. */
-    return (((size_t)n + 15) / 16 * 16 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
+    /* SIMD layout: scores [n][Q] (n rounded up to a multiple of 48: whole
+     * score tiles of 8 or 3 keys), queries transposed [d][Q], outputs
+     * transposed [d][Q]; the reference uses the first n + d floats. */
+    return (((size_t)n + 47) / 48 * 48 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
 }
 
 /* Tables are told apart by their ISA name, not by calling kn_avx2_impl /

@@ -1,7 +1,7 @@
 /*
  * attention_avx2.c — kn_attention_dense with AVX2+FMA: the body of
  * attention_dense.h on 8-lane ymm registers (32 queries = 4 registers; tiles
- * of 2 keys or 2 dimensions x 4 registers, within the 16 ymm). The decoder's
+ * of 3 keys or 2 dimensions x 4 registers, within the 16 ymm). The decoder's
  * kn_attention has no AVX2 version (the reference runs there).
  *
  * Only kn_attention_dense_for hands it out, for the AVX2 table, which
@@ -30,8 +30,8 @@
 #define V_SUB _mm256_sub_ps
 #define V_MAX _mm256_max_ps
 #define V_EXP kn_exp256
-#define DKG 2  /* 2 keys x 4 ymm accumulators */
-#define DTG 2  /* 2 dimensions x 4 ymm accumulators */
+#define DKG 3  /* 3 keys x 4 ymm accumulators */
+#define DTG 2  /* 2 dimensions x 4 ymm accumulators (3 would not divide 64) */
 #define DENSE_FN kn_attention_dense_avx2
 
 typedef struct { __m256d lo, hi; } DSUM;  /* lanes 0-3, 4-7 */

@@ -5,7 +5,7 @@
  *   VEC, VL (lanes), V_LOAD(p), V_STORE(p, x), V_SET1(x), V_ZERO(), V_FMA(a, b, c) (a*b + c),
  *   V_MUL, V_ADD, V_SUB, V_MAX, V_EXP (within ~1 ulp of expf),
  *   DSUM (lane sums in double), dsum_zero(), dsum_add(DSUM *, VEC), dsum_inv(const DSUM *) (VEC of (float)(1/sum)),
- *   DKG (keys per score tile, divides 16), DTG (dimensions per output tile),
+ *   DKG (keys per score tile, divides 48), DTG (dimensions per output tile),
  *   TARGET, INLINE, DENSE_FN (the function's name).
  *
  * KN_ATTN_DENSE_QUERIES queries are computed side by side, one per lane of
@@ -111,7 +111,7 @@ TARGET void DENSE_FN(const float *q, size_t q_stride, int n_q, const float *k, c
         return;
     }
     /* [n16][DQ], [d][DQ], [d][DQ]: the layout of kn_attention_dense_scratch */
-    float *p = scratch, *qt = p + (size_t)(n + 15) / 16 * 16 * DQ, *ot = qt + (size_t)d * DQ;
+    float *p = scratch, *qt = p + (size_t)(n + 47) / 48 * 48 * DQ, *ot = qt + (size_t)d * DQ;
     for (int i0 = 0; i0 < n_q; i0 += DQ) {
         const int nq = n_q - i0 < DQ ? n_q - i0 : DQ;
         /* lanes past nq hold zero queries: computed, never written out */
