@@ -47,17 +47,18 @@ bool kn_matmul_supports(int wtype, int64_t k);
  * y is [n_tok][W->ne[1]] (must not alias x). W must pass kn_matmul_supports.
  * Activations are converted to the weight type's vec_dot_type first
  * (F32 / F16 / BF16 / Q8_0 / Q8_1 for Q4_1,Q5_1 / Q8_K for K-quants), as
- * llama.cpp's CPU backend does; batches of F32/F16/BF16 weights may go to
- * OpenBLAS sgemm (same rounding of the activations, f32 sums in another
- * order). Allocates nothing; more tokens than kernels_reserve allowed for
- * are processed in several passes. */
+ * llama.cpp's CPU backend does. On the AVX2 table (no AVX-512), batches of
+ * F32/F16/BF16 weights go to OpenBLAS sgemm (same rounding of the
+ * activations, f32 sums in another order); elsewhere this is
+ * kn_matmul_invariant. Allocates nothing; more tokens than kernels_reserve
+ * allowed for are processed in several passes. */
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
 /* kn_matmul without the sgemm path: every output row is the weight rows' dot
  * products with its own activation row, each summed in an order fixed by k
- * alone (the multi-token dots equal the one-token dot bit for bit). So a
- * row's result does not depend on n_tok or on the other rows: the scheduler's
- * batch invariance rests on this. sgemm is not used because its result for a
+ * alone (a tile's every output equals the one-token dot bit for bit,
+ * kernels_tile.h). So a row's result does not depend on n_tok or on the
+ * other rows: the scheduler's batch invariance rests on this. sgemm is not used because its result for a
  * row may change with the number of rows (kernel choice, blocking), and the
  * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);

