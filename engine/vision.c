@@ -346,14 +346,15 @@ static int load_patch_embd(const gguf_file *f, vision_model *vm, glimpse_err *er
 /* Queries per attention work item (a multiple of KN_ATTN_DENSE_QUERIES):
  * 1024 positions x 12 heads make 192 items, enough to even out two threads
  * that the OS runs unevenly; keys and values are read once per 32 queries
- * whatever the size. The items are split into VIS_ATTN_PARTS_PER_THREAD
- * parts per pool thread, each with its own scratch. */
+ * whatever the size. The items are split into VIS_PARTS_PER_THREAD parts
+ * per pool thread, each with its own scratch (the row passes are split the
+ * same way). */
 #define VIS_Q_TILE 64
-#define VIS_ATTN_PARTS_PER_THREAD 4
+#define VIS_PARTS_PER_THREAD 4
 
 static int ensure_attn_scratch(vision_model *vm, int nth)
 {
-    const int parts = VIS_ATTN_PARTS_PER_THREAD * nth;
+    const int parts = VIS_PARTS_PER_THREAD * nth;
     if (vm->n_attn_parts >= parts)
         return 0;
     const size_t per_part = kn_attention_dense_scratch(vm->hp.n_pos, vm->hp.head_dim);
@@ -475,21 +476,37 @@ const float *vision_last_hidden(const vision_model *vm)
 
 /* ---- forward ----------------------------------------------------------------- */
 
-/* patches[py*side+px][(c*p + ky)*p + kx] = half(tile[c][p*py+ky][p*px+kx]) */
-static void im2col(const vision_hparams *hp, const float *tile, float *patches)
+typedef struct im2col_task {
+    const vision_hparams *hp;
+    const float *tile;
+    float *patches;
+} im2col_task;
+
+/* patches[py*side+px][(c*p + ky)*p + kx] = half(tile[c][p*py+ky][p*px+kx])
+ * for the patch rows py of part ith of nth. */
+static void im2col_part(void *arg, int ith, int nth)
 {
-    const int S = hp->image_size, p = hp->patch_size, side = S / p;
+    const im2col_task *t = arg;
+    const int S = t->hp->image_size, p = t->hp->patch_size, side = S / p;
     const int k = 3 * p * p;
-    for (int py = 0; py < side; py++)
+    int64_t lo, hi;
+    threadpool_split(side, ith, nth, &lo, &hi);
+    for (int py = (int)lo; py < (int)hi; py++)
         for (int px = 0; px < side; px++) {
-            float *dst = patches + (size_t)(py * side + px) * k;
+            float *dst = t->patches + (size_t)(py * side + px) * k;
             for (int c = 0; c < 3; c++)
                 for (int ky = 0; ky < p; ky++) {
-                    const float *src = tile + ((size_t)c * S + (size_t)(p * py + ky)) * S + (size_t)p * px;
+                    const float *src = t->tile + ((size_t)c * S + (size_t)(p * py + ky)) * S + (size_t)p * px;
                     for (int kx = 0; kx < p; kx++)
                         *dst++ = fp16_to_f32(f32_to_fp16(src[kx]));
                 }
         }
+}
+
+static void im2col(threadpool *tp, const vision_hparams *hp, const float *tile, float *patches)
+{
+    im2col_task t = { hp, tile, patches };
+    threadpool_run(tp, im2col_part, &t);
 }
 
 static void rows_part(void *arg, int ith, int nth)
@@ -515,7 +532,9 @@ static void rows_part(void *arg, int ith, int nth)
 
 void vision_rows_run(threadpool *tp, const vision_rows *t)
 {
-    threadpool_run(tp, rows_part, (void *)t);
+    /* several parts per thread: a thread the OS holds back leaves its rows
+     * to the others instead of stalling the pass */
+    threadpool_run_parts(tp, rows_part, (void *)t, tp ? VIS_PARTS_PER_THREAD * threadpool_size(tp) : 1);
 }
 
 /* Bidirectional multi-head attention, fused (kn_attention_dense): the work
@@ -555,7 +574,7 @@ static void embed_tile(vision_model *vm, threadpool *tp, const float *tile)
 {
     const vision_hparams *hp = &vm->hp;
     const int64_t C = hp->n_embd;
-    im2col(hp, tile, vm->patches);
+    im2col(tp, hp, tile, vm->patches);
     kn_matmul(tp, &vm->patch_w, vm->patches, hp->n_patches, vm->x);
     vision_rows bias = { .y = vm->x, .n_rows = hp->n_patches, .n = C, .b = vm->patch_b };
     vision_rows_run(tp, &bias);
