@@ -1,12 +1,12 @@
 /*
  * kernels_avx512.c — the AVX-512 table: the AVX2 table with the matrix
  * tiles that gain from 16-lane registers replaced: F32/F16/BF16 (4 weight
- * rows x 4 tokens per micro-kernel, kernels_tile.h) and Q8_0/Q4_0/Q5_0
- * with VNNI where the CPU has it (the same blocking), and the fused
- * attention (attention_avx512.c).
+ * rows x 4 tokens per micro-kernel, kernels_tile.h), Q8_0/Q4_0/Q5_0 with
+ * VNNI where the CPU has it (the same blocking), Q4_K and Q6_K with VNNI (2
+ * rows x 4 tokens), and the fused attention (attention_avx512.c).
  *
  * Numerics vs the reference: float tiles sum each output in one 16-lane f32
- * chain instead of double, the Q8_0/Q4_0/Q5_0 tiles add the block terms in 16 lanes
+ * chain instead of double, the quantised tiles add the block terms in 16 lanes
  * (8 per block) instead of one f32 sum, so both differ by float rounding
  * (as the AVX2 ones do). Every output's order of operations depends on k
  * alone (kernels_tile.h: batch invariance).
@@ -233,6 +233,109 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
  * single token. */
 DEFINE_TILE(tile_q4_K, micro_q4_K, 2, TILE_T, 4)
 
+/* ---- Q6_K x Q8_K with VNNI ------------------------------------------------------- */
+
+/* Half h (elements 128h..128h+127) of a Q6_K block as two registers of 64
+ * quants + 32 (unsigned 0..63): q01 = elements 128h..+63, q23 = +64..+127.
+ * ql byte l gives element l (low nibble) and l+64 (high), ql byte 32+l
+ * element l+32 and l+96; qh byte l holds bits 4-5 of elements l, l+32,
+ * l+64, l+96 in its bit pairs 0, 2, 4, 6 (spec §1.4). */
+INLINE void q6_half(const block_q6_K *x, int h, __m512i *q01, __m512i *q23)
+{
+    const __m256i low4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30);
+    const __m256i qa = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
+    const __m256i qb = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
+    const __m256i q0 = _mm256_or_si256(_mm256_and_si256(qa, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), hi2));
+    const __m256i q1 = _mm256_or_si256(_mm256_and_si256(qb, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), hi2));
+    const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low4), _mm256_and_si256(qh, hi2));
+    const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), low4),
+                                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2));
+    *q01 = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+    *q23 = _mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1);
+}
+
+/* The 4 scales of 64 elements from sub-block j0 as 32 int16 lanes, 8 each
+ * (vpmaddubsw's pair sums of 16 elements), sign-extended. */
+INLINE __m512i q6_scales(const int8_t *sc, int j0)
+{
+    uint32_t s4;
+    memcpy(&s4, sc + j0, sizeof s4);
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    return _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(_mm256_set1_epi32((int)s4), pick));
+}
+
+/* R Q6_K weight rows x T Q8_K activation rows, one block per step: the
+ * quants go into vpmaddubsw as q + 32 (unsigned) and the block's integer
+ * sum loses 32 * sum_j sc_j * bsum_j (the activation's 16-element sums),
+ * exactly; then d_w*d_a times the sum into the pair's one f32 accumulator.
+ * The order depends on k alone. */
+INLINE void micro_q6_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row,
+                       float *y, size_t y_stride)
+{
+    const int64_t nb = k / QK_K;
+    __m512 acc[TILE_R1][TILE_T];
+    __m512i isum[TILE_R1][TILE_T], q01[TILE_R1], q23[TILE_R1], s01[TILE_R1], s23[TILE_R1];
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        TILE_UNROLL
+        for (int r = 0; r < R; r++) {
+            TILE_UNROLL
+            for (int t = 0; t < T; t++)
+                isum[r][t] = _mm512_setzero_si512();
+        }
+        for (int h = 0; h < 2; h++) {
+            prefetch_ahead(w, w_row, R, (size_t)b * sizeof(block_q6_K) + 112 * (size_t)h);
+            TILE_UNROLL
+            for (int r = 0; r < R; r++) {
+                const block_q6_K *x = (const block_q6_K *)(w + (size_t)r * w_row) + b;
+                q6_half(x, h, &q01[r], &q23[r]);
+                s01[r] = q6_scales(x->scales, 8 * h);
+                s23[r] = q6_scales(x->scales, 8 * h + 4);
+            }
+            TILE_UNROLL
+            for (int t = 0; t < T; t++) {
+                const block_q8_K *ya = (const block_q8_K *)(a + (size_t)t * a_row) + b;
+                const __m512i a01 = _mm512_loadu_si512(ya->qs + 128 * h);
+                const __m512i a23 = _mm512_loadu_si512(ya->qs + 128 * h + 64);
+                TILE_UNROLL
+                for (int r = 0; r < R; r++) {
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q01[r], a01), s01[r]);
+                    isum[r][t] = _mm512_dpwssd_epi32(isum[r][t], _mm512_maddubs_epi16(q23[r], a23), s23[r]);
+                }
+            }
+        }
+        TILE_UNROLL
+        for (int r = 0; r < R; r++) {
+            const block_q6_K *x = (const block_q6_K *)(w + (size_t)r * w_row) + b;
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+            const float dw = _cvtsh_ss(x->d);
+            TILE_UNROLL
+            for (int t = 0; t < T; t++) {
+                const block_q8_K *ya = (const block_q8_K *)(a + (size_t)t * a_row) + b;
+                const __m256i bs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)ya->bsums), sc16);
+                const __m512i fix = _mm512_zextsi256_si512(_mm256_slli_epi32(bs, 5));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[r][t], fix)),
+                                            _mm512_set1_ps(dw * ya->d), acc[r][t]);
+            }
+        }
+    }
+    TILE_UNROLL
+    for (int r = 0; r < R; r++) {
+        TILE_UNROLL
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+DEFINE_TILE(tile_q6_K, micro_q6_K, 2, TILE_T, 4)
+
 /* ---- the table -------------------------------------------------------------------- */
 
 static kn_impl avx512_impl;
@@ -261,6 +364,7 @@ const kn_impl *kn_avx512_impl(void)
         t.tile[DTYPE_Q4_0] = tile_q4_0;
         t.tile[DTYPE_Q5_0] = tile_q5_0;
         t.tile[DTYPE_Q4_K] = tile_q4_K;
+        t.tile[DTYPE_Q6_K] = tile_q6_K;
     }
     avx512_impl = t;
     return &avx512_impl;
