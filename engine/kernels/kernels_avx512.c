@@ -102,12 +102,7 @@ INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     __m512 acc[TILE_R1][TILE_T], dw[TILE_R1];
     __m512i qw[TILE_R1], corr[TILE_R1];
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            acc[r][t] = _mm512_setzero_ps();
-    }
+    TILE_ACC_ZERO(acc, R, T, _mm512_setzero_ps());
     for (int64_t b = 0; b < nb; b += 2) {
         const bool two = b + 1 < nb;
         /* a step reads 2 blocks (36-68 bytes) of each row: two lines */
@@ -130,12 +125,7 @@ INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t
             }
         }
     }
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            y[(size_t)t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
-    }
+    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
 }
 
 #define MICRO_Q8_0(R, T, ...) micro_w32(W_Q8_0, R, T, __VA_ARGS__)
@@ -169,12 +159,7 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
     __m256i mins16[TILE_R1];
     uint8_t sc[TILE_R1][8];
     float dw[TILE_R1], dminw[TILE_R1];
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            acc[r][t] = _mm512_setzero_ps();
-    }
+    TILE_ACC_ZERO(acc, R, T, _mm512_setzero_ps());
     for (int64_t b = 0; b < nb; b++) {
         TILE_UNROLL
         for (int r = 0; r < R; r++) {
@@ -184,10 +169,8 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
             mins16[r] = widen_mins(mn);
             dw[r] = _cvtsh_ss(x->d);
             dminw[r] = _cvtsh_ss(x->dmin);
-            TILE_UNROLL
-            for (int t = 0; t < T; t++)
-                isum[r][t] = _mm512_setzero_si512();
         }
+        TILE_ACC_ZERO(isum, R, T, _mm512_setzero_si512());
         for (int g = 0; g < 4; g++) {
             /* a block is 144 bytes: a line ahead per group covers it */
             prefetch_ahead(w, w_row, R, (size_t)b * sizeof(block_q4_K) + 48 * (size_t)g);
@@ -221,12 +204,7 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
             }
         }
     }
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            y[(size_t)t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
-    }
+    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
 }
 
 /* Two rows x 4 tokens: 8 integer and 8 float accumulators; 4 rows for a
@@ -277,19 +255,9 @@ INLINE void micro_q6_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
     const int64_t nb = k / QK_K;
     __m512 acc[TILE_R1][TILE_T];
     __m512i isum[TILE_R1][TILE_T], q01[TILE_R1], q23[TILE_R1], s01[TILE_R1], s23[TILE_R1];
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            acc[r][t] = _mm512_setzero_ps();
-    }
+    TILE_ACC_ZERO(acc, R, T, _mm512_setzero_ps());
     for (int64_t b = 0; b < nb; b++) {
-        TILE_UNROLL
-        for (int r = 0; r < R; r++) {
-            TILE_UNROLL
-            for (int t = 0; t < T; t++)
-                isum[r][t] = _mm512_setzero_si512();
-        }
+        TILE_ACC_ZERO(isum, R, T, _mm512_setzero_si512());
         for (int h = 0; h < 2; h++) {
             prefetch_ahead(w, w_row, R, (size_t)b * sizeof(block_q6_K) + 112 * (size_t)h);
             TILE_UNROLL
@@ -326,12 +294,7 @@ INLINE void micro_q6_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
             }
         }
     }
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            y[(size_t)t * y_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
-    }
+    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
 }
 
 DEFINE_TILE(tile_q6_K, micro_q6_K, 2, TILE_T, 4)

@@ -32,6 +32,23 @@
  * them in registers; without the pragma -O2 keeps them in memory. */
 #define TILE_UNROLL _Pragma("GCC unroll 8")
 
+/* The R x T accumulators of a micro-kernel: all set to zero, and at the end
+ * each summed across lanes into y[t * y_stride + r]. */
+#define TILE_ACC_ZERO(acc, R, T, zero)                 \
+    TILE_UNROLL                                        \
+    for (int r_ = 0; r_ < (R); r_++) {                 \
+        TILE_UNROLL                                    \
+        for (int t_ = 0; t_ < (T); t_++)               \
+            (acc)[r_][t_] = (zero);                    \
+    }
+#define TILE_ACC_STORE(acc, R, T, y, y_stride, hsum)   \
+    TILE_UNROLL                                        \
+    for (int r_ = 0; r_ < (R); r_++) {                 \
+        TILE_UNROLL                                    \
+        for (int t_ = 0; t_ < (T); t_++)               \
+            (y)[(size_t)t_ * (y_stride) + r_] = hsum((acc)[r_][t_]); \
+    }
+
 enum wf_kind { WF_F32, WF_F16, WF_BF16 };
 
 static inline size_t wf_size(enum wf_kind kind)
@@ -80,12 +97,7 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k, const uint8_
                         const uint8_t *a, size_t a_row, float *y, size_t y_stride)
 {
     VF acc[TILE_R1][TILE_T], wv[TILE_R1];
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            acc[r][t] = vf_zero();
-    }
+    TILE_ACC_ZERO(acc, R, T, vf_zero());
     int64_t i = 0;
     for (; i + VL <= k; i += VL) {
         prefetch_ahead(w, w_row, R, (size_t)i * wf_size(kind));
@@ -112,12 +124,7 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k, const uint8_
                 acc[r][t] = vf_fma(wv[r], av, acc[r][t]);
         }
     }
-    TILE_UNROLL
-    for (int r = 0; r < R; r++) {
-        TILE_UNROLL
-        for (int t = 0; t < T; t++)
-            y[(size_t)t * y_stride + r] = vf_hsum(acc[r][t]);
-    }
+    TILE_ACC_STORE(acc, R, T, y, y_stride, vf_hsum);
 }
 
 /* Defines a kn_tile_fn `name` over a micro-kernel
