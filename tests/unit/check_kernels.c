@@ -753,52 +753,16 @@ static const kn_impl *simd_impl(int which)
     return s;
 }
 
-/* Same weight rows, same (reference-converted) activations: the SIMD dot (a
- * 1 x 1 tile) may differ from the reference only by f32 summation order. */
-START_TEST(test_simd_vec_dot)
-{
-    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
-    if (!simd)
-        return;
-    const int type = weight_types[_i % N_WEIGHT_TYPES];
-    const int act = kn_act_of(type);
-    for (int mult = 1; mult <= 7; mult += 2) {
-        const int64_t k = odd_k(type, mult), n = 5;
-        tensor w;
-        void *wd = random_weights(type, k, n, &w);
-        float *x = random_f32(k, -2.0f, 2.0f);
-        float *wf = malloc((size_t)k * sizeof *wf);
-        uint8_t *qa = malloc(kn_act_row_size(act, k) + 1);
-        const void *arow = x;
-        if (act != KN_ACT_F32) {
-            kn_ref_impl.from_float[act](x, qa, k);
-            arow = qa;
-        }
-        for (int64_t o = 0; o < n; o++) {
-            dequantize_row(type, tensor_row(&w, o), wf, k);
-            double mag = 0.0;
-            for (int64_t i = 0; i < k; i++)
-                mag += fabs((double)wf[i] * x[i]);
-            float r = kn_ref_impl.vec_dot[type](k, tensor_row(&w, o), arow);
-            float v;
-            simd->tile[type](k, tensor_row(&w, o), 0, 1, arow, 0, 1, &v, 0);
-            ck_assert_msg(fabs(r - v) <= 2e-6 * mag + 1e-7, "%s k=%lld row %lld: simd %.9g ref %.9g",
-                          dtype_get(type)->name, (long long)k, (long long)o, v, r);
-        }
-        free(qa);
-        free(wf);
-        free(x);
-        free(wd);
-    }
-}
-END_TEST
-
-/* Batch invariance of the tiles: every (row, token) result of a tile of
- * n_rows x n_tok equals the 1 x 1 tile of that pair bit for bit, for row and
- * token counts that leave every kind of remainder of the micro-kernels
- * (4 x 4 and 8 x 1 on AVX-512, 2 x 4 and 4 x 1 on AVX2), and row widths with
- * a tail shorter than a vector. */
-START_TEST(test_simd_tile_invariant)
+/* The tiles on the same weight rows and the same (reference-converted)
+ * activations:
+ *   - a 1 x 1 tile (the SIMD one-token dot) may differ from the reference
+ *     dot only by f32 summation order;
+ *   - batch invariance: every (row, token) result of a tile of n_rows x
+ *     n_tok equals the 1 x 1 tile of that pair bit for bit, for row and token
+ *     counts that leave every kind of remainder of the micro-kernels (4 x 4
+ *     and 8 x 1 on AVX-512, 2 x 4 and 4 x 1 on AVX2, ...), tiles that do not
+ *     start at row 0, and row widths with a tail shorter than a vector. */
+START_TEST(test_simd_tile)
 {
     const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
@@ -807,23 +771,34 @@ START_TEST(test_simd_tile_invariant)
     ck_assert_ptr_nonnull(simd->tile[type]);
     const int act = kn_act_of(type);
     const int64_t n_rows = 19, max_tok = 11;
-    for (int mult = 1; mult <= 7; mult += 3) {
+    for (int mult = 1; mult <= 7; mult += 2) {
         const int64_t k = odd_k(type, mult);
         const size_t row = kn_act_row_size(act, k), w_row = dtype_row_size(type, k);
         tensor w;
         void *wd = random_weights(type, k, n_rows, &w);
         float *x = random_f32(max_tok * k, -2.0f, 2.0f);
+        float *wf = malloc((size_t)k * sizeof *wf);
         uint8_t *qa = malloc(max_tok * row);
         float *y = malloc((size_t)(max_tok * n_rows) * sizeof *y);
         for (int64_t t = 0; t < max_tok; t++) {
             if (act == KN_ACT_F32)
                 memcpy(qa + t * row, x + t * k, row);
             else
-                simd->from_float[act](x + t * k, qa + t * row, k);
+                kn_ref_impl.from_float[act](x + t * k, qa + t * row, k);
         }
-        for (int64_t nr = 1; nr <= n_rows; nr += 3)
+        for (int64_t o = 0; o < n_rows; o++) {
+            dequantize_row(type, tensor_row(&w, o), wf, k);
+            double mag = 0.0;
+            for (int64_t i = 0; i < k; i++)
+                mag += fabs((double)wf[i] * x[i]);
+            float r = kn_ref_impl.vec_dot[type](k, tensor_row(&w, o), qa);
+            float v;
+            simd->tile[type](k, tensor_row(&w, o), 0, 1, qa, 0, 1, &v, 0);
+            ck_assert_msg(fabs(r - v) <= 2e-6 * mag + 1e-7, "%s k=%lld row %lld: simd %.9g ref %.9g",
+                          dtype_get(type)->name, (long long)k, (long long)o, v, r);
+        }
+        for (int64_t nr = 1; nr < n_rows; nr += 3)
             for (int64_t nt = 1; nt <= max_tok; nt++) {
-                /* rows [1, 1 + nr): a tile need not start at row 0 */
                 simd->tile[type](k, (const uint8_t *)wd + w_row, w_row, nr, qa, row, nt, y, (size_t)nr);
                 for (int64_t t = 0; t < nt; t++)
                     for (int64_t o = 0; o < nr; o++) {
@@ -837,44 +812,10 @@ START_TEST(test_simd_tile_invariant)
             }
         free(y);
         free(qa);
+        free(wf);
         free(x);
         free(wd);
     }
-}
-END_TEST
-
-/* The same through the whole invariant matmul (conversion, pool, parts,
- * token blocks and row tiles): a token's row of the result is the same bits
- * whatever the number of tokens and threads, with more tokens than a token
- * block and more rows than a row tile. */
-START_TEST(test_simd_matmul_invariant)
-{
-    const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
-    if (!simd)
-        return;
-    const int type = weight_types[_i % N_WEIGHT_TYPES];
-    const int64_t k = odd_k(type, 3), n = 77, max_tok = 70;
-    ck_assert_int_eq(kernels_reserve(max_tok * k, NULL), 0);
-    tensor w;
-    void *wd = random_weights(type, k, n, &w);
-    float *x = random_f32(max_tok * k, -1.0f, 1.0f);
-    float *y1 = malloc((size_t)(max_tok * n) * sizeof *y1), *y = malloc((size_t)(max_tok * n) * sizeof *y);
-    for (int64_t t = 0; t < max_tok; t++)
-        kn_matmul_invariant_impl(simd, NULL, &w, x + t * k, 1, y1 + t * n);
-    for (int nth = 1; nth <= 3; nth += 2) {
-        threadpool *tp;
-        ck_assert_int_eq(threadpool_create(nth, &tp, NULL), 0);
-        for (int64_t n_tok = 2; n_tok <= max_tok; n_tok += n_tok < 10 ? 1 : 30) {
-            kn_matmul_invariant_impl(simd, tp, &w, x, n_tok, y);
-            ck_assert_msg(memcmp(y, y1, (size_t)(n_tok * n) * sizeof *y) == 0, "%s: %lld tokens, %d threads",
-                          dtype_get(type)->name, (long long)n_tok, nth);
-        }
-        threadpool_free(tp);
-    }
-    free(y);
-    free(y1);
-    free(x);
-    free(wd);
 }
 END_TEST
 
@@ -950,31 +891,38 @@ START_TEST(test_simd_act_conversion)
 END_TEST
 
 /* The whole SIMD matmul (SIMD conversion + dots, threaded) against
- * dequantise-then-dot, for n_tok 1..17 and an odd number of rows. */
+ * dequantise-then-dot, for n_tok 1..17 and 60, with more rows than a row
+ * tile. And batch invariance through the whole invariant matmul
+ * (conversion, pool, parts, token blocks, row tiles, passes over a scratch
+ * too small for all tokens): a token's row of the result is the same bits
+ * as that token alone, whatever the number of tokens. */
 START_TEST(test_simd_matmul)
 {
     const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
     if (!simd)
         return;
     const int type = weight_types[_i % N_WEIGHT_TYPES];
-    const int64_t k = odd_k(type, 3), n = 13;
+    const int64_t k = odd_k(type, 3), n = 77, max_tok = 70;
     /* Room for the sgemm path (F32 from 8 tokens, F16/BF16 from 48): 50
      * rounded rows plus 64-row f32 weight panels for each of 3 threads. */
     ck_assert_int_eq(kernels_reserve((50 + 3 * 64) * k, NULL), 0);
     tensor w;
     void *wd = random_weights(type, k, n, &w);
-    float *x = random_f32(60 * k, -1.0f, 1.0f);
-    float *y = malloc(60 * (size_t)n * sizeof *y);
+    float *x = random_f32(max_tok * k, -1.0f, 1.0f);
+    float *y = malloc((size_t)(max_tok * n) * sizeof *y), *y1 = malloc((size_t)(max_tok * n) * sizeof *y1);
+    for (int64_t t = 0; t < max_tok; t++)
+        kn_matmul_invariant_impl(simd, NULL, &w, x + t * k, 1, y1 + t * n);
     threadpool *tp;
     ck_assert_int_eq(threadpool_create(3, &tp, NULL), 0);
-    for (int64_t n_tok = 1; n_tok <= 17; n_tok++) {
+    for (int64_t n_tok = 1; n_tok <= max_tok; n_tok += n_tok < 17 ? 1 : n_tok < 60 ? 43 : 10) {
         kn_matmul_impl(simd, tp, &w, x, n_tok, y);
         check_against_dequant(&w, x, n_tok, y);
+        kn_matmul_invariant_impl(simd, tp, &w, x, n_tok, y);
+        ck_assert_msg(memcmp(y, y1, (size_t)(n_tok * n) * sizeof *y) == 0, "%s: %lld tokens not invariant",
+                      dtype_get(type)->name, (long long)n_tok);
     }
-    /* 60 tokens with scratch for 50 (+ panels): two sgemm passes for the halves. */
-    kn_matmul_impl(simd, tp, &w, x, 60, y);
-    check_against_dequant(&w, x, 60, y);
     threadpool_free(tp);
+    free(y1);
     free(y);
     free(x);
     free(wd);
@@ -1484,9 +1432,7 @@ Suite *kernels_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("simd");
-    tcase_add_loop_test(tc, test_simd_vec_dot, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
-    tcase_add_loop_test(tc, test_simd_tile_invariant, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
-    tcase_add_loop_test(tc, test_simd_matmul_invariant, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_simd_tile, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
     tcase_add_loop_test(tc, test_simd_act_conversion, 0, N_SIMD_TABLES);
     tcase_add_loop_test(tc, test_simd_matmul, 0, N_SIMD_TABLES * N_WEIGHT_TYPES);
     tcase_add_loop_test(tc, test_simd_matmul_small_panels, 0, N_SIMD_TABLES);
