@@ -447,8 +447,12 @@ test('a client hanging up while waiting for a non-streaming answer cancels it', 
 test('a full queue answers 429 with Retry-After; queued streams get SSE comments; a queued client that leaves frees its place at once',
   { timeout: 60000 }, async () => {
   // one sequence at a time: the long stream's first choice runs and its 7 others wait,
-  // so the second request takes the queue's last place
-  const small = await startServer(SERVER_ARGS.concat(['--queue-size', '8', '--parallel', '1']));
+  // so the second request takes the queue's last place. The model is a wider one
+  // (server-slow, ~2 ms a token here): on the tiny model a 1500-token choice ended
+  // in well under a second on an idle machine, freeing a place before the 429 check.
+  const slowArgs = ['--model', fixture('server-slow.gguf'), '--mmproj', fixture('server-slow-mmproj.gguf')];
+  assert.deepEqual(SERVER_ARGS.slice(0, 4), ['--model', MODEL, '--mmproj', MMPROJ]);
+  const small = await startServer(slowArgs.concat(SERVER_ARGS.slice(4), ['--queue-size', '8', '--parallel', '1']));
   try {
     const running = await longStream(small.base);
     await waitMetrics(small.base, (t) => metric(t, 'glimpse_running') === 1 && metric(t, 'glimpse_queue_depth') === 7);
