@@ -18,6 +18,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -736,18 +737,48 @@ int http_port(const http_server *s) { return s->port; }
 
 void http_set_model(http_server *s, glimpse_model *m) { atomic_store(&s->model, m); }
 
+/* Hands the connections waiting in the quiesced listener's backlog to MHD.
+ * Their handshake is complete and a client (a load balancer) may already have
+ * sent its request on them; shutting the listener down would reset them after
+ * the request was sent, and nginx does not resend a POST that reached a
+ * replica: the client would get a 502. They reached this replica, so they are
+ * served like the connections accepted before the drain. */
+static void adopt_backlog(http_server *s)
+{
+    int fl = fcntl(s->listen_fd, F_GETFL);
+    if (fl < 0 || fcntl(s->listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return;
+    for (;;) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof addr;
+        int fd = accept(s->listen_fd, (struct sockaddr *)&addr, &len);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* EAGAIN: the backlog is empty (or the listener failed: nothing to adopt) */
+        }
+        /* MHD closes fd itself when it cannot take the connection */
+        if (MHD_add_connection(s->d, fd, (struct sockaddr *)&addr, len) != MHD_YES)
+            slog(GLIMPSE_LOG_WARN, "http: a connection from the backlog could not be served while draining");
+    }
+}
+
 void http_drain(http_server *s)
 {
     atomic_store(&s->draining, 1);
     if (s->listen_fd != MHD_INVALID_SOCKET)
         return;
     /* MHD stops accepting, but the socket would still complete handshakes into
-     * its backlog; shutting it down makes the kernel refuse new connections
-     * at once. It is closed only after MHD_stop_daemon, when MHD's polling
-     * thread has certainly let go of it. */
+     * its backlog: the connections already there are adopted, then shutting
+     * the socket down makes the kernel refuse new connections at once (nginx
+     * retries a refused connection on another replica). It is closed only
+     * after MHD_stop_daemon, when MHD's polling thread has certainly let go
+     * of it. */
     s->listen_fd = MHD_quiesce_daemon(s->d);
-    if (s->listen_fd != MHD_INVALID_SOCKET)
+    if (s->listen_fd != MHD_INVALID_SOCKET) {
+        adopt_backlog(s);
         shutdown(s->listen_fd, SHUT_RDWR);
+    }
 }
 
 long http_in_flight(http_server *s) { return atomic_load(&s->in_flight); }
