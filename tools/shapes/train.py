@@ -39,7 +39,7 @@ def lr_at(step, args):
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def losses(net, batch, aux_weight):
+def losses(net, batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, aux = net(batch["ids"], batch["img_pos"], batch["images"])
     lm = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt"].flatten(), ignore_index=-100)
@@ -62,7 +62,7 @@ def evaluate(net, val_batches):
     net.eval()
     right, total = {}, {}
     for batch in val_batches:
-        _, _, logits = losses(net, batch, 0.0)
+        _, _, logits = losses(net, batch)
         pred = logits.float().argmax(-1)
         mask = batch["tgt"] != -100
         ok = ((pred == batch["tgt"]) | ~mask).all(dim=1)
@@ -137,7 +137,7 @@ def main(argv=None):
         t_wait += time.time() - tw
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        lm, la, _ = losses(net, batch, args.aux_weight)
+        lm, la, _ = losses(net, batch)
         loss = lm + args.aux_weight * la
         opt.zero_grad(set_to_none=True)
         loss.backward()
