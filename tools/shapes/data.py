@@ -106,26 +106,34 @@ class Prompter:
 KIND_WEIGHTS = {"count": 0.15, "color": 0.15, "shape": 0.15, "yesno": 0.30, "describe": 0.25}
 
 
-def make_example(rng, prompter, cfg, kind_weights=KIND_WEIGHTS, hard_prob=0.5, alt_user=0.1):
-    """One training example drawn from rng: dict with ids (prompt+answer),
-    n_prompt, tile [3,S,S], overview [3,S,S], aux labels, kind."""
+def make_example(rng, prompter, cfg, n_questions=1, kind_weights=KIND_WEIGHTS, hard_prob=0.5, alt_user=0.1):
+    """One training image drawn from rng with n_questions different questions
+    about it: dict with tile, overview [3,S,S], aux labels, and seqs, a list of
+    dicts with ids (prompt+answer), n_prompt and kind. The questions of one
+    image share its vision pass in training, which is most of a step's compute."""
     scene = sc.sample_scene(rng, hard_prob=hard_prob)
-    kind, q, a = sc.ask_any(scene, rng, kind_weights)
     img = sc.render(scene)
     pre = pp.preprocess(img, cfg.image_size, cfg.image_size)
     assert pre["grid"] == (1, 1), "a %dx%d image gave more than one tile" % (scene["w"], scene["h"])
-    # The fallback template of llama.cpp writes "User: " (with a space); a few
-    # such prompts make the model indifferent to it.
-    user = "User: " if rng.random() < alt_user else "User:"
-    prompt = prompter.prompt(q, pre["grid"], cfg.tokens_per_image, user)
+    seqs, asked = [], set()
+    for _ in range(4 * n_questions):   # count and describe can be asked once per image
+        if len(seqs) == n_questions:
+            break
+        kind, q, a = sc.ask_any(scene, rng, kind_weights)
+        # The fallback template of llama.cpp writes "User: " (with a space); a few
+        # such prompts make the model indifferent to it.
+        user = "User: " if rng.random() < alt_user else "User:"
+        if q in asked:
+            continue
+        asked.add(q)
+        prompt = prompter.prompt(q, pre["grid"], cfg.tokens_per_image, user)
+        seqs.append(dict(ids=prompt + prompter.answer(a), n_prompt=len(prompt), kind=kind))
     (tx, ty), (vx, vy) = pp.patch_points(scene["w"], scene["h"], pre, cfg.image_size, cfg.patch_size, AUX_SUB)
     ts, tc = sc.label_maps(scene, tx, ty)
     vs, vc = sc.label_maps(scene, vx, vy)
-    return dict(ids=prompt + prompter.answer(a), n_prompt=len(prompt),
-                tile=pre["tiles"][0], overview=pre["overview"],
+    return dict(seqs=seqs, tile=pre["tiles"][0], overview=pre["overview"],
                 aux_shape=np.stack([_patch_label(ts, 4), _patch_label(vs, 4)]),
-                aux_color=np.stack([_patch_label(tc, 8), _patch_label(vc, 8)]),
-                kind=kind)
+                aux_color=np.stack([_patch_label(tc, 8), _patch_label(vc, 8)]))
 
 
 AUX_SUB = 4   # label points per patch side
@@ -143,45 +151,48 @@ def _patch_label(points, n_classes):
 
 
 def collate(examples, pad_id):
-    """Batch tensors: ids [B,T] (image slots and padding hold pad_id), img_pos
-    [B,K], targets [B,T] (-100 except the answer), images [B,2,3,S,S], aux
-    labels [B*2, G*G] each, kinds list."""
-    B = len(examples)
-    T = max(len(e["ids"]) for e in examples)
+    """Batch tensors over the B sequences of the N images: ids [B,T] (image
+    slots and padding hold pad_id), img_pos [B,K], targets [B,T] (-100 except
+    the answer), img_index [B] (the image of each sequence), images
+    [N,2,3,S,S], aux labels [N*2, G*G] each, kinds list [B]."""
+    seqs = [(i, q) for i, e in enumerate(examples) for q in e["seqs"]]
+    B = len(seqs)
+    T = max(len(q["ids"]) for _, q in seqs)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     tgt = torch.full((B, T), -100, dtype=torch.long)
     img_pos = []
-    for b, e in enumerate(examples):
-        seq = torch.tensor(e["ids"], dtype=torch.long)
-        slots = (seq == IMG).nonzero().flatten()
-        img_pos.append(slots)
+    for b, (_, q) in enumerate(seqs):
+        seq = torch.tensor(q["ids"], dtype=torch.long)
+        img_pos.append((seq == IMG).nonzero().flatten())
         seq = torch.where(seq == IMG, torch.full_like(seq, pad_id), seq)
         ids[b, :len(seq)] = seq
-        n = e["n_prompt"]
+        n = q["n_prompt"]
         tgt[b, n - 1:len(seq) - 1] = seq[n:]   # position t predicts token t+1
     images = torch.from_numpy(np.stack([np.stack([e["tile"], e["overview"]]) for e in examples]))
     return dict(ids=ids, tgt=tgt, img_pos=torch.stack(img_pos), images=images,
+                img_index=torch.tensor([i for i, _ in seqs], dtype=torch.long),
                 aux_shape=torch.from_numpy(np.concatenate([e["aux_shape"] for e in examples])),
                 aux_color=torch.from_numpy(np.concatenate([e["aux_color"] for e in examples])),
-                kinds=[e["kind"] for e in examples])
+                kinds=[q["kind"] for _, q in seqs])
 
 
-def make_batch(seed, index, batch_size, prompter, cfg, **kw):
+def make_batch(seed, index, n_images, prompter, cfg, **kw):
     """Batch number `index` of the stream with this seed: the same whatever
     process or resume point produces it."""
     rng = np.random.default_rng([seed, index])
-    return collate([make_example(rng, prompter, cfg, **kw) for _ in range(batch_size)], prompter.pad)
+    return collate([make_example(rng, prompter, cfg, **kw) for _ in range(n_images)], prompter.pad)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
     """Batches start, start+1, ... of a seed (for a DataLoader worker)."""
 
-    def __init__(self, seed, start, batch_size, tok, cfg):
-        self.seed, self.start, self.batch_size, self.tok, self.cfg = seed, start, batch_size, tok, cfg
+    def __init__(self, seed, start, n_images, n_questions, tok, cfg):
+        self.seed, self.start, self.n_images, self.n_questions = seed, start, n_images, n_questions
+        self.tok, self.cfg = tok, cfg
 
     def __iter__(self):
         prompter = Prompter(self.tok)
         i = self.start
         while True:
-            yield make_batch(self.seed, i, self.batch_size, prompter, self.cfg)
+            yield make_batch(self.seed, i, self.n_images, prompter, self.cfg, n_questions=self.n_questions)
             i += 1

@@ -184,14 +184,16 @@ class ShapesVLM(nn.Module):
         f = self.vision.features(images)
         return self.vision.connect(f), f
 
-    def forward(self, ids, img_pos, images):
+    def forward(self, ids, img_pos, images, img_index):
         """ids [B, T] token ids (image slots hold any valid id); img_pos [B, K]
-        the sequence positions of the K image embeddings per example, in the
-        order of images [B, n_img, 3, S, S] flattened (tiles first, overview
-        last). Returns (logits [B, T, vocab], aux logits [B*n_img, G*G, 12])."""
-        B = ids.shape[0]
+        the sequence positions of the K image embeddings of each sequence, in
+        the order of images [N, n_img, 3, S, S] flattened (tiles first,
+        overview last); img_index [B] the image (0..N-1) of each sequence.
+        Returns (logits [B, T, vocab], aux logits [N*n_img, G*G, 12])."""
+        N = images.shape[0]
         emb, feat = self.image_embeddings(images.flatten(0, 1))
-        return self.decode(ids, img_pos, emb.reshape(B, -1, self.c.t_dim)), self.aux(feat)
+        emb = emb.reshape(N, -1, self.c.t_dim)[img_index]
+        return self.decode(ids, img_pos, emb), self.aux(feat)
 
     def decode(self, ids, img_pos, emb):
         """Logits [B, T, vocab] of ids [B, T] with image embeddings emb [B, K, D]

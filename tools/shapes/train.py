@@ -41,7 +41,7 @@ def lr_at(step, args):
 
 def losses(net, batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, aux = net(batch["ids"], batch["img_pos"], batch["images"])
+        logits, aux = net(batch["ids"], batch["img_pos"], batch["images"], batch["img_index"])
     lm = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt"].flatten(), ignore_index=-100)
     # Per-patch shape and colour cross-entropy, averaged over shape patches and
     # over background patches separately: shape patches are about 11 % of all,
@@ -78,8 +78,9 @@ def main(argv=None):
     ap.add_argument("--ckpt", default="/work/ckpt/shapes", help="checkpoint directory")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=3200)
-    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--images", type=int, default=16, help="images per batch")
+    ap.add_argument("--questions", type=int, default=6, help="different questions per image")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--aux-weight", type=float, default=1.0)
@@ -114,7 +115,7 @@ def main(argv=None):
 
     prompter = data.Prompter(tok)
     val = [data.make_batch(VAL_SEED, i, 128, prompter, cfg) for i in range(args.val_size // 128)]
-    loader = torch.utils.data.DataLoader(data.BatchStream(args.seed, step, args.batch, tok, cfg),
+    loader = torch.utils.data.DataLoader(data.BatchStream(args.seed, step, args.images, args.questions, tok, cfg),
                                          batch_size=None, num_workers=1, prefetch_factor=4)
 
     def save():
