@@ -4,16 +4,17 @@
  * Each step of the engine thread:
  *   1. drops cancelled jobs (their KV blocks return to the pool);
  *   2. admits waiting jobs in FIFO order while a sequence slot is free and
- *      the pool has blocks for the job's prompt plus one block to grow: the
- *      prefix cache attaches the full blocks it already holds, and the image
- *      cache the embeddings of images it has seen;
+ *      the pool has blocks for the job's prompt plus its first token: the
+ *      prefix cache attaches the full blocks it already holds, the rest are
+ *      taken from the pool at once (before any image of the job is encoded),
+ *      and the image cache attaches the embeddings of images it has seen;
  *   3. encodes pending image tiles of admitted jobs, oldest job first: one
  *      ViT layer per step while other sequences decode, so that they keep
  *      streaming (a tile is carried over from step to step in the vision
- *      encoder), and up to STEP_TILES_IDLE whole tiles otherwise;
+ *      encoder), and one whole tile otherwise;
  *   4. builds one batch: one entry for every decoding sequence, then prompt
  *      chunks of the prefilling ones, oldest first, up to the step's token
- *      budget, and at most STEP_PROMPT_BUSY positions while sequences decode
+ *      budget, and at most prompt_busy positions while sequences decode
  *      (so a long prompt takes several steps and holds back the running
  *      streams by a bounded time); reserves KV positions, preempting the
  *      newest job when the pool is out of blocks (it goes back to the head
@@ -44,17 +45,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Image tiles encoded per step when no sequence is waiting for a token. */
-#define STEP_TILES_IDLE 4
-/* ViT layers encoded per step while sequences decode: one layer of a
- * 512-pixel SigLIP tile is ~0.3 s on two cores, the bound this puts on
- * their inter-token latency (a whole tile, 12 layers, would be ~3.6 s). */
+/* ViT layers encoded per step while sequences decode: the smallest unit of
+ * encoder work, and so the bound it puts on their inter-token latency (one
+ * layer of a 512-pixel SigLIP tile is ~0.3 s on two cores, a whole tile of
+ * 12 layers ~3.6 s). With nothing decoding a step encodes one whole tile:
+ * a request that arrives meanwhile waits at most that long to be admitted. */
 #define STEP_LAYERS_BUSY 1
-/* Prompt positions evaluated per step while sequences decode: 64 positions
- * of SmolVLM-256M's text model take about as long as one such ViT layer (a
- * full 256-position budget would hold the streams ~4x as long); the weights
- * read once more per 64 positions cost little beside their arithmetic. */
-#define STEP_PROMPT_BUSY 64
 
 /* Histogram bucket bounds. */
 static const double time_bounds[GLIMPSE_HIST_N] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -163,6 +159,7 @@ struct scheduler {
     bool stop, draining;
     job_list waiting, running;
     img_cache ic;
+    int prompt_busy;          /* prompt positions per step while sequences decode */
     dec_entry *batch;         /* [step_tokens] entries of a pass */
     glimpse_job **jobs;       /* [n_parallel] the running jobs of a step */
     glimpse_stats st;         /* counters (running/waiting/kv filled in by stats_get) */
@@ -364,8 +361,11 @@ static void admit(scheduler *s)
         int n_attach = (j->n_total - 1) / SCHED_KV_BLOCK;
         hash_blocks(j, n_attach);
         int got = kv_seq_attach_prefix(m->kv, seq, j->block_hash, n_attach);
-        int need = (j->n_total + 1 + SCHED_KV_BLOCK - 1) / SCHED_KV_BLOCK - got;
-        if (kv_cache_free_blocks(m->kv) < need) {
+        /* The blocks of the whole prompt and of the first sampled token are
+         * taken now, before the job's images are encoded: a job never spends
+         * seconds in the vision encoder and then finds no KV room, and jobs
+         * admitted together cannot count the same free blocks. */
+        if (kv_seq_reserve(m->kv, seq, (int64_t)j->n_total + 1, NULL) < 0) {
             kv_seq_close(m->kv, seq);
             return; /* FIFO: nobody overtakes the head */
         }
@@ -464,8 +464,8 @@ static int plan_step(scheduler *s)
     for (glimpse_job *j = s->running.head; j; j = j->next)
         n_decode += j->state == JOB_RUNNING && j->n_total - j->n_computed == 1;
     int budget = s->p.step_tokens - n_decode, n = 0;
-    if (n_decode > 0 && budget > STEP_PROMPT_BUSY)
-        budget = STEP_PROMPT_BUSY;
+    if (n_decode > 0 && budget > s->prompt_busy)
+        budget = s->prompt_busy;
     for (glimpse_job *j = s->running.head, *next; j; j = next) {
         next = j->next;
         j->take = 0;
@@ -589,8 +589,7 @@ static void *engine_main(void *arg)
         if (n_encoding > 0) {
             pthread_mutex_unlock(&s->lock);
             const int n_layer = vision_get_hparams(s->m->vision)->n_layer_run;
-            encode_tiles(s, jobs, n_jobs,
-                         n_decoding > 0 ? STEP_LAYERS_BUSY : STEP_TILES_IDLE * (n_layer > 0 ? n_layer : 1));
+            encode_tiles(s, jobs, n_jobs, n_decoding > 0 ? STEP_LAYERS_BUSY : n_layer > 0 ? n_layer : 1);
             pthread_mutex_lock(&s->lock);
             for (int k = 0; k < n_jobs; k++) {
                 glimpse_job *j = jobs[k];
@@ -625,6 +624,39 @@ static void *engine_main(void *arg)
 
 /* ---- creation ------------------------------------------------------------------ */
 
+/* Multiply-adds of one ViT layer on one tile: the four attention
+ * projections and the MLP on every row, then QK^T and AV. */
+static double vit_layer_macs(const vision_hparams *hp)
+{
+    const double n = hp->n_pos, c = hp->n_embd;
+    return n * (4 * c * c + 2 * c * hp->n_ff) + 2 * n * n * c;
+}
+
+/* Multiply-adds of one prompt position through the text model's weights
+ * (the attention over earlier positions, which grows along the prompt, is
+ * left out: it is a third of the weights' cost at 1000 positions of
+ * SmolVLM-256M). */
+static double text_pos_macs(const text_config *c)
+{
+    const double d = c->n_embd, q = (double)c->n_head * c->head_dim, kv = (double)c->n_head_kv * c->head_dim;
+    return c->n_layer * (d * (2 * q + 2 * kv) + 3 * d * c->n_ff);
+}
+
+/* Prompt positions per step while sequences decode. With a vision tower,
+ * as many as cost one ViT layer (STEP_LAYERS_BUSY), so that a stream's
+ * step takes about as long whether another request is being encoded or
+ * prefilled: 84 positions for SmolVLM-256M, 16 (one block, the floor) for
+ * the test models. A text-only model has no such unit: a quarter of the
+ * step budget (64 of the default 256). */
+static int prompt_busy_of(const glimpse_model *m, int step_tokens)
+{
+    double n = m->vision ? ceil(vit_layer_macs(vision_get_hparams(m->vision)) / text_pos_macs(&m->text.cfg))
+                         : step_tokens / 4;
+    if (n < SCHED_KV_BLOCK)
+        n = SCHED_KV_BLOCK;
+    return n < step_tokens ? (int)n : step_tokens;
+}
+
 int scheduler_create(glimpse_model *m, const sched_params *p, scheduler **out, glimpse_err *err)
 {
     *out = NULL;
@@ -634,6 +666,7 @@ int scheduler_create(glimpse_model *m, const sched_params *p, scheduler **out, g
     s->m = m;
     s->p = *p;
     s->ic.cap = p->image_cache_bytes;
+    s->prompt_busy = prompt_busy_of(m, p->step_tokens);
     hist_init(&s->st.batch_size, size_bounds);
     hist_init(&s->st.ttft_s, time_bounds);
     hist_init(&s->st.itl_s, time_bounds);
@@ -654,6 +687,9 @@ int scheduler_create(glimpse_model *m, const sched_params *p, scheduler **out, g
         return err_set(err, GLIMPSE_ENOMEM, "scheduler: cannot start the engine thread");
     }
     s->thread_ok = true;
+    LOG_INFO("scheduler: %d sequences, queue %d, %d positions a step, %d prompt positions a step while "
+             "sequences decode",
+             p->n_parallel, p->max_queue, p->step_tokens, s->prompt_busy);
     *out = s;
     return 0;
 }

@@ -16,6 +16,7 @@
  * step.
  */
 #include "glimpse.h"
+#include "kvcache.h"
 #include "media.h"
 #include "model.h"
 #include "vision.h"
@@ -23,6 +24,7 @@
 #include "testutil.h"
 
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -452,7 +454,9 @@ END_TEST
 
 /* ---- images ------------------------------------------------------------------ */
 
-static glimpse_model *load_vlm(int n_parallel)
+/* The VLM with n_ctx positions per request and a KV pool of kv_mb MiB (0:
+ * the defaults). */
+static glimpse_model *load_vlm_pool(int n_parallel, int n_ctx, int kv_mb)
 {
     glimpse_model_params p;
     glimpse_model_params_default(&p);
@@ -464,11 +468,15 @@ static glimpse_model *load_vlm(int n_parallel)
     p.n_threads = 2;
     p.n_parallel = n_parallel;
     p.n_batch = 32;
+    p.n_ctx = n_ctx;
+    p.kv_cache_mb = kv_mb;
     glimpse_model *m;
     glimpse_err err = { 0 };
     ck_assert_msg(glimpse_model_load(&p, &m, &err) == 0, "%s", err.msg);
     return m;
 }
+
+static glimpse_model *load_vlm(int n_parallel) { return load_vlm_pool(n_parallel, 0, 0); }
 
 static glimpse_image *test_image(const glimpse_model *m)
 {
@@ -585,8 +593,10 @@ START_TEST(image_in_layers_beside_a_stream)
     assert_same(&want, &got, "image encoded in layers", 0);
     /* steps from B's admission to its first token: one per layer (the last
      * one also runs B's first prompt chunk), then the other chunks of at
-     * most 31 positions beside A's token */
-    int chunks = (res_b.prompt_tokens + 30) / 31;
+     * most 16 positions beside A's token (a layer of this tiny ViT costs
+     * less than one prompt position, so the busy prompt cap is its floor,
+     * one KV block, not the step's 31) */
+    int chunks = (res_b.prompt_tokens + 15) / 16;
     int steps = n_tiles * n_layer + chunks - 1;
     ck_assert_msg(atomic_load(&a_tokens_at_b_first) - 1 >= steps,
                   "A got %d tokens while B's %d tiles of %d layers were encoded and its %d positions prefilled "
@@ -621,7 +631,8 @@ START_TEST(cancel_while_encoding)
     while (atomic_load(&a_tokens) < 2) /* the step that admitted B and ran its first layer */
         usleep(1000);
     glimpse_stats_get(m, &s1);
-    ck_assert_int_eq(s1.running, 2); /* B holds a sequence slot (its blocks are reserved at its prefill) */
+    ck_assert_int_eq(s1.running, 2); /* B holds a sequence slot and its prompt's blocks */
+    ck_assert(s1.kv_usage > s0.kv_usage);
     glimpse_job_cancel(jb);
     atomic_store(&a_release, 2); /* the next step drops B; A then holds in its third token */
     ck_assert_int_eq(glimpse_job_wait(jb, &res, &err), GLIMPSE_ECANCELED);
@@ -647,6 +658,82 @@ START_TEST(cancel_while_encoding)
 }
 END_TEST
 
+/* Blocks held by sequences, from the usage ratio. */
+static int kv_used(const glimpse_model *m)
+{
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    return (int)lround(st.kv_usage * st.kv_blocks);
+}
+
+START_TEST(admission_holds_prompt_blocks)
+{
+    /* The pool is left with room for A's block, one image request and one
+     * block less than a second. B and C (the same question) arrive while A
+     * streams: B is admitted and holds its whole prompt's blocks from its
+     * first ViT layer on; C would fit the blocks B has not filled yet, but
+     * waits instead of encoding a picture it could not prefill. Cancelling
+     * B, half encoded, gives its blocks back and admits C, which answers
+     * like the request alone; nobody is preempted. */
+    trace want, got_b, got_c;
+    glimpse_result res;
+    glimpse_err err = { 0 };
+    image_alone(&want, &res);
+    const int need = (res.prompt_tokens + 1 + 15) / 16; /* the prompt and the first token */
+
+    glimpse_model *m = load_vlm_pool(4, 4096, 1);
+    glimpse_stats st;
+    glimpse_stats_get(m, &st);
+    /* A sequence of the test's own takes the rest of the pool, before the
+     * engine has any work (it touches the pool only while it has jobs). */
+    int hog_seq, hog = st.kv_blocks - 1 - (2 * need - 1);
+    ck_assert_int_gt(hog, 0);
+    ck_assert_int_eq(kv_seq_open(m->kv, &hog_seq, &err), 0);
+    ck_assert_msg(kv_seq_reserve(m->kv, hog_seq, (int64_t)hog * 16, &err) == 0, "%s", err.msg);
+
+    glimpse_image *img = test_image(m);
+    glimpse_job *ja = start_a(m, 8), *jb, *jc;
+    ck_assert_int_eq(kv_used(m), hog + 1); /* A's prompt and first tokens fill one block */
+    image_req qb, qc;
+    image_request(&qb, img, on_token, &got_b);
+    image_request(&qc, img, on_token, &got_c);
+    ck_assert_int_eq(glimpse_submit(m, &qb.r, &jb, &err), 0);
+    ck_assert_int_eq(glimpse_submit(m, &qc.r, &jc, &err), 0);
+    atomic_store(&a_release, 1);
+    while (atomic_load(&a_tokens) < 2) /* the step that admitted B and ran its first layer */
+        usleep(1000);
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.running, 2);
+    ck_assert_int_eq(st.waiting, 1);
+    ck_assert_int_eq(kv_used(m), hog + 1 + need);
+    ck_assert(glimpse_job_waiting(jc));
+
+    glimpse_job_cancel(jb);
+    atomic_store(&a_release, 2); /* the next step drops B, admits C and runs its first layer */
+    while (atomic_load(&a_tokens) < 3)
+        usleep(1000);
+    ck_assert_int_eq(glimpse_job_wait(jb, &res, &err), GLIMPSE_ECANCELED);
+    ck_assert_int_eq(got_b.n, 0);
+    glimpse_stats_get(m, &st);
+    ck_assert_int_eq(st.running, 2);
+    ck_assert_int_eq(st.waiting, 0);
+    ck_assert_int_eq(kv_used(m), hog + 1 + need);
+
+    atomic_store(&a_release, INT_MAX);
+    ck_assert_int_eq(glimpse_job_wait(jc, &res, &err), 0);
+    assert_same(&want, &got_c, "image admitted after a cancelled one", 0);
+    ck_assert_int_eq(glimpse_job_wait(ja, &res, &err), 0);
+    glimpse_stats_get(m, &st);
+    ck_assert_uint_eq(st.preemptions, 0);
+    ck_assert_int_eq(kv_used(m), hog); /* everything else went back */
+    glimpse_job_free(ja);
+    glimpse_job_free(jb);
+    glimpse_job_free(jc);
+    glimpse_image_free(img);
+    glimpse_model_free(m);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -662,6 +749,7 @@ static Suite *suite(void)
     tcase_add_test(tc, image_cache_and_invariance);
     tcase_add_test(tc, image_in_layers_beside_a_stream);
     tcase_add_test(tc, cancel_while_encoding);
+    tcase_add_test(tc, admission_holds_prompt_blocks);
     suite_add_tcase(s, tc);
     return s;
 }
