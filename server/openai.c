@@ -523,6 +523,12 @@ static int parse_params(chat_req *cr, const cJSON *root, const chat_limits *lim,
         } else if (!strcmp(name, "n")) {
             if ((rc = want_int(k, name, 1, lim->max_n, &d, e)) == 0)
                 cr->n = (int)d;
+            /* Not a 429: such a request would never fit the queue, however long it waited. */
+            if (rc == 0 && lim->max_queue > 0 && cr->n > lim->max_queue)
+                return api_error_set(e, 400, name, "invalid_value",
+                                     "'n' = %d choices can never be queued: the server queues at most %d sequences "
+                                     "(--queue-size), one per choice",
+                                     cr->n, lim->max_queue);
         } else if (!strcmp(name, "stream")) {
             if ((rc = want_bool(k, name, &b, e)) == 0)
                 cr->stream = b;

@@ -42,6 +42,8 @@ typedef struct chat_limits {
     size_t max_images;           /* images per request */
     size_t max_prompt_bytes;     /* bytes of text over all messages */
     int max_n;                   /* choices per request */
+    int max_queue;               /* sequences the engine's queue holds (one per choice); a
+                                  * request of more choices can never be queued: 0 = no check */
     glimpse_image_limits image;  /* pixels per image, checked while decoding */
 } chat_limits;
 

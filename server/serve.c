@@ -57,7 +57,7 @@ static void engine_log(int level, const char *msg, void *user) { slog(level, "en
 typedef struct serve_opts {
     const char *model, *mmproj, *host, *api_key, *cors_origin, *model_name, *log_level;
     long port, threads, ctx, max_body_mb, max_connections, timeout, keepalive_ms, queue_size, max_images;
-    long max_image_pixels, max_prompt_bytes, max_n, shutdown_timeout, parallel, kv_cache_mb;
+    long max_image_pixels, max_prompt_bytes, max_n, shutdown_timeout, parallel, kv_cache_mb, batch;
 } serve_opts;
 
 enum opt_kind { OPT_STR, OPT_INT };
@@ -86,6 +86,8 @@ static const opt_def OPTS[] = {
     { "queue-size", I(queue_size, 1, 1 << 20), "64", "requests (choices) waiting for admission before 429" },
     { "parallel", I(parallel, 0, 256), "0 (4)", "requests generated together (continuous batching)" },
     { "kv-cache-mb", I(kv_cache_mb, 0, 1 << 24), "0 (ctx-size x parallel)", "KV cache pool in MiB, shared by all requests" },
+    { "batch-size", I(batch, 0, 65536), "0 (256)",
+      "positions per forward pass: a decode token per running sequence plus prompt chunks" },
     { "max-connections", I(max_connections, 1, 1 << 16), "256", "open HTTP connections" },
     { "timeout", I(timeout, 1, 86400), "120", "seconds an idle connection stays open" },
     { "max-body-mb", I(max_body_mb, 1, 4096), "32", "request body size in MiB (413 beyond)" },
@@ -290,7 +292,8 @@ int cmd_serve(int argc, char **argv)
         .model_id = name, .max_body = (size_t)o.max_body_mb << 20, .max_connections = (unsigned)o.max_connections,
         .timeout_s = (unsigned)o.timeout, .keepalive_ms = (int)o.keepalive_ms,
         .limits = { .max_images = (size_t)o.max_images, .max_prompt_bytes = (size_t)o.max_prompt_bytes,
-                    .max_n = (int)o.max_n, .image = { .max_pixels = o.max_image_pixels } },
+                    .max_n = (int)o.max_n, .max_queue = (int)o.queue_size,
+                    .image = { .max_pixels = o.max_image_pixels } },
     };
     if (metrics_create(&mx) < 0) {
         fprintf(stderr, "glimpse serve: out of memory\n");
@@ -311,6 +314,7 @@ int cmd_serve(int argc, char **argv)
     ec.mp.n_ctx = (int)o.ctx;
     ec.mp.n_parallel = (int)o.parallel;
     ec.mp.kv_cache_mb = (int)o.kv_cache_mb;
+    ec.mp.n_batch = (int)o.batch;
     ec.mp.max_queue = (int)o.queue_size;
     ec.http = http;
     if (pthread_create(&loader, NULL, load_main, &ec)) {

@@ -444,16 +444,24 @@ test('a client hanging up while waiting for a non-streaming answer cancels it', 
     && metric(t, 'glimpse_jobs_cancelled_total') > cancelled0 && metric(t, 'glimpse_requests_in_flight') === 0);
 });
 
-test('a full queue answers 429 with Retry-After; queued streams get SSE comments; a queued client that leaves frees its place at once',
-  { timeout: 60000 }, async () => {
+test('a full queue answers 429 with Retry-After; more choices than the queue holds, 400; queued streams get SSE comments; '
+  + 'a queued client that leaves frees its place at once', { timeout: 60000 }, async () => {
   // one sequence at a time: the long stream's first choice runs and its 7 others wait,
   // so the second request takes the queue's last place. The model is a wider one
   // (server-slow, ~2 ms a token here): on the tiny model a 1500-token choice ended
   // in well under a second on an idle machine, freeing a place before the 429 check.
   const slowArgs = ['--model', fixture('server-slow.gguf'), '--mmproj', fixture('server-slow-mmproj.gguf')];
   assert.deepEqual(SERVER_ARGS.slice(0, 4), ['--model', MODEL, '--mmproj', MMPROJ]);
-  const small = await startServer(slowArgs.concat(SERVER_ARGS.slice(4), ['--queue-size', '8', '--parallel', '1']));
+  const small = await startServer(slowArgs.concat(SERVER_ARGS.slice(4),
+    ['--queue-size', '8', '--parallel', '1', '--max-n', '16']));
   try {
+    // n = 9 needs 9 places of 8 even on an idle server: never 429 (retry), a 400 naming the limit
+    const tooMany = await request(small.base, 'POST', '/v1/chat/completions', json({ messages: MSG, max_tokens: 2, n: 9 }));
+    assert.equal(tooMany.status, 400, tooMany.text);
+    const tooManyErr = validateResponse('/v1/chat/completions', 'POST', tooMany).error;
+    assert.equal(tooManyErr.code, 'invalid_value');
+    assert.equal(tooManyErr.param, 'n');
+    assert.match(tooManyErr.message, /queues at most 8 sequences \(--queue-size\)/);
     const running = await longStream(small.base);
     await waitMetrics(small.base, (t) => metric(t, 'glimpse_running') === 1 && metric(t, 'glimpse_queue_depth') === 7);
     // the second waits in the queue: it hears SSE comments while it waits
