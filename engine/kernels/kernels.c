@@ -141,9 +141,13 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
  * rows), which stay in L2 while the share's weight rows pass over them a
  * few at a time (kernels_tile.h). Measured on Zen 5, F16 weights, 2
  * threads: 128 KB blocks run k = 3072 at ~370 GFLOP/s where 64 rows (768
- * KB) ran ~200; k = 576..1536 run ~350-370 with 64 KB to 256 KB. */
+ * KB) ran ~200; k = 576..1536 run ~350-370 with 64 KB to 256 KB. That was
+ * with whole rows; the float tiles now walk long rows in parts, and a
+ * block of 40 rows of k = 3072 (a part of each: 120 KB) ran 199 GFLOP/s on
+ * one core where 8 whole rows ran 150 (and 156 in parts). */
 #define TOK_BYTES (128 * 1024)
 #define TOK_BLOCK 64
+_Static_assert(TOK_BLOCK <= KN_TILE_PART_TOK, "the float tiles must be able to walk k in parts");
 #define ROW_TILE 32
 /* Parts per pool thread of the dot products: on a shared machine the OS runs
  * our threads unevenly, and small parts let the thread that runs take over
@@ -157,6 +161,7 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
     kn_tile_fn tile;        /* may be NULL: vec_dot per pair */
+    bool k_parts;           /* tile is a float tile: it walks k in parts */
     kn_from_float_fn from_float;
     const uint8_t *w;       /* [n_out] rows of w_row bytes */
     size_t w_row;
@@ -187,8 +192,12 @@ static void dot_rows(void *p, int ith, int nth)
     threadpool_split((j->n_out + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
     lo *= ROW_TILE;
     hi = hi * ROW_TILE < j->n_out ? hi * ROW_TILE : j->n_out;
-    /* a multiple of 4 tokens, the micro-kernels' group (at least one group) */
-    int64_t tb = (int64_t)(TOK_BYTES / j->act_row) & ~(int64_t)3;
+    /* a multiple of 4 tokens, the micro-kernels' group (at least one
+     * group); of rows the float tiles walk in parts, a part's bytes count
+     * (kernels_impl.h: KN_TILE_K_PART) */
+    const size_t part = KN_TILE_K_PART * sizeof(float);
+    const size_t row_bytes = j->k_parts && j->act_row > part ? part : j->act_row;
+    int64_t tb = (int64_t)(TOK_BYTES / row_bytes) & ~(int64_t)3;
     tb = tb < 4 ? 4 : tb > TOK_BLOCK ? TOK_BLOCK : tb;
     for (int64_t t0 = 0; t0 < j->n_tok; t0 += tb) {
         const int64_t nt = j->n_tok - t0 < tb ? j->n_tok - t0 : tb;
@@ -316,6 +325,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
     matmul_job j = {
         .vec_dot = impl->vec_dot[w->type],
         .tile = impl->tile[w->type],
+        .k_parts = impl->tile[w->type] && (act == KN_ACT_F32 || act == KN_ACT_F16 || act == KN_ACT_BF16),
         .from_float = act == KN_ACT_F32 ? NULL : impl->from_float[act],
         .w = w->data,
         .w_row = dtype_row_size(w->type, k),

@@ -244,7 +244,7 @@ TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
 #define VL 8
 #define vf_zero() _mm256_setzero_ps()
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define vf_hsum(v) hsum_ps(v)
+#define vf_store_sums(acc, R, T, y, y_stride) TILE_ACC_STORE(acc, R, T, y, y_stride, hsum_ps)
 #define vf_load(p) _mm256_loadu_ps(p)
 #define vf_from_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define vf_from_bf16(p) \
@@ -254,6 +254,22 @@ TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
 #define TILE_T 4
 #define TILE_R1 4
 #include "kernels_tile.h"
+
+/* ---- bias ------------------------------------------------------------------------- */
+
+/* The reference's additions, 8 at a time (the same sums bit for bit): the
+ * ViT adds a bias and a residual to every row of every product. */
+TARGET static void add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
+{
+    for (int64_t t = 0; t < n_tok; t++) {
+        float *yt = y + t * n;
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(yt + i, _mm256_add_ps(_mm256_loadu_ps(yt + i), _mm256_loadu_ps(b + i)));
+        for (; i < n; i++)
+            yt[i] += b[i];
+    }
+}
 
 /* ---- softmax and SwiGLU ------------------------------------------------------------ */
 
@@ -587,8 +603,16 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
         (void)R, (void)w_row; /* always one row */                                                        \
         dot(k, w, a, a_row, T, y, y_stride);                                                               \
     }                                                                                                      \
-    DEFINE_TILE(tile_##name, micro_##name, 1, QT, 1)
+    DEFINE_TILE(tile_##name, MICRO_WHOLE_##name, 1, QT, 1, 0)
 
+#define MICRO_WHOLE_q8_0(...) MICRO_WHOLE(micro_q8_0, __VA_ARGS__)
+#define MICRO_WHOLE_q4_0(...) MICRO_WHOLE(micro_q4_0, __VA_ARGS__)
+#define MICRO_WHOLE_q5_0(...) MICRO_WHOLE(micro_q5_0, __VA_ARGS__)
+#define MICRO_WHOLE_q4_1(...) MICRO_WHOLE(micro_q4_1, __VA_ARGS__)
+#define MICRO_WHOLE_q5_1(...) MICRO_WHOLE(micro_q5_1, __VA_ARGS__)
+#define MICRO_WHOLE_q4_K(...) MICRO_WHOLE(micro_q4_K, __VA_ARGS__)
+#define MICRO_WHOLE_q5_K(...) MICRO_WHOLE(micro_q5_K, __VA_ARGS__)
+#define MICRO_WHOLE_q6_K(...) MICRO_WHOLE(micro_q6_K, __VA_ARGS__)
 DEFINE_Q_TILE(q8_0, DOT_Q8_0)
 DEFINE_Q_TILE(q4_0, DOT_Q4_0)
 DEFINE_Q_TILE(q5_0, DOT_Q5_0)
@@ -634,6 +658,7 @@ const kn_impl *kn_avx2_impl(void)
     t.dot_f32 = dot_f32;
     t.softmax = softmax;
     t.swiglu = swiglu;
+    t.add_bias = add_bias;
     t.gelu = gelu;
     t.gelu_quick = gelu_quick;
     avx2_impl = t;

@@ -24,6 +24,85 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define INLINE TARGET static inline __attribute__((always_inline))
+/* Loops over register arrays fully unrolled, so that they stay registers. */
+#define UNROLL_ALL _Pragma("GCC unroll 16")
+
+/* ---- sums across lanes ------------------------------------------------------------ */
+
+/* Every tile output is the sum of one accumulator's 16 lanes in this tree:
+ * lanes i and i + 8 first, then i and i + 4, i and i + 2, i and i + 1 (GCC's
+ * _mm512_reduce_add_ps, spelled out so that every compiler sums alike). */
+INLINE float hsum16(__m512 v)
+{
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* The hsum16 tree for 16 vectors at once, as a transpose-and-add network:
+ * lane 4q + p of the result is the sum of v[4p + q]. Each level adds the
+ * same lane pairs as hsum16 (addition commutes, so the order of the two
+ * operands does not matter), and no lane ever meets a lane of another
+ * vector: the sums are hsum16's bit for bit, in 15 additions instead of 64
+ * (k = 576..768 is only 36-48 FMAs per output). */
+INLINE __m512 hsum16_x16(const __m512 v[16])
+{
+    __m512 u[8], w[4], x[2];
+    /* i and i + 8: v[2j] into lanes 0-7 of u[j], v[2j + 1] into 8-15 */
+    UNROLL_ALL
+    for (int j = 0; j < 8; j++)
+        u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xee));
+    /* i and i + 4: quarter q of w[m] from v[4m + q] */
+    UNROLL_ALL
+    for (int m = 0; m < 4; m++)
+        w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0xdd));
+    /* i and i + 2: quarter q of x[n] holds two lanes each of v[8n + q], v[8n + 4 + q] */
+    UNROLL_ALL
+    for (int n = 0; n < 2; n++)
+        x[n] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * n], w[2 * n + 1], 0x44),
+                             _mm512_shuffle_ps(w[2 * n], w[2 * n + 1], 0xee));
+    /* i and i + 1 */
+    return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xdd));
+}
+
+/* vf_store_sums of every AVX-512 micro-kernel (acc [8][4], R x T of them
+ * used; T * ceil(R / 4) <= 4, true of every shape here: 4 x 4, 8 x 1, 2 x 4,
+ * 4 x 1, 1 x T): group g = (token t, rows 4c..4c+3) goes to quarter g of the
+ * network's result, so each group is one masked store of up to 4 outputs.
+ * A single output takes hsum16 itself (the same tree). */
+INLINE void store_sums16(__m512 acc[8][4], int R, int T, float *y, size_t y_stride)
+{
+    if (R * T == 1) {
+        y[0] = hsum16(acc[0][0]);
+        return;
+    }
+    const int C = (R + 3) / 4;
+    __m512 v[16];
+    _Alignas(64) float sums[16];
+    UNROLL_ALL
+    for (int i = 0; i < 16; i++)
+        v[i] = _mm512_setzero_ps();
+    UNROLL_ALL
+    for (int t = 0; t < T; t++) {
+        UNROLL_ALL
+        for (int r = 0; r < R; r++)
+            v[4 * (r % 4) + t * C + r / 4] = acc[r][t];
+    }
+    _mm512_store_ps(sums, hsum16_x16(v));
+    UNROLL_ALL
+    for (int t = 0; t < T; t++) {
+        UNROLL_ALL
+        for (int c = 0; c < C; c++) {
+            const int n = R - 4 * c < 4 ? R - 4 * c : 4;
+            _mm_mask_storeu_ps(y + (size_t)t * y_stride + 4 * c, (__mmask8)((1u << n) - 1),
+                               _mm_load_ps(sums + 4 * (t * C + c)));
+        }
+    }
+}
 
 /* ---- float tiles ----------------------------------------------------------------- */
 
@@ -31,7 +110,7 @@
 #define VL 16
 #define vf_zero() _mm512_setzero_ps()
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define vf_hsum(v) _mm512_reduce_add_ps(v)
+#define vf_store_sums(acc, R, T, y, y_stride) store_sums16(acc, R, T, y, y_stride)
 #define vf_load(p) _mm512_loadu_ps(p)
 #define vf_from_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define vf_from_bf16(p) \
@@ -125,18 +204,21 @@ INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t
             }
         }
     }
-    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
+    store_sums16(acc, R, T, y, y_stride);
 }
 
-#define MICRO_Q8_0(R, T, ...) micro_w32(W_Q8_0, R, T, __VA_ARGS__)
-#define MICRO_Q4_0(R, T, ...) micro_w32(W_Q4_0, R, T, __VA_ARGS__)
-#define MICRO_Q5_0(R, T, ...) micro_w32(W_Q5_0, R, T, __VA_ARGS__)
+#define W32_Q8_0(R, T, ...) micro_w32(W_Q8_0, R, T, __VA_ARGS__)
+#define W32_Q4_0(R, T, ...) micro_w32(W_Q4_0, R, T, __VA_ARGS__)
+#define W32_Q5_0(R, T, ...) micro_w32(W_Q5_0, R, T, __VA_ARGS__)
+#define MICRO_Q8_0(...) MICRO_WHOLE(W32_Q8_0, __VA_ARGS__)
+#define MICRO_Q4_0(...) MICRO_WHOLE(W32_Q4_0, __VA_ARGS__)
+#define MICRO_Q5_0(...) MICRO_WHOLE(W32_Q5_0, __VA_ARGS__)
 
 /* Measured like the float tile, Q8_0: 4x4 ~200-220 GOP/s on one core (3x4
  * the same, 4x2 ~180, 8x1 ~130). */
-DEFINE_TILE(tile_q8_0, MICRO_Q8_0, TILE_R, TILE_T, TILE_R1)
-DEFINE_TILE(tile_q4_0, MICRO_Q4_0, TILE_R, TILE_T, TILE_R1)
-DEFINE_TILE(tile_q5_0, MICRO_Q5_0, TILE_R, TILE_T, TILE_R1)
+DEFINE_TILE(tile_q8_0, MICRO_Q8_0, TILE_R, TILE_T, TILE_R1, 0)
+DEFINE_TILE(tile_q4_0, MICRO_Q4_0, TILE_R, TILE_T, TILE_R1, 0)
+DEFINE_TILE(tile_q5_0, MICRO_Q5_0, TILE_R, TILE_T, TILE_R1, 0)
 
 /* ---- Q4_K x Q8_K with VNNI ------------------------------------------------------- */
 
@@ -204,12 +286,13 @@ INLINE void micro_q4_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
             }
         }
     }
-    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
+    store_sums16(acc, R, T, y, y_stride);
 }
 
 /* Two rows x 4 tokens: 8 integer and 8 float accumulators; 4 rows for a
  * single token. */
-DEFINE_TILE(tile_q4_K, micro_q4_K, 2, TILE_T, 4)
+#define MICRO_Q4_K(...) MICRO_WHOLE(micro_q4_K, __VA_ARGS__)
+DEFINE_TILE(tile_q4_K, MICRO_Q4_K, 2, TILE_T, 4, 0)
 
 /* ---- Q6_K x Q8_K with VNNI ------------------------------------------------------- */
 
@@ -294,10 +377,11 @@ INLINE void micro_q6_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
             }
         }
     }
-    TILE_ACC_STORE(acc, R, T, y, y_stride, _mm512_reduce_add_ps);
+    store_sums16(acc, R, T, y, y_stride);
 }
 
-DEFINE_TILE(tile_q6_K, micro_q6_K, 2, TILE_T, 4)
+#define MICRO_Q6_K(...) MICRO_WHOLE(micro_q6_K, __VA_ARGS__)
+DEFINE_TILE(tile_q6_K, MICRO_Q6_K, 2, TILE_T, 4, 0)
 
 /* ---- the table -------------------------------------------------------------------- */
 

@@ -44,6 +44,13 @@ typedef float (*kn_vec_dot_fn)(int64_t n, const void *w, const void *a);
 /* Converts n f32 values (a multiple of the format's block) to an act format. */
 typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 
+/* The float tiles (F32/F16/BF16) walk rows longer than KN_TILE_K_PART
+ * elements in parts, keeping the accumulators of up to KN_TILE_PART_TOK
+ * tokens in between (kernels_tile.h); kernels.c sizes their token blocks by
+ * a part. */
+#define KN_TILE_K_PART 768
+#define KN_TILE_PART_TOK 64
+
 /* A tile of dots: y[t*y_stride + o] = the dot of weight row o (at w +
  * o*w_row bytes) with activation row t (at a + t*a_row bytes), o < n_rows,
  * t < n_tok, rows of k elements. Each (o, t) result must not depend on

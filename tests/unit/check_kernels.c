@@ -761,7 +761,9 @@ static const kn_impl *simd_impl(int which)
  *     n_tok equals the 1 x 1 tile of that pair bit for bit, for row and token
  *     counts that leave every kind of remainder of the micro-kernels (4 x 4
  *     and 8 x 1 on AVX-512, 2 x 4 and 4 x 1 on AVX2, ...), tiles that do not
- *     start at row 0, and row widths with a tail shorter than a vector. */
+ *     start at row 0, and row widths with a tail shorter than a vector;
+ *     for the float types also rows that the tiles walk in parts (two
+ *     parts of KN_TILE_K_PART and a short third with a tail). */
 START_TEST(test_simd_tile)
 {
     const kn_impl *simd = simd_impl(_i / N_WEIGHT_TYPES);
@@ -771,8 +773,9 @@ START_TEST(test_simd_tile)
     ck_assert_ptr_nonnull(simd->tile[type]);
     const int act = kn_act_of(type);
     const int64_t n_rows = 19, max_tok = 11;
-    for (int mult = 1; mult <= 7; mult += 2) {
-        const int64_t k = odd_k(type, mult);
+    const int n_k = dtype_get(type)->block_size == 1 ? 5 : 4;
+    for (int ik = 0; ik < n_k; ik++) {
+        const int64_t k = ik < 4 ? odd_k(type, 2 * ik + 1) : 2 * KN_TILE_K_PART + odd_k(type, 1);
         const size_t row = kn_act_row_size(act, k), w_row = dtype_row_size(type, k);
         tensor w;
         void *wd = random_weights(type, k, n_rows, &w);
@@ -1001,6 +1004,15 @@ START_TEST(test_simd_softmax_swiglu)
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
                           (long long)n, x[i], v[i], r[i]);
+        /* add_bias: the same additions, so the same bits (two rows: the
+         * second starts where the first's tail ends) */
+        float *m2 = random_f32(2 * n, -5.0f, 5.0f), *m3 = malloc(2 * (size_t)n * sizeof *m3);
+        memcpy(m3, m2, 2 * (size_t)n * sizeof *m3);
+        kn_ref_impl.add_bias(m2, u, 2, n);
+        simd->add_bias(m3, u, 2, n);
+        ck_assert_msg(memcmp(m2, m3, 2 * (size_t)n * sizeof *m3) == 0, "add_bias n=%lld differs", (long long)n);
+        free(m3);
+        free(m2);
         free(v);
         free(r);
         free(u);
