@@ -509,24 +509,29 @@ static void im2col(threadpool *tp, const vision_hparams *hp, const float *tile, 
     threadpool_run(tp, im2col_part, &t);
 }
 
+/* Rows per kn_layer_norm_rows call: the rows' other steps first, then their
+ * LayerNorms together (a row's numbers do not depend on the grouping). */
+#define LN_ROWS 8
+
 static void rows_part(void *arg, int ith, int nth)
 {
     const vision_rows *t = arg;
     int64_t lo, hi;
     threadpool_split(t->n_rows, ith, nth, &lo, &hi);
-    for (int64_t r = lo; r < hi; r++) {
-        float *y = t->y + r * t->n;
-        if (t->b)
-            kn_add_bias(y, t->b, 1, t->n);
-        if (t->act)
-            t->act(y, t->n);
-        float *src = y;
-        if (t->x) {
-            src = t->x + r * t->n;
-            kn_add_bias(src, y, 1, t->n);
+    for (int64_t r0 = lo; r0 < hi; r0 += LN_ROWS) {
+        const int64_t r1 = hi - r0 < LN_ROWS ? hi : r0 + LN_ROWS;
+        for (int64_t r = r0; r < r1; r++) {
+            float *y = t->y + r * t->n;
+            if (t->b)
+                kn_add_bias(y, t->b, 1, t->n);
+            if (t->act)
+                t->act(y, t->n);
+            if (t->x)
+                kn_add_bias(t->x + r * t->n, y, 1, t->n);
         }
         if (t->h)
-            kn_layer_norm(src, t->ln_w, t->ln_b, t->n, t->eps, t->h + r * t->n);
+            kn_layer_norm_rows((t->x ? t->x : t->y) + r0 * t->n, (size_t)t->n, t->ln_w, t->ln_b, t->n, t->eps,
+                               t->h + r0 * t->n, (size_t)t->n, r1 - r0);
     }
 }
 

@@ -67,6 +67,11 @@ void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
 /* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */
 void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
+/* kn_layer_norm of n_rows rows, x + r * x_stride to y + r * y_stride (strides
+ * in floats): the same bits as one call per row, several rows' sums at once
+ * where the ISA allows. The y rows may be the x rows (y == x, same stride). */
+void kn_layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps, float *y,
+                        size_t y_stride, int64_t n_rows);
 /* Adjacent-pair ("normal", ggml mode 0) RoPE of x [n_heads][head_dim] at pos:
  * pair (2i, 2i+1) turns by θ_i = pos·base^(-2i/head_dim), θ built as ggml does. */
 void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);

@@ -124,6 +124,101 @@ INLINE void store_sums16(__m512 acc[8][4], int R, int T, float *y, size_t y_stri
 #define TILE_R1 8
 #include "kernels_tile.h"
 
+/* ---- LayerNorm, 8 rows at once -------------------------------------------------- */
+
+/* r[j] = element j of the 8 rows r[0..7] (an 8 x 8 transpose). */
+INLINE void transpose8(__m256 r[8])
+{
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* c[e] = element i + e of the 8 rows at x (stride floats apart), one lane
+ * per row, for e < 8 and i + e < n: a transpose8 of 8 loads, the last
+ * n % 8 elements one by one. */
+INLINE void column_block(const float *x, size_t stride, int64_t i, int64_t n, __m256 c[8])
+{
+    if (i + 8 <= n) {
+        UNROLL_ALL
+        for (int j = 0; j < 8; j++)
+            c[j] = _mm256_loadu_ps(x + (size_t)j * stride + i);
+        transpose8(c);
+        return;
+    }
+    for (int64_t e = 0; e < n - i; e++) {
+        _Alignas(32) float v[8];
+        for (int j = 0; j < 8; j++)
+            v[j] = x[(size_t)j * stride + (size_t)(i + e)];
+        c[e] = _mm256_load_ps(v);
+    }
+}
+
+/* The reference's LayerNorm (kernels_ref.c) of 8 rows at a time. Its two
+ * sums are chains of double additions, element after element, whose latency
+ * bounds a row (~4.6k cycles of 768); here lane j of one register carries
+ * row j's chain, the same additions in the same order, so every row gets
+ * the reference's bits while 8 chains run in the time of one. The mean,
+ * variance and scale are the reference's f32/f64 operations lane by lane,
+ * the output its separate multiplies and add (no FMA). */
+TARGET static void layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n,
+                                   float eps, float *y, size_t y_stride, int64_t n_rows)
+{
+    int64_t r = 0;
+    for (; r + 8 <= n_rows; r += 8) {
+        const float *xr = x + (size_t)r * x_stride;
+        __m256 c[8];
+        __m512d sum = _mm512_setzero_pd(), sq = _mm512_setzero_pd();
+        for (int64_t i = 0; i < n; i += 8) {
+            column_block(xr, x_stride, i, n, c);
+            for (int e = 0; e < 8 && i + e < n; e++)
+                sum = _mm512_add_pd(sum, _mm512_cvtps_pd(c[e]));
+        }
+        const __m256 mean = _mm256_div_ps(_mm512_cvtpd_ps(sum), _mm256_set1_ps((float)n));
+        for (int64_t i = 0; i < n; i += 8) {
+            column_block(xr, x_stride, i, n, c);
+            for (int e = 0; e < 8 && i + e < n; e++) {
+                const __m256 d = _mm256_sub_ps(c[e], mean);
+                sq = _mm512_add_pd(sq, _mm512_cvtps_pd(_mm256_mul_ps(d, d)));
+            }
+        }
+        const __m256 var = _mm512_cvtpd_ps(_mm512_div_pd(sq, _mm512_set1_pd((double)n)));
+        const __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))));
+        _Alignas(32) float means[8], scales[8];
+        _mm256_store_ps(means, mean);
+        _mm256_store_ps(scales, scale);
+        for (int j = 0; j < 8; j++) {
+            const float *xj = xr + (size_t)j * x_stride;
+            float *yj = y + (size_t)(r + j) * y_stride;
+            const __m512 mj = _mm512_set1_ps(means[j]), sj = _mm512_set1_ps(scales[j]);
+            for (int64_t i = 0; i < n; i += 16) {
+                const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+                __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xj + i), mj), sj);
+                if (w)
+                    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+                if (b)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
+                _mm512_mask_storeu_ps(yj + i, m, v);
+            }
+        }
+    }
+    kn_ref_impl.layer_norm_rows(x + (size_t)r * x_stride, x_stride, w, b, n, eps, y + (size_t)r * y_stride, y_stride,
+                                n_rows - r);
+}
+
 /* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
 
 #undef TARGET
@@ -403,6 +498,7 @@ const kn_impl *kn_avx512_impl(void)
      * the ViT's sizes (bench/README.md "Kernels"): no sgemm path here. */
     t.use_blas = false;
     t.dot_f32 = dot_f32;
+    t.layer_norm_rows = layer_norm_rows;
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;
     t.tile[DTYPE_BF16] = tile_bf16;

@@ -75,6 +75,8 @@ typedef struct kn_impl {
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*rms_norm)(const float *x, const float *w, int64_t n, float eps, float *y);
     void (*layer_norm)(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
+    void (*layer_norm_rows)(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps,
+                            float *y, size_t y_stride, int64_t n_rows);
     void (*rope)(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
     void (*swiglu)(float *g, const float *u, int64_t n);
     void (*gelu)(float *x, int64_t n);

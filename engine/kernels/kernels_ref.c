@@ -384,6 +384,13 @@ static void layer_norm(const float *x, const float *w, const float *b, int64_t n
     }
 }
 
+static void layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps,
+                            float *y, size_t y_stride, int64_t n_rows)
+{
+    for (int64_t r = 0; r < n_rows; r++)
+        layer_norm(x + (size_t)r * x_stride, w, b, n, eps, y + (size_t)r * y_stride);
+}
+
 static void rope(float *x /* [n_heads][head_dim] */, int n_heads, int head_dim, int64_t pos,
                  float freq_base)
 {
@@ -487,6 +494,7 @@ const kn_impl kn_ref_impl = {
     .dot_f32 = dot_f32,
     .rms_norm = rms_norm,
     .layer_norm = layer_norm,
+    .layer_norm_rows = layer_norm_rows,
     .rope = rope,
     .swiglu = swiglu,
     .gelu = gelu,

@@ -976,7 +976,8 @@ START_TEST(test_simd_dot_f32)
 }
 END_TEST
 
-/* SIMD softmax and SwiGLU (vectorised exp) against the reference (libm expf). */
+/* SIMD softmax and SwiGLU (vectorised exp) against the reference (libm expf);
+ * add_bias and layer_norm_rows equal to it bit for bit. */
 START_TEST(test_simd_softmax_swiglu)
 {
     const kn_impl *simd = simd_impl(_i);
@@ -1004,6 +1005,27 @@ START_TEST(test_simd_softmax_swiglu)
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
                           (long long)n, x[i], v[i], r[i]);
+        /* LayerNorm of 1..19 rows at once: every row the reference's bits
+         * (rows 9 apart, and in place) */
+        const int64_t stride = n + 9;
+        float *lx = random_f32(19 * stride, -3.0f, 5.0f), *lr = malloc(19 * (size_t)stride * sizeof *lr);
+        float *lv = malloc(19 * (size_t)stride * sizeof *lv);
+        for (int64_t nr = 1; nr <= 19; nr += 6) {
+            kn_ref_impl.layer_norm_rows(lx, (size_t)stride, u, x, n, 1e-6f, lr, (size_t)n, nr);
+            simd->layer_norm_rows(lx, (size_t)stride, u, x, n, 1e-6f, lv, (size_t)n, nr);
+            ck_assert_msg(memcmp(lr, lv, (size_t)(nr * n) * sizeof *lv) == 0, "layer_norm_rows n=%lld x %lld differs",
+                          (long long)n, (long long)nr);
+            memcpy(lv, lx, 19 * (size_t)stride * sizeof *lv);
+            simd->layer_norm_rows(lv, (size_t)stride, NULL, NULL, n, 1e-5f, lv, (size_t)stride, nr);
+            for (int64_t row = 0; row < nr; row++) {
+                kn_ref_impl.layer_norm(lx + row * stride, NULL, NULL, n, 1e-5f, lr);
+                ck_assert_msg(memcmp(lr, lv + row * stride, (size_t)n * sizeof *lr) == 0,
+                              "layer_norm_rows in place n=%lld row %lld differs", (long long)n, (long long)row);
+            }
+        }
+        free(lv);
+        free(lr);
+        free(lx);
         /* add_bias: the same additions, so the same bits (two rows: the
          * second starts where the first's tail ends) */
         float *m2 = random_f32(2 * n, -5.0f, 5.0f), *m3 = malloc(2 * (size_t)n * sizeof *m3);
