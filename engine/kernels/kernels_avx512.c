@@ -262,15 +262,31 @@ INLINE __m512i w32_pair(enum w32_kind kind, const uint8_t *row, int64_t b, bool 
     return q;
 }
 
+/* The activation side of a micro_w32 step for one token: blocks b, b+1 as
+ * a + 128 (see below) and their scales widened. */
+typedef struct w32_act {
+    __m512i q;
+    __m512 d;
+} w32_act;
+
+INLINE w32_act w32_act_pair(const uint8_t *row, int64_t b, bool two)
+{
+    w32_act p;
+    p.q = _mm512_xor_si512(w32_pair(W_Q8_0, row, b, two, &p.d), _mm512_set1_epi8((char)0x80));
+    return p;
+}
+
 /* R weight rows x T Q8_0 activation rows, two blocks per step.
  * vpdpbusd multiplies unsigned by signed bytes: the activations go in as
  * a + 128 (they never hold -128, so a + 128 is 1..255), the weights signed,
  * and the accumulator starts at -128 * (the weight's 4-byte sums), computed
  * once per weight vector for all T tokens; so each 8-lane half holds one
  * block's exact integer partial sums, then scaled by d_w * d_a and added to
- * the pair's one accumulator. The order depends on k alone. */
+ * the pair's one accumulator. The order depends on k alone. The activation
+ * rows come as a (a_row bytes apart), or when pa is not NULL already as
+ * w32_act pairs, np per token (the same values). */
 INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t *w, size_t w_row,
-                      const uint8_t *a, size_t a_row, float *y, size_t y_stride)
+                      const uint8_t *a, size_t a_row, const w32_act *pa, int64_t np, float *y, size_t y_stride)
 {
     const int64_t nb = k / QK8_0;
     const __m512i bias = _mm512_set1_epi8((char)0x80);
@@ -290,30 +306,80 @@ INLINE void micro_w32(enum w32_kind kind, int R, int T, int64_t k, const uint8_t
         }
         TILE_UNROLL
         for (int t = 0; t < T; t++) {
-            __m512 da;
-            const __m512i qa = _mm512_xor_si512(w32_pair(W_Q8_0, a + (size_t)t * a_row, b, two, &da), bias);
+            const w32_act x = pa ? pa[t * np + b / 2] : w32_act_pair(a + (size_t)t * a_row, b, two);
             TILE_UNROLL
             for (int r = 0; r < R; r++) {
-                const __m512i isum = _mm512_dpbusd_epi32(corr[r], qa, qw[r]);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], da), acc[r][t]);
+                const __m512i isum = _mm512_dpbusd_epi32(corr[r], x.q, qw[r]);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], x.d), acc[r][t]);
             }
         }
     }
     store_sums16(acc, R, T, y, y_stride);
 }
 
-#define W32_Q8_0(R, T, ...) micro_w32(W_Q8_0, R, T, __VA_ARGS__)
-#define W32_Q4_0(R, T, ...) micro_w32(W_Q4_0, R, T, __VA_ARGS__)
-#define W32_Q5_0(R, T, ...) micro_w32(W_Q5_0, R, T, __VA_ARGS__)
+#define W32_Q8_0(R, T, k, w, w_row, a, a_row, y, ys) micro_w32(W_Q8_0, R, T, k, w, w_row, a, a_row, NULL, 0, y, ys)
+#define W32_Q4_0(R, T, k, w, w_row, a, a_row, y, ys) micro_w32(W_Q4_0, R, T, k, w, w_row, a, a_row, NULL, 0, y, ys)
+#define W32_Q5_0(R, T, k, w, w_row, a, a_row, y, ys) micro_w32(W_Q5_0, R, T, k, w, w_row, a, a_row, NULL, 0, y, ys)
 #define MICRO_Q8_0(...) MICRO_WHOLE(W32_Q8_0, __VA_ARGS__)
 #define MICRO_Q4_0(...) MICRO_WHOLE(W32_Q4_0, __VA_ARGS__)
 #define MICRO_Q5_0(...) MICRO_WHOLE(W32_Q5_0, __VA_ARGS__)
 
-/* Measured like the float tile, Q8_0: 4x4 ~200-220 GOP/s on one core (3x4
- * the same, 4x2 ~180, 8x1 ~130). */
-DEFINE_TILE(tile_q8_0, MICRO_Q8_0, TILE_R, TILE_T, TILE_R1, 0)
-DEFINE_TILE(tile_q4_0, MICRO_Q4_0, TILE_R, TILE_T, TILE_R1, 0)
-DEFINE_TILE(tile_q5_0, MICRO_Q5_0, TILE_R, TILE_T, TILE_R1, 0)
+/* The tiles on raw activation rows (rows outer, as DEFINE_TILE does). */
+DEFINE_TILE(tile_q8_0_raw, MICRO_Q8_0, TILE_R, TILE_T, TILE_R1, 0)
+DEFINE_TILE(tile_q4_0_raw, MICRO_Q4_0, TILE_R, TILE_T, TILE_R1, 0)
+DEFINE_TILE(tile_q5_0_raw, MICRO_Q5_0, TILE_R, TILE_T, TILE_R1, 0)
+
+/* Rows up to this many block pairs (k <= 3072) take the prepared path. */
+#define W32_MAX_PAIRS 48
+
+/* The tiles of Q8_0/Q4_0/Q5_0: tokens TILE_T at a time, outer, their
+ * activation pairs prepared once (w32_act_pair) for all the rows, which
+ * then go past them TILE_R at a time (the rows of a tile, kernels.c's 32,
+ * stay in L1 or L2); the tokens left over, and rows too long for the
+ * stack buffer, take the raw tile. The same chains either way. */
+INLINE void tile_w32(enum w32_kind kind, kn_tile_fn raw, int64_t k, const void *w, size_t w_row, int64_t n_rows,
+                     const void *a, size_t a_row, int64_t n_tok, float *y, size_t y_stride)
+{
+    const int64_t nb = k / QK8_0, np = (nb + 1) / 2, n_full = n_tok - n_tok % TILE_T;
+    const uint8_t *w8 = w, *a8 = a;
+    if (np > W32_MAX_PAIRS) {
+        raw(k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);
+        return;
+    }
+    w32_act prep[TILE_T * W32_MAX_PAIRS]; /* [TILE_T][np] */
+    for (int64_t t = 0; t < n_full; t += TILE_T) {
+        for (int j = 0; j < TILE_T; j++)
+            for (int64_t b = 0; b < nb; b += 2)
+                prep[j * np + b / 2] = w32_act_pair(a8 + (size_t)(t + j) * a_row, b, b + 1 < nb);
+        float *yt = y + (size_t)t * y_stride;
+        int64_t o = 0;
+        for (; o + TILE_R <= n_rows; o += TILE_R)
+            micro_w32(kind, TILE_R, TILE_T, k, w8 + (size_t)o * w_row, w_row, NULL, 0, prep, np, yt + o, y_stride);
+        for (; o < n_rows; o++)
+            micro_w32(kind, 1, TILE_T, k, w8 + (size_t)o * w_row, w_row, NULL, 0, prep, np, yt + o, y_stride);
+    }
+    if (n_full < n_tok)
+        raw(k, w, w_row, n_rows, a8 + (size_t)n_full * a_row, a_row, n_tok - n_full, y + (size_t)n_full * y_stride,
+            y_stride);
+}
+
+TARGET static void tile_q8_0(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
+                             int64_t n_tok, float *y, size_t y_stride)
+{
+    tile_w32(W_Q8_0, tile_q8_0_raw, k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);
+}
+
+TARGET static void tile_q4_0(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
+                             int64_t n_tok, float *y, size_t y_stride)
+{
+    tile_w32(W_Q4_0, tile_q4_0_raw, k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);
+}
+
+TARGET static void tile_q5_0(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
+                             int64_t n_tok, float *y, size_t y_stride)
+{
+    tile_w32(W_Q5_0, tile_q5_0_raw, k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);
+}
 
 /* ---- Q4_K x Q8_K with VNNI ------------------------------------------------------- */
 
