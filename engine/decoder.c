@@ -278,6 +278,10 @@ static void add_rows(float *x, const float *y, int64_t n)
         x[j] += y[j];
 }
 
+/* Rows per kn_rms_norm_rows call: a group's other steps first, then its
+ * norms together (a row's numbers do not depend on the grouping). */
+#define NORM_ROWS 8
+
 static void rows_range(const row_task *t, int64_t lo, int64_t hi)
 {
     decoder *d = t->d;
@@ -285,39 +289,43 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
     const text_layer *L = &d->m->w.layers[t->layer];
     const int64_t E = c->n_embd, F = c->n_ff, hd = c->head_dim;
     const int64_t q_len = c->n_head * hd, kv_len = c->n_head_kv * hd;
-    for (int64_t i = lo; i < hi; i++) {
-        float *x = d->x + i * E, *xb = d->xb + i * E;
-        float *q = d->q + i * q_len, *k = d->k + i * kv_len, *v = d->v + i * kv_len;
-        switch (t->pass) {
-        case ROWS_ATTN_IN:
-            if (t->layer > 0)
+    for (int64_t i0 = lo; i0 < hi; i0 += NORM_ROWS) {
+        const int64_t i1 = hi - i0 < NORM_ROWS ? hi : i0 + NORM_ROWS;
+        for (int64_t i = i0; i < i1; i++) {
+            float *x = d->x + i * E, *xb = d->xb + i * E;
+            float *q = d->q + i * q_len, *k = d->k + i * kv_len, *v = d->v + i * kv_len;
+            switch (t->pass) {
+            case ROWS_ATTN_IN:
+                if (t->layer > 0)
+                    add_rows(x, xb, E);
+                break;
+            case ROWS_ROPE:
+                if (L->bq)
+                    kn_add_bias(q, L->bq, 1, q_len);
+                if (L->bk)
+                    kn_add_bias(k, L->bk, 1, kv_len);
+                if (L->bv)
+                    kn_add_bias(v, L->bv, 1, kv_len);
+                kn_rope(q, c->n_head, (int)hd, t->b[i].pos, c->rope_base);
+                kn_rope(k, c->n_head_kv, (int)hd, t->b[i].pos, c->rope_base);
+                kv_store(d->kv, t->layer, t->b[i].seq, t->b[i].pos, k, v);
+                break;
+            case ROWS_FFN_IN:
+                if (L->bo)
+                    kn_add_bias(xb, L->bo, 1, E);
                 add_rows(x, xb, E);
-            kn_rms_norm(x, L->attn_norm, E, c->rms_eps, xb);
-            break;
-        case ROWS_ROPE:
-            if (L->bq)
-                kn_add_bias(q, L->bq, 1, q_len);
-            if (L->bk)
-                kn_add_bias(k, L->bk, 1, kv_len);
-            if (L->bv)
-                kn_add_bias(v, L->bv, 1, kv_len);
-            kn_rope(q, c->n_head, (int)hd, t->b[i].pos, c->rope_base);
-            kn_rope(k, c->n_head_kv, (int)hd, t->b[i].pos, c->rope_base);
-            kv_store(d->kv, t->layer, t->b[i].seq, t->b[i].pos, k, v);
-            break;
-        case ROWS_FFN_IN:
-            if (L->bo)
-                kn_add_bias(xb, L->bo, 1, E);
-            add_rows(x, xb, E);
-            kn_rms_norm(x, L->ffn_norm, E, c->rms_eps, xb);
-            break;
-        case ROWS_SWIGLU:
-            kn_swiglu(d->gate + i * F, d->up + i * F, F);
-            break;
-        case ROWS_OUT:
-            add_rows(x, xb, E);
-            break;
+                break;
+            case ROWS_SWIGLU:
+                kn_swiglu(d->gate + i * F, d->up + i * F, F);
+                break;
+            case ROWS_OUT:
+                add_rows(x, xb, E);
+                break;
+            }
         }
+        if (t->pass == ROWS_ATTN_IN || t->pass == ROWS_FFN_IN)
+            kn_rms_norm_rows(d->x + i0 * E, (size_t)E, t->pass == ROWS_ATTN_IN ? L->attn_norm : L->ffn_norm, E,
+                             c->rms_eps, d->xb + i0 * E, (size_t)E, i1 - i0);
     }
 }
 

@@ -406,6 +406,12 @@ void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, fl
     active->layer_norm(x, w, b, n, eps, y);
 }
 
+void kn_rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y, size_t y_stride,
+                      int64_t n_rows)
+{
+    active->rms_norm_rows(x, x_stride, w, n, eps, y, y_stride, n_rows);
+}
+
 void kn_layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps, float *y,
                         size_t y_stride, int64_t n_rows)
 {

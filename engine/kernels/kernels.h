@@ -65,6 +65,9 @@ void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_
 
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
+/* kn_rms_norm of n_rows rows, as kn_layer_norm_rows. */
+void kn_rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
+                      size_t y_stride, int64_t n_rows);
 /* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */
 void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
 /* kn_layer_norm of n_rows rows, x + r * x_stride to y + r * y_stride (strides

@@ -167,56 +167,87 @@ INLINE void column_block(const float *x, size_t stride, int64_t i, int64_t n, __
     }
 }
 
-/* The reference's LayerNorm (kernels_ref.c) of 8 rows at a time. Its two
- * sums are chains of double additions, element after element, whose latency
- * bounds a row (~4.6k cycles of 768); here lane j of one register carries
- * row j's chain, the same additions in the same order, so every row gets
- * the reference's bits while 8 chains run in the time of one. The mean,
- * variance and scale are the reference's f32/f64 operations lane by lane,
- * the output its separate multiplies and add (no FMA). */
+/* What row_sums8 adds up: each element, its square, or its distance from
+ * the row's value in sub, squared. */
+enum row_term { TERM_X, TERM_XX, TERM_DD };
+
+/* The reference norms' sums (kernels_ref.c) for 8 rows at once: a chain of
+ * double additions, element after element, whose latency bounds a row
+ * (~3 cycles an element); here lane j of one register carries row j's
+ * chain, the same additions of the same f32 terms in the same order, so
+ * every row gets the reference's bits while 8 chains run in the time of
+ * one. */
+INLINE __m512d row_sums8(const float *x, size_t stride, int64_t n, enum row_term term, __m256 sub)
+{
+    __m512d sum = _mm512_setzero_pd();
+    __m256 c[8];
+    for (int64_t i = 0; i < n; i += 8) {
+        column_block(x, stride, i, n, c);
+        for (int e = 0; e < 8 && i + e < n; e++) {
+            const __m256 d = term == TERM_DD ? _mm256_sub_ps(c[e], sub) : c[e];
+            sum = _mm512_add_pd(sum, _mm512_cvtps_pd(term == TERM_X ? d : _mm256_mul_ps(d, d)));
+        }
+    }
+    return sum;
+}
+
+/* y = ((x - mean) * scale) * w + b over one row, each step rounded in f32
+ * as the reference does (w, b may be NULL; mean 0 for the RMS norm, where
+ * x - 0 is x). */
+INLINE void scale_row(const float *x, float mean, float scale, const float *w, const float *b, int64_t n, float *y)
+{
+    const __m512 mv = _mm512_set1_ps(mean), sv = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv), sv);
+        if (w)
+            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+        if (b)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+/* The reference's LayerNorm of 8 rows at a time (row_sums8); the mean,
+ * variance and scale are its f32/f64 operations lane by lane. */
 TARGET static void layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n,
                                    float eps, float *y, size_t y_stride, int64_t n_rows)
 {
     int64_t r = 0;
     for (; r + 8 <= n_rows; r += 8) {
         const float *xr = x + (size_t)r * x_stride;
-        __m256 c[8];
-        __m512d sum = _mm512_setzero_pd(), sq = _mm512_setzero_pd();
-        for (int64_t i = 0; i < n; i += 8) {
-            column_block(xr, x_stride, i, n, c);
-            for (int e = 0; e < 8 && i + e < n; e++)
-                sum = _mm512_add_pd(sum, _mm512_cvtps_pd(c[e]));
-        }
+        const __m512d sum = row_sums8(xr, x_stride, n, TERM_X, _mm256_setzero_ps());
         const __m256 mean = _mm256_div_ps(_mm512_cvtpd_ps(sum), _mm256_set1_ps((float)n));
-        for (int64_t i = 0; i < n; i += 8) {
-            column_block(xr, x_stride, i, n, c);
-            for (int e = 0; e < 8 && i + e < n; e++) {
-                const __m256 d = _mm256_sub_ps(c[e], mean);
-                sq = _mm512_add_pd(sq, _mm512_cvtps_pd(_mm256_mul_ps(d, d)));
-            }
-        }
+        const __m512d sq = row_sums8(xr, x_stride, n, TERM_DD, mean);
         const __m256 var = _mm512_cvtpd_ps(_mm512_div_pd(sq, _mm512_set1_pd((double)n)));
         const __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))));
         _Alignas(32) float means[8], scales[8];
         _mm256_store_ps(means, mean);
         _mm256_store_ps(scales, scale);
-        for (int j = 0; j < 8; j++) {
-            const float *xj = xr + (size_t)j * x_stride;
-            float *yj = y + (size_t)(r + j) * y_stride;
-            const __m512 mj = _mm512_set1_ps(means[j]), sj = _mm512_set1_ps(scales[j]);
-            for (int64_t i = 0; i < n; i += 16) {
-                const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-                __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xj + i), mj), sj);
-                if (w)
-                    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
-                if (b)
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
-                _mm512_mask_storeu_ps(yj + i, m, v);
-            }
-        }
+        for (int j = 0; j < 8; j++)
+            scale_row(xr + (size_t)j * x_stride, means[j], scales[j], w, b, n, y + (size_t)(r + j) * y_stride);
     }
     kn_ref_impl.layer_norm_rows(x + (size_t)r * x_stride, x_stride, w, b, n, eps, y + (size_t)r * y_stride, y_stride,
                                 n_rows - r);
+}
+
+/* The reference's RMS norm of 8 rows at a time, likewise. */
+TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
+                                 size_t y_stride, int64_t n_rows)
+{
+    int64_t r = 0;
+    for (; r + 8 <= n_rows; r += 8) {
+        const float *xr = x + (size_t)r * x_stride;
+        const __m512d sum = row_sums8(xr, x_stride, n, TERM_XX, _mm256_setzero_ps());
+        const __m256 mean = _mm512_cvtpd_ps(_mm512_div_pd(sum, _mm512_set1_pd((double)n)));
+        const __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(mean, _mm256_set1_ps(eps))));
+        _Alignas(32) float scales[8];
+        _mm256_store_ps(scales, scale);
+        for (int j = 0; j < 8; j++)
+            scale_row(xr + (size_t)j * x_stride, 0.0f, scales[j], w, NULL, n, y + (size_t)(r + j) * y_stride);
+    }
+    kn_ref_impl.rms_norm_rows(x + (size_t)r * x_stride, x_stride, w, n, eps, y + (size_t)r * y_stride, y_stride,
+                              n_rows - r);
 }
 
 /* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
@@ -565,6 +596,7 @@ const kn_impl *kn_avx512_impl(void)
     t.use_blas = false;
     t.dot_f32 = dot_f32;
     t.layer_norm_rows = layer_norm_rows;
+    t.rms_norm_rows = rms_norm_rows;
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;
     t.tile[DTYPE_BF16] = tile_bf16;

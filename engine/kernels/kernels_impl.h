@@ -74,6 +74,8 @@ typedef struct kn_impl {
     /* The per-row kernels of kernels.h, same contracts. */
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*rms_norm)(const float *x, const float *w, int64_t n, float eps, float *y);
+    void (*rms_norm_rows)(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
+                          size_t y_stride, int64_t n_rows);
     void (*layer_norm)(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
     void (*layer_norm_rows)(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps,
                             float *y, size_t y_stride, int64_t n_rows);

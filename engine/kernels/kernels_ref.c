@@ -336,6 +336,13 @@ static void rms_norm(const float *x, const float *w, int64_t n, float eps, float
         y[i] = x[i] * scale * w[i];
 }
 
+static void rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
+                          size_t y_stride, int64_t n_rows)
+{
+    for (int64_t r = 0; r < n_rows; r++)
+        rms_norm(x + (size_t)r * x_stride, w, n, eps, y + (size_t)r * y_stride);
+}
+
 static void softmax(float *x, int64_t n)
 {
     float max = -INFINITY;
@@ -493,6 +500,7 @@ const kn_impl kn_ref_impl = {
     .to_f32 = dequantize_row,
     .dot_f32 = dot_f32,
     .rms_norm = rms_norm,
+    .rms_norm_rows = rms_norm_rows,
     .layer_norm = layer_norm,
     .layer_norm_rows = layer_norm_rows,
     .rope = rope,

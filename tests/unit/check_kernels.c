@@ -978,7 +978,7 @@ START_TEST(test_simd_dot_f32)
 END_TEST
 
 /* SIMD softmax and SwiGLU (vectorised exp) against the reference (libm expf);
- * add_bias and layer_norm_rows equal to it bit for bit. */
+ * add_bias, layer_norm_rows and rms_norm_rows equal to it bit for bit. */
 START_TEST(test_simd_softmax_swiglu)
 {
     const kn_impl *simd = simd_impl(_i);
@@ -1006,8 +1006,8 @@ START_TEST(test_simd_softmax_swiglu)
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
                           (long long)n, x[i], v[i], r[i]);
-        /* LayerNorm of 1..19 rows at once: every row the reference's bits
-         * (rows 9 apart, and in place) */
+        /* LayerNorm and RMS norm of 1..19 rows at once: every row the
+         * reference's bits (rows 9 apart; LayerNorm also in place) */
         const int64_t stride = n + 9;
         float *lx = random_f32(19 * stride, -3.0f, 5.0f), *lr = malloc(19 * (size_t)stride * sizeof *lr);
         float *lv = malloc(19 * (size_t)stride * sizeof *lv);
@@ -1015,6 +1015,10 @@ START_TEST(test_simd_softmax_swiglu)
             kn_ref_impl.layer_norm_rows(lx, (size_t)stride, u, x, n, 1e-6f, lr, (size_t)n, nr);
             simd->layer_norm_rows(lx, (size_t)stride, u, x, n, 1e-6f, lv, (size_t)n, nr);
             ck_assert_msg(memcmp(lr, lv, (size_t)(nr * n) * sizeof *lv) == 0, "layer_norm_rows n=%lld x %lld differs",
+                          (long long)n, (long long)nr);
+            kn_ref_impl.rms_norm_rows(lx, (size_t)stride, u, n, 1e-6f, lr, (size_t)n, nr);
+            simd->rms_norm_rows(lx, (size_t)stride, u, n, 1e-6f, lv, (size_t)n, nr);
+            ck_assert_msg(memcmp(lr, lv, (size_t)(nr * n) * sizeof *lv) == 0, "rms_norm_rows n=%lld x %lld differs",
                           (long long)n, (long long)nr);
             memcpy(lv, lx, 19 * (size_t)stride * sizeof *lv);
             simd->layer_norm_rows(lv, (size_t)stride, NULL, NULL, n, 1e-5f, lv, (size_t)stride, nr);
