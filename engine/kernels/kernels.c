@@ -7,9 +7,11 @@
  *     table (kernels_avx2.c) when it has AVX2, FMA and F16C, else the scalar
  *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar or =avx2 caps the
  *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 tiles,
- *     the Q8_0/Q4_0/Q5_0/Q4_K/Q6_K tiles (with VNNI only) and the fused
- *     attention replaced; the other quantised tiles, the activation
- *     quantisers and the per-row kernels are AVX2 there too.
+ *     the Q8_0/Q4_0/Q5_0/Q4_K/Q6_K tiles (with VNNI only), the fused
+ *     attention and the norms of 8 rows at once (layer_norm_rows,
+ *     rms_norm_rows) replaced; the other quantised tiles, the activation
+ *     quantisers and the other per-row kernels are AVX2 (or reference)
+ *     there too.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then runs the

@@ -2,8 +2,11 @@
  * kernels_avx512.c — the AVX-512 table: the AVX2 table with the matrix
  * tiles that gain from 16-lane registers replaced: F32/F16/BF16 (4 weight
  * rows x 4 tokens per micro-kernel, kernels_tile.h), Q8_0/Q4_0/Q5_0 with
- * VNNI where the CPU has it (the same blocking), Q4_K and Q6_K with VNNI (2
- * rows x 4 tokens), and the fused attention (attention_avx512.c).
+ * VNNI where the CPU has it (the same blocking, tokens outer), Q4_K and
+ * Q6_K with VNNI (2 rows x 4 tokens), and the fused attention
+ * (attention_avx512.c); and the LayerNorm and RMS norm of 8 rows at once.
+ * Every tile's outputs are summed across lanes in one tree (hsum16), 16 of
+ * them at a time.
  *
  * Numerics vs the reference: float tiles sum each output in one 16-lane f32
  * chain instead of double, the quantised tiles add the block terms in 16 lanes
