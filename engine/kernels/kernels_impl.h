@@ -45,10 +45,10 @@ typedef float (*kn_vec_dot_fn)(int64_t n, const void *w, const void *a);
 typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 
 /* The float tiles (F32/F16/BF16) walk rows longer than KN_TILE_K_PART
- * elements in parts, keeping the accumulators of up to KN_TILE_PART_TOK
- * tokens in between (kernels_tile.h); kernels.c sizes their token blocks by
- * a part. */
-#define KN_TILE_K_PART 768
+ * elements in parts of at most that, keeping the accumulators of up to
+ * KN_TILE_PART_TOK tokens in between (kernels_tile.h); kernels.c sizes
+ * their token blocks by a part. */
+#define KN_TILE_K_PART 1024
 #define KN_TILE_PART_TOK 64
 
 /* A tile of dots: y[t*y_stride + o] = the dot of weight row o (at w +

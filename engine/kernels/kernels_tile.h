@@ -153,6 +153,18 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k0, int64_t k1,
     vf_store_sums(acc, R, T, y, y_stride);
 }
 
+/* The part length for rows of k elements: k itself up to kc_max (or when
+ * kc_max is 0), else the fewest parts of at most kc_max, as equal as
+ * multiples of VL allow (the last may be shorter): a short last part would
+ * cost a store and reload of the accumulators for little work. */
+static inline int64_t tile_part(int64_t k, int64_t kc_max)
+{
+    if (kc_max <= 0 || k <= kc_max)
+        return k;
+    const int64_t parts = (k + kc_max - 1) / kc_max, per = (k + parts - 1) / parts;
+    return (per + VL - 1) / VL * VL;
+}
+
 /* Defines a kn_tile_fn `name` over a micro-kernel
  *   micro(R, T, k0, k1, k, w, w_row, a, a_row, state, y, y_stride)
  * (R rows x T tokens, both compile-time constants at every call; elements
@@ -162,21 +174,22 @@ INLINE void micro_float(enum wf_kind kind, int R, int T, int64_t k0, int64_t k1,
  * kernels.c TOK_BYTES), rows left over one at a time; then the tokens left
  * over one at a time, MR1 rows per step.
  *
- * With KC > 0 (a multiple of VL) a row group walks k in parts of KC
- * elements, each part against all token groups, with the accumulators of
- * every group kept in `state` in between (tiles of up to KN_TILE_PART_TOK
- * tokens; longer ones take k in one go): for long rows (the ViT's k = 3072)
- * a whole row group and 4 activation rows overflow L1, a part's do not.
- * Measured on one Zen 5 core, F16, 768 x 3072 x 1024 tokens: 150 GFLOP/s
- * in one go (8-token blocks), 199 in parts of 768 with 40-token blocks.
- * The micro-kernels of KC = 0 see k0 = 0, k1 = k, no state. */
+ * With KC > 0, rows longer than KC elements are walked in parts
+ * (tile_part), a row group each part against all token groups, with the
+ * accumulators of every group kept in `state` in between (tiles of up to
+ * KN_TILE_PART_TOK tokens; longer ones take k in one go): for long rows
+ * (the ViT's k = 3072) a whole row group and 4 activation rows overflow
+ * L1, a part's do not. Measured on one Zen 5 core, F16, 768 x 3072 x 1024
+ * tokens: 150 GFLOP/s in one go (8-token blocks), 199 in parts of 768 with
+ * 40-token blocks. The micro-kernels of KC = 0 see k0 = 0, k1 = k, no
+ * state. */
 #define DEFINE_TILE(name, micro, MR, MT, MR1, KC)                                                    \
     TARGET static void name(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a,     \
                             size_t a_row, int64_t n_tok, float *y, size_t y_stride)                    \
     {                                                                                                  \
         const uint8_t *w8 = w, *a8 = a;                                                                \
         const int64_t n_full = n_tok - n_tok % (MT);                                                   \
-        const int64_t kc = (KC) > 0 && n_full <= KN_TILE_PART_TOK ? (KC) : k;                             \
+        const int64_t kc = n_full <= KN_TILE_PART_TOK ? tile_part(k, KC) : k;                           \
         VF state[(KC) > 0 ? KN_TILE_PART_TOK / (MT) * (MR) * (MT) : 1];                                   \
         (void)state;                                                                                   \
         for (int64_t o = 0; o < n_rows; o += (MR)) {                                                   \

@@ -762,8 +762,8 @@ static const kn_impl *simd_impl(int which)
  *     counts that leave every kind of remainder of the micro-kernels (4 x 4
  *     and 8 x 1 on AVX-512, 2 x 4 and 4 x 1 on AVX2, ...), tiles that do not
  *     start at row 0, and row widths with a tail shorter than a vector;
- *     and one long row width: two KN_TILE_K_PART and a bit, which the
- *     float tiles walk in three parts (the last with a tail) and which is
+ *     and one long row width: three KN_TILE_K_PART and a bit, which the
+ *     float tiles walk in four parts (the last with a tail) and which is
  *     past what the AVX-512 Q8_0/Q4_0/Q5_0 tiles prepare on the stack
  *     (they take their raw path). */
 START_TEST(test_simd_tile)
@@ -776,7 +776,7 @@ START_TEST(test_simd_tile)
     const int act = kn_act_of(type);
     const int64_t n_rows = 19, max_tok = 11;
     for (int ik = 0; ik < 5; ik++) {
-        const int64_t k = ik < 4 ? odd_k(type, 2 * ik + 1) : 2 * KN_TILE_K_PART + odd_k(type, 1);
+        const int64_t k = ik < 4 ? odd_k(type, 2 * ik + 1) : 3 * KN_TILE_K_PART + odd_k(type, 1);
         const size_t row = kn_act_row_size(act, k), w_row = dtype_row_size(type, k);
         tensor w;
         void *wd = random_weights(type, k, n_rows, &w);
