@@ -144,9 +144,10 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
  * few at a time (kernels_tile.h). Measured on Zen 5, F16 weights, 2
  * threads: 128 KB blocks run k = 3072 at ~370 GFLOP/s where 64 rows (768
  * KB) ran ~200; k = 576..1536 run ~350-370 with 64 KB to 256 KB. That was
- * with whole rows; the float tiles now walk long rows in parts, and a
- * block of 40 rows of k = 3072 (a part of each: 120 KB) ran 199 GFLOP/s on
- * one core where 8 whole rows ran 150 (and 156 in parts). */
+ * with whole rows; the float tiles now walk rows longer than
+ * KN_TILE_K_PART in parts, and their blocks count a part's bytes: 32-40
+ * rows of k = 3072 (parts of 1024 or 768) ran ~200 GFLOP/s on one core
+ * where 8 whole rows ran 150 (and 156 in parts). */
 #define TOK_BYTES (128 * 1024)
 #define TOK_BLOCK 64
 _Static_assert(TOK_BLOCK <= KN_TILE_PART_TOK, "the float tiles must be able to walk k in parts");
