@@ -22,6 +22,8 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include "simd_exp.h"
+
 #include <immintrin.h>
 #include <string.h>
 
@@ -251,6 +253,26 @@ TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w
     }
     kn_ref_impl.rms_norm_rows(x + (size_t)r * x_stride, x_stride, w, n, eps, y + (size_t)r * y_stride, y_stride,
                               n_rows - r);
+}
+
+/* ---- SwiGLU ---------------------------------------------------------------------- */
+
+/* The AVX2 table's SwiGLU 16 lanes at a time (kn_exp512 gives kn_exp256's
+ * results, so every element gets the AVX2 table's bits); the last n % 16
+ * elements go to the AVX2 one itself, which starts them at a multiple of 8
+ * as it would have. */
+TARGET static void swiglu(float *g, const float *u, int64_t n)
+{
+    int64_t i = 0;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(g + i);
+        const __m512 e = kn_exp512(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign)));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+    if (i < n)
+        kn_avx2_impl()->swiglu(g + i, u + i, n - i);
 }
 
 /* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
@@ -600,6 +622,7 @@ const kn_impl *kn_avx512_impl(void)
     t.dot_f32 = dot_f32;
     t.layer_norm_rows = layer_norm_rows;
     t.rms_norm_rows = rms_norm_rows;
+    t.swiglu = swiglu;
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;
     t.tile[DTYPE_BF16] = tile_bf16;

@@ -1006,6 +1006,13 @@ START_TEST(test_simd_softmax_swiglu)
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
                           (long long)n, x[i], v[i], r[i]);
+        if (simd != kn_avx2_impl() && kn_avx2_impl()) {
+            /* the AVX-512 SwiGLU gives the AVX2 one's bits */
+            memcpy(r, x, (size_t)n * sizeof *r);
+            kn_avx2_impl()->swiglu(r, u, n);
+            ck_assert_msg(memcmp(r, v, (size_t)n * sizeof *r) == 0, "swiglu n=%lld: avx512 differs from avx2",
+                          (long long)n);
+        }
         /* LayerNorm and RMS norm of 1..19 rows at once: every row the
          * reference's bits (rows 9 apart; LayerNorm also in place) */
         const int64_t stride = n + 9;
