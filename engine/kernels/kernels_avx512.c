@@ -275,6 +275,46 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
         kn_avx2_impl()->swiglu(g + i, u + i, n - i);
 }
 
+/* ---- GELU tables ------------------------------------------------------------------ */
+
+/* The AVX2 table's lookups (its gelu_lookup) 16 at a time: the input
+ * rounded to half indexes the table (a 32-bit gather, the table's spare
+ * entry covers the last index), the entry widened back; the last n % 16
+ * elements go to the AVX2 function. So every element gets its bits. */
+INLINE __m512 gelu_lookup16(const uint16_t *table, __m512 v)
+{
+    const __m512i idx = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    const __m512i g = _mm512_i32gather_epi32(idx, (const void *)table, 2);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+TARGET static void gelu(float *x, int64_t n)
+{
+    const uint16_t *table = kn_gelu_table(false);
+    const __m512 lo = _mm512_set1_ps(-10.0f), hi = _mm512_set1_ps(10.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        __m512 g = gelu_lookup16(table, v);
+        /* x <= -10: 0; x >= 10: x (ggml's pass-through outside the table) */
+        g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(v, lo, _CMP_LE_OQ), _mm512_setzero_ps());
+        g = _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(v, hi, _CMP_GE_OQ), v);
+        _mm512_storeu_ps(x + i, g);
+    }
+    if (i < n)
+        kn_avx2_impl()->gelu(x + i, n - i);
+}
+
+TARGET static void gelu_quick(float *x, int64_t n)
+{
+    const uint16_t *table = kn_gelu_table(true);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, gelu_lookup16(table, _mm512_loadu_ps(x + i)));
+    if (i < n)
+        kn_avx2_impl()->gelu_quick(x + i, n - i);
+}
+
 /* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
 
 #undef TARGET
@@ -623,6 +663,8 @@ const kn_impl *kn_avx512_impl(void)
     t.layer_norm_rows = layer_norm_rows;
     t.rms_norm_rows = rms_norm_rows;
     t.swiglu = swiglu;
+    t.gelu = gelu;
+    t.gelu_quick = gelu_quick;
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;
     t.tile[DTYPE_BF16] = tile_bf16;
