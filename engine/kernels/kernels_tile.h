@@ -22,9 +22,10 @@
  * Batch invariance: every (row, token) pair has exactly ONE accumulator
  * chain of VL lanes, stepped over k in VL-element steps from element 0, the
  * last k % VL elements as one more step on zero-padded copies, then the
- * fixed tree of vf_store_sums. Nothing in that chain depends on R, T, n_rows or n_tok, so a pair's result
- * is the same bit for bit whichever micro-kernel shape computed it, and the
- * one-token dot (1 x 1) is the same chain too.
+ * fixed tree of vf_store_sums. Nothing in that chain depends on R, T,
+ * n_rows or n_tok, so a pair's result is the same bit for bit whichever
+ * micro-kernel shape computed it, and the one-token dot (1 x 1) is the
+ * same chain too.
  */
 #ifndef GLIMPSE_KERNELS_TILE_H
 #define GLIMPSE_KERNELS_TILE_H
@@ -35,8 +36,9 @@
  * them in registers; without the pragma -O2 keeps them in memory. */
 #define TILE_UNROLL _Pragma("GCC unroll 8")
 
-/* The R x T accumulators of a micro-kernel: all set to zero; and (one
- * vf_store_sums) each summed across lanes by hsum into y[t * y_stride + r]. */
+/* The R x T accumulators of a micro-kernel: all set to zero; and at the
+ * end (the AVX2 table's vf_store_sums) each summed across lanes by hsum
+ * into y[t * y_stride + r]. */
 #define TILE_ACC_ZERO(acc, R, T, zero)                 \
     TILE_UNROLL                                        \
     for (int r_ = 0; r_ < (R); r_++) {                 \
@@ -201,12 +203,14 @@ static inline int64_t tile_part(int64_t k, int64_t kc_max)
                               a_row, NULL, y + (size_t)t * y_stride + o + r, y_stride);                \
                 continue;                                                                              \
             }                                                                                          \
-            for (int64_t k0 = 0; k0 < k; k0 += kc) {                                                   \
+            int64_t k0 = 0;                                                                            \
+            do {                                                                                       \
                 const int64_t k1 = k - k0 <= kc ? k : k0 + kc;                                         \
                 for (int64_t t = 0; t < n_full; t += (MT))                                             \
                     micro(MR, MT, k0, k1, k, wo, w_row, a8 + (size_t)t * a_row, a_row,                 \
                           state + t / (MT) * (MR) * (MT), y + (size_t)t * y_stride + o, y_stride);     \
-            }                                                                                          \
+                k0 = k1;                                                                               \
+            } while (k0 < k);                                                                          \
         }                                                                                              \
         for (int64_t t = n_full; t < n_tok; t++) {                                                     \
             const uint8_t *at = a8 + (size_t)t * a_row;                                                \
