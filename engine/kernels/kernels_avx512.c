@@ -213,6 +213,13 @@ INLINE void scale_row(const float *x, float mean, float scale, const float *w, c
     }
 }
 
+/* 1.0f / sqrtf(v + eps) lane by lane (IEEE division and square root: the
+ * reference's bits). */
+INLINE __m256 norm_scale(__m256 v, float eps)
+{
+    return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(v, _mm256_set1_ps(eps))));
+}
+
 /* The reference's LayerNorm of 8 rows at a time (row_sums8); the mean,
  * variance and scale are its f32/f64 operations lane by lane. */
 TARGET static void layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n,
@@ -225,7 +232,7 @@ TARGET static void layer_norm_rows(const float *x, size_t x_stride, const float 
         const __m256 mean = _mm256_div_ps(_mm512_cvtpd_ps(sum), _mm256_set1_ps((float)n));
         const __m512d sq = row_sums8(xr, x_stride, n, TERM_DD, mean);
         const __m256 var = _mm512_cvtpd_ps(_mm512_div_pd(sq, _mm512_set1_pd((double)n)));
-        const __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))));
+        const __m256 scale = norm_scale(var, eps);
         _Alignas(32) float means[8], scales[8];
         _mm256_store_ps(means, mean);
         _mm256_store_ps(scales, scale);
@@ -245,7 +252,7 @@ TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w
         const float *xr = x + (size_t)r * x_stride;
         const __m512d sum = row_sums8(xr, x_stride, n, TERM_XX, _mm256_setzero_ps());
         const __m256 mean = _mm512_cvtpd_ps(_mm512_div_pd(sum, _mm512_set1_pd((double)n)));
-        const __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(mean, _mm256_set1_ps(eps))));
+        const __m256 scale = norm_scale(mean, eps);
         _Alignas(32) float scales[8];
         _mm256_store_ps(scales, scale);
         for (int j = 0; j < 8; j++)
