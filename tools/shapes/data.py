@@ -129,14 +129,16 @@ def make_example(rng, prompter, cfg, n_questions=1, kind_weights=KIND_WEIGHTS, h
         prompt = prompter.prompt(q, pre["grid"], cfg.tokens_per_image, user)
         seqs.append(dict(ids=prompt + prompter.answer(a), n_prompt=len(prompt), kind=kind))
     (tx, ty), (vx, vy) = pp.patch_points(scene["w"], scene["h"], pre, cfg.image_size, cfg.patch_size, AUX_SUB)
-    ts, tc = sc.label_maps(scene, tx, ty)
-    vs, vc = sc.label_maps(scene, vx, vy)
-    return dict(seqs=seqs, tile=pre["tiles"][0], overview=pre["overview"],
-                aux_shape=np.stack([_patch_label(ts, 4), _patch_label(vs, 4)]),
-                aux_color=np.stack([_patch_label(tc, 8), _patch_label(vc, 8)]))
+    tile, view = sc.label_maps(scene, tx, ty), sc.label_maps(scene, vx, vy)
+    aux = {name: np.stack([_patch_label(tile[i], n), _patch_label(view[i], n)])
+           for i, (name, n) in enumerate(AUX_CLASSES)}
+    return dict(seqs=seqs, tile=pre["tiles"][0], overview=pre["overview"], aux=aux)
 
 
 AUX_SUB = 4   # label points per patch side
+# The auxiliary per-patch labels, in sc.label_maps' order, and their classes
+# (background included): shape, colour, left-to-right rank of the shape.
+AUX_CLASSES = (("shape", 4), ("color", 8), ("rank", 4))
 
 
 def _patch_label(points, n_classes):
@@ -154,7 +156,7 @@ def collate(examples, pad_id):
     """Batch tensors over the B sequences of the N images: ids [B,T] (image
     slots and padding hold pad_id), img_pos [B,K], targets [B,T] (-100 except
     the answer), img_index [B] (the image of each sequence), images
-    [N,2,3,S,S], aux labels [N*2, G*G] each, kinds list [B]."""
+    [N,2,3,S,S], aux labels {name: [N*2, G*G]}, kinds list [B]."""
     seqs = [(i, q) for i, e in enumerate(examples) for q in e["seqs"]]
     B = len(seqs)
     T = max(len(q["ids"]) for _, q in seqs)
@@ -171,8 +173,8 @@ def collate(examples, pad_id):
     images = torch.from_numpy(np.stack([np.stack([e["tile"], e["overview"]]) for e in examples]))
     return dict(ids=ids, tgt=tgt, img_pos=torch.stack(img_pos), images=images,
                 img_index=torch.tensor([i for i, _ in seqs], dtype=torch.long),
-                aux_shape=torch.from_numpy(np.concatenate([e["aux_shape"] for e in examples])),
-                aux_color=torch.from_numpy(np.concatenate([e["aux_color"] for e in examples])),
+                aux={name: torch.from_numpy(np.concatenate([e["aux"][name] for e in examples]))
+                     for name, _ in AUX_CLASSES},
                 kinds=[q["kind"] for _, q in seqs])
 
 

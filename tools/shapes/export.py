@@ -102,11 +102,14 @@ def write_mmproj(path, net, cfg):
 
 
 def load(ckpt_path):
-    """(net in eval mode, config, tokenizer) of a training checkpoint."""
+    """(net in eval mode, config, tokenizer) of a training checkpoint. The
+    training-only auxiliary head is left out: its width changed between
+    versions of train.py, and nothing exported or evaluated uses it."""
     ck = torch.load(ckpt_path)
     cfg = M.Config(**ck["config"])
     net = M.ShapesVLM(cfg)
-    net.load_state_dict(ck["model"])
+    keys = net.load_state_dict({k: v for k, v in ck["model"].items() if not k.startswith("aux.")}, strict=False)
+    assert not keys.unexpected_keys and all(k.startswith("aux.") for k in keys.missing_keys), keys
     net.eval()
     return net, cfg, ck["tokenizer"], ck
 

@@ -176,8 +176,9 @@ class ShapesVLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.t_layers))
         self.norm = RMSNorm(c.t_dim, c.t_eps)
-        # Training-only dense head: per patch, shape class (4) and colour class (8).
-        self.aux = nn.Linear(c.v_dim, 4 + 8)
+        # Training-only dense head: per patch, the logits of each label of
+        # data.AUX_CLASSES (shape 4, colour 8, rank 4) side by side.
+        self.aux = nn.Linear(c.v_dim, 4 + 8 + 4)
 
     def image_embeddings(self, images):
         """images [N, 3, S, S] -> (embeddings [N, tokens_per_image, t_dim], patch features)."""

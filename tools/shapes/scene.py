@@ -203,11 +203,14 @@ def render_file(scene):
 
 
 def label_maps(scene, xs, ys):
-    """Shape class (0 background, 1+index in SHAPES) and colour class (0
-    background, 1+index in COLOR_NAMES) at original-image points (xs, ys),
-    arrays of equal shape. Used for the dense auxiliary loss."""
+    """Shape class (0 background, 1+index in SHAPES), colour class (0
+    background, 1+index in COLOR_NAMES) and left-to-right rank (0 background,
+    1 + place of the shape's centre in describe's order) at original-image
+    points (xs, ys), arrays of equal shape. Used for the dense auxiliary loss."""
     shp = np.zeros(xs.shape, dtype=np.int64)
     col = np.zeros(xs.shape, dtype=np.int64)
+    rank = np.zeros(xs.shape, dtype=np.int64)
+    order = sorted(scene["shapes"], key=lambda sh: sh["cx"])
     for sh in scene["shapes"]:
         s, cx, cy = sh["size"], sh["cx"], sh["cy"]
         u, v = xs - cx, ys - cy   # v grows downwards
@@ -219,7 +222,8 @@ def label_maps(scene, xs, ys):
             inside = (v <= s / 2) & (np.abs(u) <= (v + s / 2) / 2)
         shp[inside] = 1 + SHAPES.index(sh["shape"])
         col[inside] = 1 + COLOR_NAMES.index(sh["color"])
-    return shp, col
+        rank[inside] = 1 + order.index(sh)
+    return shp, col, rank
 
 
 # ---------------------------------------------------------------------------

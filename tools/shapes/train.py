@@ -43,15 +43,17 @@ def losses(net, batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, aux = net(batch["ids"], batch["img_pos"], batch["images"], batch["img_index"])
     lm = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt"].flatten(), ignore_index=-100)
-    # Per-patch shape and colour cross-entropy, averaged over shape patches and
-    # over background patches separately: shape patches are about 11 % of all,
-    # and in a plain mean the easy background drowned their shape signal (the
-    # ViT's shape accuracy stayed at chance for 750 steps).
+    # Per-patch cross-entropy of each auxiliary label (shape, colour, rank),
+    # averaged over shape patches and over background patches separately:
+    # shape patches are about 11 % of all, and in a plain mean the easy
+    # background drowned their shape signal (the ViT's shape accuracy stayed at
+    # chance for 750 steps).
     aux = aux.float().flatten(0, 1)
-    shape, color = batch["aux_shape"].flatten(), batch["aux_color"].flatten()
-    ce = (F.cross_entropy(aux[:, :4], shape, reduction="none")
-          + F.cross_entropy(aux[:, 4:], color, reduction="none"))
-    fg = shape > 0
+    ce, col = 0, 0
+    for name, n in data.AUX_CLASSES:
+        ce = ce + F.cross_entropy(aux[:, col:col + n], batch["aux"][name].flatten(), reduction="none")
+        col += n
+    fg = batch["aux"]["shape"].flatten() > 0
     la = ce[fg].sum() / fg.sum().clamp(min=1) + ce[~fg].sum() / (~fg).sum().clamp(min=1)
     return lm, la, logits
 
