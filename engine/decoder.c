@@ -272,12 +272,6 @@ typedef struct row_task {
     enum row_pass pass;
 } row_task;
 
-static void add_rows(float *x, const float *y, int64_t n)
-{
-    for (int64_t j = 0; j < n; j++)
-        x[j] += y[j];
-}
-
 /* Rows per kn_rms_norm_rows call: a group's other steps first, then its
  * norms together (a row's numbers do not depend on the grouping). */
 #define NORM_ROWS 8
@@ -297,7 +291,7 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
             switch (t->pass) {
             case ROWS_ATTN_IN:
                 if (t->layer > 0)
-                    add_rows(x, xb, E);
+                    kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_ROPE:
                 if (L->bq)
@@ -313,13 +307,13 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
             case ROWS_FFN_IN:
                 if (L->bo)
                     kn_add_bias(xb, L->bo, 1, E);
-                add_rows(x, xb, E);
+                kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_SWIGLU:
                 kn_swiglu(d->gate + i * F, d->up + i * F, F);
                 break;
             case ROWS_OUT:
-                add_rows(x, xb, E);
+                kn_add_bias(x, xb, 1, E);
                 break;
             }
         }

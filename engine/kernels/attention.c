@@ -5,11 +5,10 @@
  * selected table, and the scalar references every SIMD version
  * (attention_avx512.c) is held to by tests/unit/check_kernels.c.
  */
-#include "attention_impl.h"
+#include "kernels_impl.h"
 
 #include <math.h>
 #include <stddef.h>
-#include <string.h>
 
 size_t kn_attention_scratch(int n_q, int head_dim)
 {
@@ -125,29 +124,16 @@ size_t kn_attention_dense_scratch(int64_t n, int head_dim)
     return (((size_t)n + 47) / 48 * 48 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
 }
 
-/* Tables are told apart by their ISA name, not by calling kn_avx2_impl /
- * kn_avx512_impl: this runs per call, and those check the CPU each time. */
-kn_attn_dense_fn kn_attention_dense_for(const kn_impl *impl)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (impl && strcmp(impl->isa, "avx512") == 0)
-        return kn_attention_dense_avx512;
-    if (impl && strcmp(impl->isa, "avx2") == 0)
-        return kn_attention_dense_avx2;
-#endif
-    return kn_attention_dense_ref;
-}
-
 void kn_attention_dense(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
                         size_t kv_stride, int64_t n, int head_dim, float scale, float *out, size_t out_stride,
                         float *scratch)
 {
-    kn_attention_dense_for(kn_impl_active())(q, q_stride, n_q, k, v, kv_stride, n, head_dim, scale, out,
-                                             out_stride, scratch);
+    kn_impl_active()->attention_dense(q, q_stride, n_q, k, v, kv_stride, n, head_dim, scale, out, out_stride,
+                                      scratch);
 }
 
 /* The definition, one query at a time: the scores (q.k summed over t in
- * order, times scale), the reference kn_softmax over them, then the
+ * order, times scale), the reference softmax over them, then the
  * probability-weighted values summed in key order within blocks of
  * KN_ATTN_DENSE_VBLOCK keys, the blocks' sums added in order. */
 void kn_attention_dense_ref(const float *q, size_t q_stride, int n_q, const float *k, const float *v,

@@ -4,10 +4,10 @@
  * of 3 keys or 2 dimensions x 4 registers, within the 16 ymm). The decoder's
  * kn_attention has no AVX2 version (the reference runs there).
  *
- * Only kn_attention_dense_for hands it out, for the AVX2 table, which
- * kn_avx2_impl gives only where the CPU has AVX2, FMA and F16C.
+ * Only the AVX2 table hands it out, which kn_avx2_impl gives only where the
+ * CPU has AVX2, FMA and F16C.
  */
-#include "attention_impl.h"
+#include "kernels_impl.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 

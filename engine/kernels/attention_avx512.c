@@ -20,10 +20,10 @@
  * and exp512 instead of separate multiply-add and expf: float rounding apart
  * (~1e-6 relative), the same numbers.
  *
- * Only kn_avx512_impl (which checks the CPU) hands kn_attention_avx512 out,
- * and kn_attention_dense_for kn_attention_dense_avx512.
+ * Only kn_avx512_impl (which checks the CPU) hands kn_attention_avx512 and
+ * kn_attention_dense_avx512 out.
  */
-#include "attention_impl.h"
+#include "kernels_impl.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 

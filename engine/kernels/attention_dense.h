@@ -52,7 +52,7 @@ INLINE void dense_scores(const float *qt, int d, const float *const *kr, float s
             V_STORE(s + (size_t)j * DQ + h * VL, V_MUL(a[j][h], sc));
 }
 
-/* kn_softmax for VL queries at once, lane by lane: p[j][lane], j < n, in place. */
+/* The tables' softmax for VL queries at once, lane by lane: p[j][lane], j < n, in place. */
 INLINE void dense_softmax(float *p, int64_t n)
 {
     VEC m = V_LOAD(p);

@@ -404,11 +404,6 @@ void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y)
     active->rms_norm(x, w, n, eps, y);
 }
 
-void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y)
-{
-    active->layer_norm(x, w, b, n, eps, y);
-}
-
 void kn_rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y, size_t y_stride,
                       int64_t n_rows)
 {
@@ -439,11 +434,6 @@ void kn_gelu(float *x, int64_t n)
 void kn_gelu_quick(float *x, int64_t n)
 {
     active->gelu_quick(x, n);
-}
-
-void kn_softmax(float *x, int64_t n)
-{
-    active->softmax(x, n);
 }
 
 void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n)

@@ -68,11 +68,10 @@ void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y)
 /* kn_rms_norm of n_rows rows, as kn_layer_norm_rows. */
 void kn_rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
                       size_t y_stride, int64_t n_rows);
-/* y = (x - mean) / sqrt(var + eps) * w + b, biased variance. w, b may be NULL. y may be x. */
-void kn_layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y);
-/* kn_layer_norm of n_rows rows, x + r * x_stride to y + r * y_stride (strides
- * in floats): the same bits as one call per row, several rows' sums at once
- * where the ISA allows. The y rows may be the x rows (y == x, same stride). */
+/* y = (x - mean) / sqrt(var + eps) * w + b, biased variance, w and b may be
+ * NULL, for n_rows rows, x + r * x_stride to y + r * y_stride (strides in
+ * floats): the same bits as the one-row kernel per row, several rows' sums at
+ * once where the ISA allows. The y rows may be the x rows (y == x, same stride). */
 void kn_layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps, float *y,
                         size_t y_stride, int64_t n_rows);
 /* Adjacent-pair ("normal", ggml mode 0) RoPE of x [n_heads][head_dim] at pos:
@@ -85,8 +84,6 @@ void kn_swiglu(float *g, const float *u, int64_t n);
  * below -10 and the identity above 10), as llama.cpp's CPU backend computes them. */
 void kn_gelu(float *x, int64_t n);
 void kn_gelu_quick(float *x, int64_t n);
-/* In-place softmax of n values (max-subtracted, sum in double). */
-void kn_softmax(float *x, int64_t n);
 /* y[i] += b[i] for each of n_tok rows of n. */
 void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n);
 /* Dot product of two f32 vectors. */
@@ -142,7 +139,7 @@ size_t kn_attention_dense_scratch(int64_t n, int head_dim);
  * v + j*kv_stride, output i at out + i*out_stride; head_dim floats each,
  * n >= 1. Queries are taken KN_ATTN_DENSE_QUERIES at a time, one per vector
  * lane: one pass over the keys fills their rows of scores (never the n x n
- * matrix), the softmax runs on those rows as kn_softmax does (max-subtracted,
+ * matrix), the softmax runs on those rows as the kernel tables' does (max-subtracted,
  * sum in double, times the f32 reciprocal: ggml's soft_max, so the
  * probabilities are rounded as llama.cpp's non-flash attention rounds them),
  * and one pass over the values sums p_ij v_j in key order (in blocks of

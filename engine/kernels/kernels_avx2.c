@@ -639,6 +639,7 @@ const kn_impl *kn_avx2_impl(void)
     kn_impl t = kn_ref_impl;
     t.isa = "avx2";
     t.use_blas = true;
+    t.attention_dense = kn_attention_dense_avx2;
     t.from_float[KN_ACT_F16] = from_float_f16;
     t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
     t.from_float[KN_ACT_Q8_1] = from_float_q8_1;

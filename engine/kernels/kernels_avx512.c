@@ -268,6 +268,10 @@ TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w
  * results, so every element gets the AVX2 table's bits); the last n % 16
  * elements go to the AVX2 one itself, which starts them at a multiple of 8
  * as it would have. */
+/* The AVX2 table, which the tails below finish with (kn_avx2_impl asks the
+ * CPU on every call); set by kn_avx512_impl before any of them can run. */
+static const kn_impl *avx2_table;
+
 TARGET static void swiglu(float *g, const float *u, int64_t n)
 {
     int64_t i = 0;
@@ -279,7 +283,7 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
         _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
     }
     if (i < n)
-        kn_avx2_impl()->swiglu(g + i, u + i, n - i);
+        avx2_table->swiglu(g + i, u + i, n - i);
 }
 
 /* ---- GELU tables ------------------------------------------------------------------ */
@@ -309,7 +313,7 @@ TARGET static void gelu(float *x, int64_t n)
         _mm512_storeu_ps(x + i, g);
     }
     if (i < n)
-        kn_avx2_impl()->gelu(x + i, n - i);
+        avx2_table->gelu(x + i, n - i);
 }
 
 TARGET static void gelu_quick(float *x, int64_t n)
@@ -319,7 +323,7 @@ TARGET static void gelu_quick(float *x, int64_t n)
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(x + i, gelu_lookup16(table, _mm512_loadu_ps(x + i)));
     if (i < n)
-        kn_avx2_impl()->gelu_quick(x + i, n - i);
+        avx2_table->gelu_quick(x + i, n - i);
 }
 
 /* ---- Q8_0, Q4_0, Q5_0 x Q8_0 with VNNI --------------------------------------------- */
@@ -660,9 +664,11 @@ const kn_impl *kn_avx512_impl(void)
         return NULL;
     if (avx512_impl.isa)
         return &avx512_impl;
+    avx2_table = base;
     kn_impl t = *base;
     t.isa = "avx512";
     t.attention = kn_attention_avx512;
+    t.attention_dense = kn_attention_dense_avx512;
     /* The tiles beat Debian's OpenBLAS (Haswell kernels on Zen 5) ~2x at
      * the ViT's sizes (bench/README.md "Kernels"): no sgemm path here. */
     t.use_blas = false;

@@ -59,6 +59,11 @@ typedef void (*kn_from_float_fn)(const float *x, void *dst, int64_t n);
 typedef void (*kn_tile_fn)(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
                            int64_t n_tok, float *y, size_t y_stride);
 
+/* kn_attention_dense's contract (kernels.h). */
+typedef void (*kn_attn_dense_fn)(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                                 size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
+                                 size_t out_stride, float *scratch);
+
 typedef struct kn_impl {
     const char *isa;
     /* Large batches of F32/F16/BF16 weights go to OpenBLAS sgemm (kernels.c);
@@ -87,6 +92,7 @@ typedef struct kn_impl {
     void (*add_bias)(float *y, const float *b, int64_t n_tok, int64_t n);
     void (*attention)(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
                       float scale, float *out, size_t out_stride, float *scratch);
+    kn_attn_dense_fn attention_dense;
 } kn_impl;
 
 /* Always available. */
@@ -120,6 +126,18 @@ void kn_attention_ref(const kn_attn_kv *kv, const float *q, size_t q_stride, int
                       float scale, float *out, size_t out_stride, float *scratch);
 void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
                          float scale, float *out, size_t out_stride, float *scratch);
+/* The dense attention of the reference table (attention.c) and of the AVX2
+ * and AVX-512 ones (attention_avx2.c, attention_avx512.c), each of the
+ * latter valid only where its table is not NULL. */
+void kn_attention_dense_ref(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                            size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
+                            size_t out_stride, float *scratch);
+void kn_attention_dense_avx2(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                             size_t kv_stride, int64_t n, int head_dim, float scale, float *out, size_t out_stride,
+                             float *scratch);
+void kn_attention_dense_avx512(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
+                               size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
+                               size_t out_stride, float *scratch);
 /* The table kernels_init selected (borrowed, static). */
 const kn_impl *kn_impl_active(void);
 

@@ -510,4 +510,5 @@ const kn_impl kn_ref_impl = {
     .softmax = softmax,
     .add_bias = add_bias,
     .attention = kn_attention_ref,
+    .attention_dense = kn_attention_dense_ref,
 };

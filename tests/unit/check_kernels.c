@@ -10,7 +10,7 @@
  */
 #include "testutil.h"
 
-#include "kernels/attention_impl.h"
+#include "kernels/kernels_impl.h"
 
 #include <math.h>
 #include <sched.h>
@@ -1229,8 +1229,8 @@ START_TEST(test_simd_attention_dense)
     const kn_impl *simd = simd_impl(_i);
     if (!simd)
         return;
-    dense_shapes(kn_attention_dense_for(simd), simd->isa, check_dense_simd);
-    dense_shapes(kn_attention_dense_for(simd), simd->isa, check_dense_vs_double);
+    dense_shapes(simd->attention_dense, simd->isa, check_dense_simd);
+    dense_shapes(simd->attention_dense, simd->isa, check_dense_vs_double);
 }
 END_TEST
 

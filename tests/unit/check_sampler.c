@@ -451,7 +451,6 @@ START_TEST(test_exact_support)
 }
 END_TEST
 
-
 /* ---- seeds ----------------------------------------------------------------- */
 
 static void draw_sequence(uint64_t seed, const float *logits, int n, int32_t *tokens, int n_tokens)

@@ -418,8 +418,9 @@ START_TEST(long_prompt_does_not_starve_streams)
     /* A streams; then B arrives with a prompt of many step budgets. A must
      * get a token in every step of B's prefill, which takes at most the
      * step's budget beside A's token (n_batch 32: 31 positions), and at most
-     * 64 positions while anything decodes (the scheduler's STEP_PROMPT_BUSY,
-     * n_batch 256), so that a stream waits for a bounded step. */
+     * 64 positions while anything decodes (n_batch 256: a text-only model's
+     * cap is a quarter of the budget, prompt_busy_of), so that a stream
+     * waits for a bounded step. */
     static const int n_batch[2] = { 32, 256 }, per_step[2] = { 31, 64 };
     static char long_prompt[4096];
     long_prompt[0] = '\0';

@@ -131,14 +131,11 @@ def make_example(rng, prompter, cfg, n_questions=1, kind_weights=KIND_WEIGHTS, h
     (tx, ty), (vx, vy) = pp.patch_points(scene["w"], scene["h"], pre, cfg.image_size, cfg.patch_size, AUX_SUB)
     tile, view = sc.label_maps(scene, tx, ty), sc.label_maps(scene, vx, vy)
     aux = {name: np.stack([_patch_label(tile[i], n), _patch_label(view[i], n)])
-           for i, (name, n) in enumerate(AUX_CLASSES)}
+           for i, (name, n) in enumerate(sc.AUX_CLASSES)}
     return dict(seqs=seqs, tile=pre["tiles"][0], overview=pre["overview"], aux=aux)
 
 
 AUX_SUB = 4   # label points per patch side
-# The auxiliary per-patch labels, in sc.label_maps' order, and their classes
-# (background included): shape, colour, left-to-right rank of the shape.
-AUX_CLASSES = (("shape", 4), ("color", 8), ("rank", 4))
 
 
 def _patch_label(points, n_classes):
@@ -174,7 +171,7 @@ def collate(examples, pad_id):
     return dict(ids=ids, tgt=tgt, img_pos=torch.stack(img_pos), images=images,
                 img_index=torch.tensor([i for i, _ in seqs], dtype=torch.long),
                 aux={name: torch.from_numpy(np.concatenate([e["aux"][name] for e in examples]))
-                     for name, _ in AUX_CLASSES},
+                     for name, _ in sc.AUX_CLASSES},
                 kinds=[q["kind"] for _, q in seqs])
 
 

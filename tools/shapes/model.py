@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import scene as sc
+
 
 @dataclass
 class Config:
@@ -177,8 +179,8 @@ class ShapesVLM(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.t_layers))
         self.norm = RMSNorm(c.t_dim, c.t_eps)
         # Training-only dense head: per patch, the logits of each label of
-        # data.AUX_CLASSES (shape 4, colour 8, rank 4) side by side.
-        self.aux = nn.Linear(c.v_dim, 4 + 8 + 4)
+        # scene.AUX_CLASSES side by side.
+        self.aux = nn.Linear(c.v_dim, sum(n for _, n in sc.AUX_CLASSES))
 
     def image_embeddings(self, images):
         """images [N, 3, S, S] -> (embeddings [N, tokens_per_image, t_dim], patch features)."""
@@ -190,7 +192,7 @@ class ShapesVLM(nn.Module):
         the sequence positions of the K image embeddings of each sequence, in
         the order of images [N, n_img, 3, S, S] flattened (tiles first,
         overview last); img_index [B] the image (0..N-1) of each sequence.
-        Returns (logits [B, T, vocab], aux logits [N*n_img, G*G, 12])."""
+        Returns (logits [B, T, vocab], aux logits [N*n_img, G*G, classes])."""
         N = images.shape[0]
         emb, feat = self.image_embeddings(images.flatten(0, 1))
         emb = emb.reshape(N, -1, self.c.t_dim)[img_index]

@@ -202,6 +202,11 @@ def render_file(scene):
     return encode(draw_scene(scene), scene), ("jpg" if scene["fmt"] == "jpeg" else "png")
 
 
+# The per-patch labels of label_maps, in its order, with their numbers of
+# classes (background included): shape, colour, left-to-right rank.
+AUX_CLASSES = (("shape", 1 + len(SHAPES)), ("color", 1 + len(COLOR_NAMES)), ("rank", 1 + len(NUMBERS)))
+
+
 def label_maps(scene, xs, ys):
     """Shape class (0 background, 1+index in SHAPES), colour class (0
     background, 1+index in COLOR_NAMES) and left-to-right rank (0 background,

@@ -50,7 +50,7 @@ def losses(net, batch):
     # chance for 750 steps).
     aux = aux.float().flatten(0, 1)
     ce, col = 0, 0
-    for name, n in data.AUX_CLASSES:
+    for name, n in sc.AUX_CLASSES:
         ce = ce + F.cross_entropy(aux[:, col:col + n], batch["aux"][name].flatten(), reduction="none")
         col += n
     fg = batch["aux"]["shape"].flatten() > 0
