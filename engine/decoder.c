@@ -262,7 +262,6 @@ enum row_pass {
     ROWS_ROPE,      /* Q/K/V biases, RoPE on Q and K, K and V into the cache */
     ROWS_FFN_IN,    /* xb += bo; x += xb; xb = norm(x) */
     ROWS_SWIGLU,    /* gate = silu(gate) * up */
-    ROWS_OUT,       /* x += xb (the last layer's FFN output) */
 };
 
 typedef struct row_task {
@@ -311,9 +310,6 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
                 break;
             case ROWS_SWIGLU:
                 kn_swiglu(d->gate + i * F, d->up + i * F, F);
-                break;
-            case ROWS_OUT:
-                kn_add_bias(x, xb, 1, E);
                 break;
             }
         }
@@ -422,14 +418,17 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         run_rows(d, b, n, l, ROWS_SWIGLU);
         kn_matmul_invariant(d->tp, L->ffn_down, d->gate, n, d->xb);
     }
-    if (c->n_layer > 0)
-        run_rows(d, b, n, c->n_layer - 1, ROWS_OUT);
 
-    /* Output block: final norm and LM head, only for the rows that want logits. */
+    /* Output block, only for the rows that want logits: the last layer's
+     * residual (no later layer reads x), final norm and LM head. */
     int n_out = 0;
     for (int i = 0; i < n; i++)
-        if (b[i].logits)
-            kn_rms_norm(d->x + (size_t)i * E, w->output_norm, E, c->rms_eps, d->xo + (size_t)n_out++ * E);
+        if (b[i].logits) {
+            float *x = d->x + (size_t)i * E;
+            if (c->n_layer > 0)
+                kn_add_bias(x, d->xb + (size_t)i * E, 1, E);
+            kn_rms_norm(x, w->output_norm, E, c->rms_eps, d->xo + (size_t)n_out++ * E);
+        }
     if (n_out > 0)
         kn_matmul_invariant(d->tp, w->output, d->xo, n_out, d->logits);
     d->n_logits = n_out;

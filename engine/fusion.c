@@ -97,8 +97,7 @@ void projector_run(const projector *pj, const vision_hparams *hp, threadpool *tp
     vision_rows_run(tp, &mid);
     kn_matmul(tp, pj->mm2, scratch, n, out);
     vision_rows bias = { .y = out, .n_rows = n, .n = pj->mm2->ne[1], .b = pj->mm2_b };
-    if (bias.b)
-        vision_rows_run(tp, &bias);
+    vision_rows_run(tp, &bias);
 }
 
 /* ---- splicing ---------------------------------------------------------------- */

@@ -537,6 +537,8 @@ static void rows_part(void *arg, int ith, int nth)
 
 void vision_rows_run(threadpool *tp, const vision_rows *t)
 {
+    if (!t->b && !t->act && !t->x && !t->h)
+        return; /* nothing to do (a bias the model does not have) */
     /* several parts per thread: a thread the OS holds back leaves its rows
      * to the others instead of stalling the pass */
     threadpool_run_parts(tp, rows_part, (void *)t, tp ? VIS_PARTS_PER_THREAD * threadpool_size(tp) : 1);
@@ -637,8 +639,7 @@ void vision_encode_part(vision_model *vm, threadpool *tp, const float *tile, int
         for (int i = 0; i < 3; i++) {
             kn_matmul(tp, wqkv[i], vm->h, n, qkv[i]);
             vision_rows bias = { .y = qkv[i], .n_rows = n, .n = C, .b = bqkv[i] };
-            if (bias.b)
-                vision_rows_run(tp, &bias);
+            vision_rows_run(tp, &bias);
         }
         attn_task at = { vm };
         threadpool_run_parts(tp, attn_part, &at, vm->n_attn_parts);

@@ -118,10 +118,10 @@ void kn_attention_ref(const kn_attn_kv *kv, const float *q, size_t q_stride, int
 
 size_t kn_attention_dense_scratch(int64_t n, int head_dim)
 {
-    /* SIMD layout: scores [n][Q] (n rounded up to a multiple of 48: whole
-     * score tiles of 8 or 3 keys), queries transposed [d][Q], outputs
-     * transposed [d][Q]; the reference uses the first n + d floats. */
-    return (((size_t)n + 47) / 48 * 48 + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
+    /* SIMD layout: scores [kn_attn_dense_score_rows(n)][Q], queries
+     * transposed [d][Q], outputs transposed [d][Q]; the reference uses the
+     * first n + d floats. */
+    return (kn_attn_dense_score_rows(n) + 2 * (size_t)head_dim) * KN_ATTN_DENSE_QUERIES;
 }
 
 void kn_attention_dense(const float *q, size_t q_stride, int n_q, const float *k, const float *v,

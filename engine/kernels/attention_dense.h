@@ -110,8 +110,8 @@ TARGET void DENSE_FN(const float *q, size_t q_stride, int n_q, const float *k, c
         kn_attention_dense_ref(q, q_stride, n_q, k, v, kv_stride, n, head_dim, scale, out, out_stride, scratch);
         return;
     }
-    /* [n16][DQ], [d][DQ], [d][DQ]: the layout of kn_attention_dense_scratch */
-    float *p = scratch, *qt = p + (size_t)(n + 47) / 48 * 48 * DQ, *ot = qt + (size_t)d * DQ;
+    /* scores, queries, outputs: the layout of kn_attention_dense_scratch */
+    float *p = scratch, *qt = p + kn_attn_dense_score_rows(n) * DQ, *ot = qt + (size_t)d * DQ;
     for (int i0 = 0; i0 < n_q; i0 += DQ) {
         const int nq = n_q - i0 < DQ ? n_q - i0 : DQ;
         /* lanes past nq hold zero queries: computed, never written out */

@@ -138,6 +138,13 @@ void kn_attention_dense_avx2(const float *q, size_t q_stride, int n_q, const flo
 void kn_attention_dense_avx512(const float *q, size_t q_stride, int n_q, const float *k, const float *v,
                                size_t kv_stride, int64_t n, int head_dim, float scale, float *out,
                                size_t out_stride, float *scratch);
+/* Rows of the dense attention's score scratch for n keys: n rounded up to
+ * a multiple of 48, so the SIMD kernels fill whole score tiles of 8 or 3
+ * keys (the layout kn_attention_dense_scratch sizes). */
+static inline size_t kn_attn_dense_score_rows(int64_t n)
+{
+    return ((size_t)n + 47) / 48 * 48;
+}
 /* The table kernels_init selected (borrowed, static). */
 const kn_impl *kn_impl_active(void);
 
