@@ -13,7 +13,8 @@
  *   - vision encode of one tile (with --mmproj): GFLOP/s vs the widest fp32 peak;
  *   - prefill of 512 tokens in one pass: GFLOP/s vs the same peak;
  *   - single-stream decode: weight bytes read per token / time vs the read
- *     bandwidth (the bandwidth bound);
+ *     bandwidth (the bandwidth bound), measured again between the decode
+ *     steps: the best window of those is the row's ceiling;
  *   - batched decode at 8 streams: tokens/s vs single-stream tokens/s.
  * The machine is shared, and the best run is the one least disturbed by
  * others: the ceilings are the best of 30 short windows (a few ms each, like
@@ -177,25 +178,38 @@ static void bw_worker(void *arg, int ith, int nth)
  * processes hold our cores, and the phases are also best-of. */
 enum { CEIL_REPEATS = 30 };
 
-/* Bytes per second of streaming reads with all pool threads. */
-static double measure_bandwidth(threadpool *tp, int repeats)
+/* The bandwidth probe's buffer: 256 MiB of floats, 8x the L3. */
+static bw_job bw_probe;
+
+static void bw_probe_init(void)
 {
-    const int64_t n = (int64_t)64 << 20; /* 256 MiB of floats: 8x the L3 */
+    const int64_t n = (int64_t)64 << 20;
     float *buf = malloc((size_t)n * sizeof(float));
     if (!buf)
         die("bandwidth buffer", NULL);
     for (int64_t i = 0; i < n; i++)
         buf[i] = (float)(i & 7);
-    bw_job j = { .buf = buf, .n = n };
-    double best = 1e30;
-    for (int r = 0; r < repeats + 1; r++) {
-        threadpool_run(tp, bw_worker, &j);
-        double t = ceil_window(&j.clock, threadpool_size(tp));
-        if (r > 0 && t < best) /* the first pass warms the pages and the pool */
-            best = t;
+    bw_probe.buf = buf;
+    bw_probe.n = n;
+}
+
+/* Bytes per second of one streaming read of the probe with all pool threads. */
+static double bw_window(threadpool *tp)
+{
+    threadpool_run(tp, bw_worker, &bw_probe);
+    return (double)bw_probe.n * sizeof(float) / ceil_window(&bw_probe.clock, threadpool_size(tp));
+}
+
+/* The best of repeats windows, after one that warms the pages and the pool. */
+static double measure_bandwidth(threadpool *tp, int repeats)
+{
+    double best = 0;
+    bw_window(tp);
+    for (int r = 0; r < repeats; r++) {
+        double b = bw_window(tp);
+        best = b > best ? b : best;
     }
-    free(buf);
-    return (double)n * sizeof(float) / best;
+    return best;
 }
 
 /* FMA peak: 12 independent chains per thread (latency 4 x 2 ports = 8 in
@@ -386,7 +400,7 @@ static const char *base_name(const char *p)
     return s ? s + 1 : p;
 }
 
-static void bench_text(const char *path, threadpool *tp, int repeats, double bw, double peak)
+static void bench_text(const char *path, threadpool *tp, int repeats, double peak)
 {
     text_rig r;
     char name[96];
@@ -405,11 +419,16 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double bw,
     snprintf(name, sizeof name, "%s prefill %d", mn, PREFILL);
     add_row(name, "GFLOP/s", peak / 1e9, prefill_flops(&r.m, PREFILL) / best / 1e9);
 
-    /* single-stream decode after a context of DECODE_CTX positions */
+    /* single-stream decode after a context of DECODE_CTX positions; each
+     * step follows a window of the bandwidth probe, whose best is this
+     * row's ceiling: both are measured over the same seconds, so a neighbour
+     * that takes memory bandwidth for a while lowers both or neither */
     run_pass(&r, b, 1, DECODE_CTX, 0);
-    double single = 1e30;
+    double single = 1e30, bw = 0;
     for (int i = 0; i < repeats; i++)
         for (int s = 0; s < DECODE_STEPS; s++) {
+            const double w = bw_window(tp);
+            bw = w > bw ? w : bw;
             double t = run_pass(&r, b, 1, 1, DECODE_CTX + s);
             single = t < single ? t : single;
         }
@@ -511,8 +530,8 @@ int main(int argc, char **argv)
     print_machine(&caps, n_threads);
 
     printf("ceilings (best of %d):\n", CEIL_REPEATS);
-    double bw = measure_bandwidth(tp, CEIL_REPEATS);
-    printf("  read bandwidth            %8.2f GB/s\n", bw / 1e9);
+    bw_probe_init();
+    printf("  read bandwidth            %8.2f GB/s\n", measure_bandwidth(tp, CEIL_REPEATS) / 1e9);
     double peak = 0, p;
     if (caps.avx2) {
         p = measure_peak(tp, 0, CEIL_REPEATS);
@@ -530,12 +549,14 @@ int main(int argc, char **argv)
     }
     if (peak == 0)
         peak = 1e9; /* no SIMD: ratios are vs 1 GFLOP/s */
-    printf("phases (best of %d; ratios vs the widest fp32 peak, the read bandwidth, or single-stream decode):\n",
+    printf("phases (best of %d; ratios vs the widest fp32 peak, the read bandwidth measured between the decode\n"
+           "steps, or single-stream decode):\n",
            repeats);
     if (mmproj)
         bench_vision(mmproj, tp, repeats, peak);
     for (int i = 0; i < n_models; i++)
-        bench_text(models[i], tp, repeats, bw, peak);
+        bench_text(models[i], tp, repeats, peak);
     threadpool_free(tp);
+    free((void *)bw_probe.buf);
     return 0;
 }
