@@ -700,3 +700,12 @@ int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *
     *out = str_at(kv->strs[i]);
     return 0;
 }
+
+void gguf_forget_tensor(const gguf_file *f, const tensor *t)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), base = (uintptr_t)f->base;
+    const uintptr_t lo = ((uintptr_t)t->data + page - 1) / page * page;
+    const uintptr_t hi = ((uintptr_t)t->data + t->nbytes) / page * page;
+    if (f->map && lo < hi && (uintptr_t)t->data >= base && (uintptr_t)t->data + t->nbytes <= base + f->size)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}

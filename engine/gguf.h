@@ -98,5 +98,9 @@ int64_t gguf_n_tensors(const gguf_file *f);
 const tensor *gguf_tensor_at(const gguf_file *f, int64_t i);
 /* Tensor by name, or NULL. Borrowed. O(1). */
 const tensor *gguf_find_tensor(const gguf_file *f, const char *name);
+/* For a tensor of f that its user has copied and will not read again: lets
+ * the system take back the mapped pages that hold only its bytes (a read
+ * would still see them, from the file). No-op for gguf_open_buffer. */
+void gguf_forget_tensor(const gguf_file *f, const tensor *t);
 
 #endif /* GLIMPSE_GGUF_H */

@@ -273,6 +273,8 @@ static int load_layer(const gguf_file *f, const text_config *c, int il, text_lay
     return 0;
 }
 
+static int pack_matrices(text_model *m, glimpse_err *err);
+
 int text_model_load(const gguf_file *f, text_model *m, glimpse_err *err)
 {
     memset(m, 0, sizeof *m);
@@ -312,13 +314,53 @@ int text_model_load(const gguf_file *f, text_model *m, glimpse_err *err)
             return rc;
         }
     }
+    if ((rc = pack_matrices(m, err)) < 0)
+        text_model_release(m);
+    return rc;
+}
+
+static int pack_slot(text_model *m, const tensor **slot, glimpse_err *err)
+{
+    text_weights *w = &m->w;
+    tensor *p;
+    int rc = kn_pack_weight(*slot, &p, err);
+    if (rc < 0 || !p)
+        return rc;
+    /* the file's copy is read no more, unless it is token_embd's */
+    if (*slot != w->token_embd)
+        gguf_forget_tensor(m->file, *slot);
+    *slot = w->packed[w->n_packed++] = p;
     return 0;
+}
+
+/* Points the matrices that the kernels multiply faster in another layout at
+ * packed copies (kn_pack_weight): the layers' and the LM head (a copy apart
+ * from token_embd when tied, whose rows are looked up as they are). */
+static int pack_matrices(text_model *m, glimpse_err *err)
+{
+    text_weights *w = &m->w;
+    w->packed = calloc(7 * (size_t)m->cfg.n_layer + 1, sizeof *w->packed);
+    if (!w->packed)
+        return err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
+    int rc = pack_slot(m, &w->output, err);
+    for (int il = 0; rc == 0 && il < m->cfg.n_layer; il++) {
+        text_layer *L = &w->layers[il];
+        const tensor **slots[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
+        for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
+            rc = pack_slot(m, slots[i], err);
+    }
+    return rc;
 }
 
 void text_model_release(text_model *m)
 {
     if (!m)
         return;
+    for (int i = 0; i < m->w.n_packed; i++)
+        free(m->w.packed[i]);
+    free(m->w.packed);
+    m->w.packed = NULL;
+    m->w.n_packed = 0;
     free(m->w.layers);
     m->w.layers = NULL;
 }

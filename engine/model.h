@@ -53,8 +53,10 @@ typedef struct text_weights {
     const tensor *token_embd;   /* [n_embd, n_vocab] */
     text_layer *layers;         /* [n_layer], owned array of borrowed views */
     const float *output_norm;   /* [n_embd] */
-    const tensor *output;       /* [n_embd, n_vocab]; == token_embd when tied */
+    const tensor *output;       /* [n_embd, n_vocab]; == token_embd when tied (unless packed) */
     bool tied;                  /* output.weight absent in the file */
+    tensor **packed;            /* [n_packed] owned copies (kn_pack_weight) the views above point to */
+    int n_packed;
 } text_weights;
 
 typedef struct text_model {

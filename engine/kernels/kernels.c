@@ -12,6 +12,10 @@
  *     rms_norm_rows) replaced; the other quantised tiles, the activation
  *     quantisers and the other per-row kernels are AVX2 (or reference)
  *     there too.
+ *   - Q8_0 matrices of a multiple of 16 rows on AVX-512 VNNI are repacked at
+ *     load (kn_pack_weight, DTYPE_Q8_0_R16: 16 rows interleaved, one row per
+ *     lane) by the text model loader; the other Q8_0 matrices (the vision
+ *     encoder's among them) take the row-major Q8_0 tile.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then runs the
@@ -49,7 +53,7 @@ static uint8_t *scratch;
 static size_t scratch_len;
 
 /* Bytes per reserved activation element: F32/F16/BF16 rows are f32 (4);
- * the quantised formats are smaller (Q8_0 34/32, Q8_K 292/256). */
+ * the quantised formats are smaller (Q8_0 34/32, Q8_0X 40/32, Q8_K 292/256). */
 #define ACT_MAX_BYTES_PER_ELEM 4
 
 static const struct {
@@ -62,6 +66,7 @@ static const struct {
     [KN_ACT_Q8_0] = { QK8_0, sizeof(block_q8_0) },
     [KN_ACT_Q8_1] = { 32, sizeof(block_q8_1) },
     [KN_ACT_Q8_K] = { QK_K, sizeof(block_q8_K) },
+    [KN_ACT_Q8_0X] = { QK8_0, sizeof(block_q8_0x) },
 };
 
 int kn_act_of(int wtype)
@@ -78,6 +83,7 @@ int kn_act_of(int wtype)
     case DTYPE_Q4_K:
     case DTYPE_Q5_K:
     case DTYPE_Q6_K: return KN_ACT_Q8_K;
+    case DTYPE_Q8_0_R16: return KN_ACT_Q8_0X;
     default: return -1;
     }
 }
@@ -316,7 +322,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
 {
     const int64_t k = w->ne[0], n_out = w->ne[1];
     const int act = kn_act_of(w->type);
-    assert(kn_matmul_supports(w->type, k) && impl->vec_dot[w->type]);
+    assert(kn_matmul_supports(w->type, k) && (impl->vec_dot[w->type] || impl->tile[w->type]));
 
     /* cblas takes int dimensions */
     const int64_t blas_min = act == KN_ACT_F32 ? BLAS_MIN_TOK_F32 : BLAS_MIN_TOK_HALF;
@@ -373,6 +379,52 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
             n_parts = (n_out + ROW_TILE - 1) / ROW_TILE;
         threadpool_run_parts(tp, dot_rows, &j, (int)n_parts);
     }
+}
+
+/* ---- packed weights -------------------------------------------------------------- */
+
+int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err)
+{
+    *out = NULL;
+    if (w->type != DTYPE_Q8_0 || !impl->tile[DTYPE_Q8_0_R16] || w->ne[1] % KN_R16 != 0 || w->ne[2] != 1 ||
+        w->ne[3] != 1 || !kn_matmul_supports(DTYPE_Q8_0, w->ne[0]))
+        return 0;
+    const int64_t nb = w->ne[0] / QK8_0;
+    const size_t w_row = dtype_row_size(DTYPE_Q8_0, w->ne[0]), group = KN_R16 * w_row;
+    const size_t head = (sizeof(tensor) + 63) / 64 * 64, len = head + (w->nbytes + 63) / 64 * 64;
+    uint8_t *mem = aligned_alloc(64, len);
+    if (!mem)
+        return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes to repack %s", w->nbytes,
+                       w->name ? w->name : "a weight");
+    tensor *t = (tensor *)mem;
+    uint8_t *data = mem + head;
+    *t = *w;
+    t->type = DTYPE_Q8_0_R16;
+    t->data = data;
+    for (int64_t g = 0; g < w->ne[1] / KN_R16; g++) {
+        const uint8_t *src = (const uint8_t *)w->data + (size_t)g * group;
+        uint8_t *dst = data + (size_t)g * group;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *d = dst + kn_r16_scales(b), *q = dst + kn_r16_quants(b, nb);
+            for (int r = 0; r < KN_R16; r++) {
+                const block_q8_0 *x = (const block_q8_0 *)(src + (size_t)r * w_row) + b;
+                memcpy(d + 2 * r, &x->d, sizeof x->d);
+                for (int i = 0; i < QK8_0 / 4; i++) {
+                    uint32_t v; /* 4 quants + 128 each: the sign bits flipped */
+                    memcpy(&v, x->qs + 4 * i, sizeof v);
+                    v ^= 0x80808080u;
+                    memcpy(q + (size_t)i * 4 * KN_R16 + 4 * r, &v, sizeof v);
+                }
+            }
+        }
+    }
+    *out = t;
+    return 0;
+}
+
+int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err)
+{
+    return kn_pack_weight_impl(active, w, out, err);
 }
 
 void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,

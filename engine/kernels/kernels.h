@@ -63,6 +63,15 @@ void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, f
  * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
+/* A copy of weight w in the layout the selected kernels multiply fastest,
+ * to be made once at load and passed to kn_matmul* in place of w (same
+ * results, bit for bit across batch sizes as ever). Today: Q8_0 matrices of
+ * a multiple of 16 rows on AVX-512 VNNI (DTYPE_Q8_0_R16, the same bytes in
+ * another order). *out is one allocation, the view and its data, for the
+ * caller to free(); NULL when w is best used as it is. Not for token
+ * lookups: nothing dequantises a packed row. Errors: GLIMPSE_ENOMEM. */
+int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err);
+
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
 /* kn_rms_norm of n_rows rows, as kn_layer_norm_rows. */

@@ -24,6 +24,7 @@ enum kn_act {
     KN_ACT_Q8_0,
     KN_ACT_Q8_1,
     KN_ACT_Q8_K,
+    KN_ACT_Q8_0X,
     KN_ACT_COUNT
 };
 
@@ -35,8 +36,47 @@ typedef struct block_q8_1 {
     int8_t qs[32];
 } block_q8_1;
 
-/* Weight type ids are ggml's and stay below this bound (BF16 = 30). */
-#define KN_MAX_DTYPE 31
+/* Weight type ids stay below this bound (BF16 = 30, DTYPE_Q8_0_R16 = 31). */
+#define KN_MAX_DTYPE 32
+
+/* DTYPE_Q8_0_R16: Q8_0 weights repacked at load (kn_pack_weight) for
+ * vpdpbusd, so that one instruction takes 4 quants of 16 rows against 4
+ * activation quants broadcast, and the 16 row sums stay in the lanes of one
+ * register (no horizontal sums; a 16-row group is read front to back).
+ * Rows go in groups of KN_R16 (the matrix has a multiple of it); group g
+ * takes the bytes of its rows in the Q8_0 matrix, from g * KN_R16 * (row
+ * bytes). In it, block b (elements 32b..32b+31) of the 16 rows is their 16
+ * half scales d (at kn_r16_scales) and their quants (kn_r16_quants): for
+ * i = 0..7, the 16 rows' quants 4i..4i+3 (64 bytes), each stored plus 128
+ * (unsigned; vpdpbusd takes unsigned by signed bytes). The blocks go in
+ * pairs, both blocks' scales first (64 bytes), so that with an even number
+ * of blocks every group, scale run and quant run starts on a 64-byte line;
+ * an odd last block is its 32 bytes of scales, then its quants. Its
+ * activations are block_q8_0x. */
+#define KN_R16 16
+
+/* Byte offsets in a group of nb blocks of block b's scales, and quants. */
+static inline size_t kn_r16_scales(int64_t b)
+{
+    return (size_t)(b / 2) * 2 * KN_R16 * sizeof(block_q8_0) + (size_t)(b % 2) * KN_R16 * sizeof(uint16_t);
+}
+
+static inline size_t kn_r16_quants(int64_t b, int64_t nb)
+{
+    const size_t pair = (size_t)(b / 2) * 2 * KN_R16 * sizeof(block_q8_0);
+    if (b % 2 == 0 && b + 1 == nb)
+        return pair + KN_R16 * sizeof(uint16_t);
+    return pair + 2 * KN_R16 * sizeof(uint16_t) + (size_t)(b % 2) * KN_R16 * QK8_0;
+}
+
+/* The activation partner of DTYPE_Q8_0_R16: a Q8_0 block with its half d
+ * widened, and corr = -128 * Σ qs, which takes the weights' +128 back out
+ * of the integer block sum. */
+typedef struct block_q8_0x {
+    float d;
+    int32_t corr;
+    int8_t qs[QK8_0];
+} block_q8_0x;
 
 /* y = Σ w[i]·a[i] over one row of n elements: w a weight row of its dtype,
  * a the activation row already converted to the paired kn_act format. */
@@ -147,6 +187,8 @@ static inline size_t kn_attn_dense_score_rows(int64_t n)
 }
 /* The table kernels_init selected (borrowed, static). */
 const kn_impl *kn_impl_active(void);
+/* kn_pack_weight for a given table (the tests pack for each). */
+int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err);
 
 /* Activation format paired with a weight type, or -1 if it is not one. */
 int kn_act_of(int wtype);
