@@ -319,32 +319,24 @@ int text_model_load(const gguf_file *f, text_model *m, glimpse_err *err)
     return rc;
 }
 
+/* Points *slot at a packed copy when the kernels have one (kn_packed_add);
+ * the file's pages of a packed matrix are read no more, unless it is
+ * token_embd (the tied LM head), whose rows are looked up as they are. */
 static int pack_slot(text_model *m, const tensor **slot, glimpse_err *err)
 {
-    text_weights *w = &m->w;
-    tensor *p;
-    int rc = kn_pack_weight(*slot, &p, err);
-    if (rc < 0 || !p)
-        return rc;
-    /* the file's copy is read no more, unless it is token_embd's */
-    if (*slot != w->token_embd)
-        gguf_forget_tensor(m->file, *slot);
-    *slot = w->packed[w->n_packed++] = p;
-    return 0;
+    const tensor *file = *slot;
+    int rc = kn_packed_add(&m->w.packed, slot, err);
+    if (rc == 1 && file != m->w.token_embd)
+        gguf_forget_tensor(m->file, file);
+    return rc < 0 ? rc : 0;
 }
 
-/* Points the matrices that the kernels multiply faster in another layout at
- * packed copies (kn_pack_weight): the layers' and the LM head (a copy apart
- * from token_embd when tied, whose rows are looked up as they are). */
+/* The layers' matrices and the LM head, packed where the kernels gain. */
 static int pack_matrices(text_model *m, glimpse_err *err)
 {
-    text_weights *w = &m->w;
-    w->packed = calloc(7 * (size_t)m->cfg.n_layer + 1, sizeof *w->packed);
-    if (!w->packed)
-        return err_set(err, GLIMPSE_ENOMEM, "model: out of memory");
-    int rc = pack_slot(m, &w->output, err);
+    int rc = pack_slot(m, &m->w.output, err);
     for (int il = 0; rc == 0 && il < m->cfg.n_layer; il++) {
-        text_layer *L = &w->layers[il];
+        text_layer *L = &m->w.layers[il];
         const tensor **slots[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
         for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
             rc = pack_slot(m, slots[i], err);
@@ -356,11 +348,7 @@ void text_model_release(text_model *m)
 {
     if (!m)
         return;
-    for (int i = 0; i < m->w.n_packed; i++)
-        free(m->w.packed[i]);
-    free(m->w.packed);
-    m->w.packed = NULL;
-    m->w.n_packed = 0;
+    kn_packed_free(&m->w.packed);
     free(m->w.layers);
     m->w.layers = NULL;
 }

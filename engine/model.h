@@ -14,6 +14,7 @@
 #include "fusion.h"
 #include "gguf.h"
 #include "image.h"
+#include "kernels/kernels.h"
 
 #include <pthread.h>
 
@@ -55,8 +56,7 @@ typedef struct text_weights {
     const float *output_norm;   /* [n_embd] */
     const tensor *output;       /* [n_embd, n_vocab]; == token_embd when tied (unless packed) */
     bool tied;                  /* output.weight absent in the file */
-    tensor **packed;            /* [n_packed] owned copies (kn_pack_weight) the views above point to */
-    int n_packed;
+    kn_packed packed;           /* owned copies (kn_pack_weight) some views above point to */
 } text_weights;
 
 typedef struct text_model {

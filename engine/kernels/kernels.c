@@ -427,6 +427,34 @@ int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err)
     return kn_pack_weight_impl(active, w, out, err);
 }
 
+int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err)
+{
+    tensor *p;
+    int rc = kn_pack_weight(*slot, &p, err);
+    if (rc < 0 || !p)
+        return rc;
+    if (set->n == set->cap) {
+        const int cap = set->cap ? 2 * set->cap : 64;
+        tensor **t = realloc(set->t, (size_t)cap * sizeof *t);
+        if (!t) {
+            free(p);
+            return err_set(err, GLIMPSE_ENOMEM, "out of memory");
+        }
+        set->t = t;
+        set->cap = cap;
+    }
+    *slot = set->t[set->n++] = p;
+    return 1;
+}
+
+void kn_packed_free(kn_packed *set)
+{
+    for (int i = 0; i < set->n; i++)
+        free(set->t[i]);
+    free(set->t);
+    *set = (kn_packed){ 0 };
+}
+
 void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                     int64_t n_tok, float *y)
 {

@@ -72,6 +72,20 @@ void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_
  * lookups: nothing dequantises a packed row. Errors: GLIMPSE_ENOMEM. */
 int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err);
 
+/* The packed copies a model owns. */
+typedef struct kn_packed {
+    tensor **t;
+    int n, cap;
+} kn_packed;
+
+/* Points *slot at a packed copy of it (kn_pack_weight), recorded in set,
+ * when the kernels have one. Returns 1 if it did, 0 if *slot stays as it
+ * is, or an error (GLIMPSE_ENOMEM). */
+int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err);
+/* Frees the copies (the views pointing at them die with them); set may be
+ * zeroed or used again. */
+void kn_packed_free(kn_packed *set);
+
 /* y = x / sqrt(mean(x^2) + eps) * w  (sum of squares in double, like ggml). y may be x. */
 void kn_rms_norm(const float *x, const float *w, int64_t n, float eps, float *y);
 /* kn_rms_norm of n_rows rows, as kn_layer_norm_rows. */
