@@ -2,7 +2,7 @@
  * bench_kernels.c — the engine's phases as fractions of this machine's limits.
  *
  *   make bench/bench_kernels
- *   bench/bench_kernels [-t THREADS] [-r REPEATS] MODEL.gguf... [--mmproj MMPROJ.gguf]
+ *   bench/bench_kernels [-t THREADS] [-r REPEATS] MODEL.gguf... [--mmproj MMPROJ.gguf]...
  *
  * First measures the ceilings, with the pool's threads all working:
  *   - streaming read bandwidth (sum of a buffer far larger than the caches);
@@ -502,19 +502,19 @@ static void bench_vision(const char *path, threadpool *tp, int repeats, double p
 int main(int argc, char **argv)
 {
     int n_threads = threadpool_default_size(), repeats = 3;
-    const char *models[16], *mmproj = NULL;
-    int n_models = 0;
+    const char *models[16], *mmproj[4];
+    int n_models = 0, n_mmproj = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0 && i + 1 < argc)
             n_threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "-r") == 0 && i + 1 < argc)
             repeats = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--mmproj") == 0 && i + 1 < argc)
-            mmproj = argv[++i];
+        else if (strcmp(argv[i], "--mmproj") == 0 && i + 1 < argc && n_mmproj < 4)
+            mmproj[n_mmproj++] = argv[++i];
         else if (argv[i][0] != '-' && n_models < 16)
             models[n_models++] = argv[i];
         else {
-            fprintf(stderr, "usage: bench_kernels [-t THREADS] [-r REPEATS] MODEL.gguf... [--mmproj MMPROJ.gguf]\n");
+            fprintf(stderr, "usage: bench_kernels [-t THREADS] [-r REPEATS] MODEL.gguf... [--mmproj MMPROJ.gguf]...\n");
             return 2;
         }
     }
@@ -552,8 +552,8 @@ int main(int argc, char **argv)
     printf("phases (best of %d; ratios vs the widest fp32 peak, the read bandwidth measured between the decode\n"
            "steps, or single-stream decode):\n",
            repeats);
-    if (mmproj)
-        bench_vision(mmproj, tp, repeats, peak);
+    for (int i = 0; i < n_mmproj; i++)
+        bench_vision(mmproj[i], tp, repeats, peak);
     for (int i = 0; i < n_models; i++)
         bench_text(models[i], tp, repeats, peak);
     threadpool_free(tp);

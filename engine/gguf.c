@@ -14,6 +14,8 @@
  */
 #include "gguf.h"
 
+#include "kernels/kernels.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -701,11 +703,16 @@ int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *
     return 0;
 }
 
-void gguf_forget_tensor(const gguf_file *f, const tensor *t)
+int gguf_pack_matrix(const gguf_file *f, kn_packed *set, const tensor **slot, bool keep_file, glimpse_err *err)
 {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), base = (uintptr_t)f->base;
+    const tensor *t = *slot;
+    int rc = t ? kn_packed_add(set, slot, err) : 0;
+    if (rc <= 0 || keep_file || !f->map)
+        return rc < 0 ? rc : 0;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t lo = ((uintptr_t)t->data + page - 1) / page * page;
     const uintptr_t hi = ((uintptr_t)t->data + t->nbytes) / page * page;
-    if (f->map && lo < hi && (uintptr_t)t->data >= base && (uintptr_t)t->data + t->nbytes <= base + f->size)
+    if (lo < hi && (const uint8_t *)t->data >= f->base && (const uint8_t *)t->data + t->nbytes <= f->base + f->size)
         madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    return 0;
 }

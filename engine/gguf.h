@@ -98,9 +98,14 @@ int64_t gguf_n_tensors(const gguf_file *f);
 const tensor *gguf_tensor_at(const gguf_file *f, int64_t i);
 /* Tensor by name, or NULL. Borrowed. O(1). */
 const tensor *gguf_find_tensor(const gguf_file *f, const char *name);
-/* For a tensor of f that its user has copied and will not read again: lets
- * the system take back the mapped pages that hold only its bytes (a read
- * would still see them, from the file). No-op for gguf_open_buffer. */
-void gguf_forget_tensor(const gguf_file *f, const tensor *t);
+/* Points *slot (a matrix of f, or NULL) at a packed copy when the kernels
+ * multiply faster in another layout (kn_packed_add, the copy kept in set);
+ * then, unless keep_file (the file's copy is still read, e.g. token rows
+ * looked up), lets the system take back the mapped pages that hold only
+ * the file's copy (a read would still see them, from the file; nothing for
+ * gguf_open_buffer). Errors: GLIMPSE_ENOMEM. */
+struct kn_packed;
+int gguf_pack_matrix(const gguf_file *f, struct kn_packed *set, const tensor **slot, bool keep_file,
+                     glimpse_err *err);
 
 #endif /* GLIMPSE_GGUF_H */

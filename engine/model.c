@@ -319,27 +319,18 @@ int text_model_load(const gguf_file *f, text_model *m, glimpse_err *err)
     return rc;
 }
 
-/* Points *slot at a packed copy when the kernels have one (kn_packed_add);
- * the file's pages of a packed matrix are read no more, unless it is
- * token_embd (the tied LM head), whose rows are looked up as they are. */
-static int pack_slot(text_model *m, const tensor **slot, glimpse_err *err)
-{
-    const tensor *file = *slot;
-    int rc = kn_packed_add(&m->w.packed, slot, err);
-    if (rc == 1 && file != m->w.token_embd)
-        gguf_forget_tensor(m->file, file);
-    return rc < 0 ? rc : 0;
-}
-
-/* The layers' matrices and the LM head, packed where the kernels gain. */
+/* The layers' matrices and the LM head, packed where the kernels gain
+ * (gguf_pack_matrix); a tied LM head gets a copy of token_embd, whose rows
+ * are still looked up. */
 static int pack_matrices(text_model *m, glimpse_err *err)
 {
-    int rc = pack_slot(m, &m->w.output, err);
+    text_weights *w = &m->w;
+    int rc = gguf_pack_matrix(m->file, &w->packed, &w->output, w->tied, err);
     for (int il = 0; rc == 0 && il < m->cfg.n_layer; il++) {
-        text_layer *L = &m->w.layers[il];
+        text_layer *L = &w->layers[il];
         const tensor **slots[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
         for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
-            rc = pack_slot(m, slots[i], err);
+            rc = gguf_pack_matrix(m->file, &w->packed, slots[i], false, err);
     }
     return rc;
 }

@@ -48,6 +48,7 @@ struct vision_model {
     float *post_ln_w, *post_ln_b;
     vision_layer *layers;        /* [n_layer_run] */
     projector proj;
+    kn_packed packed;            /* owned copies (kn_pack_weight) some matrices above point to */
 
     /* scratch for one tile, sized at load (the attention's grows once per
      * thread count, the first time a pool of that size is used) */
@@ -295,6 +296,23 @@ static int load_layer(const gguf_file *f, const vision_hparams *hp, int il, visi
 #undef NAME
 }
 
+/* The run layers' and the projector's matrices, packed where the kernels
+ * gain (gguf_pack_matrix). */
+static int pack_matrices(const gguf_file *f, vision_model *vm, glimpse_err *err)
+{
+    int rc = 0;
+    for (int il = 0; rc == 0 && il < vm->hp.n_layer_run; il++) {
+        vision_layer *l = &vm->layers[il];
+        const tensor **slots[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->up, &l->down };
+        for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
+            rc = gguf_pack_matrix(f, &vm->packed, slots[i], false, err);
+    }
+    const tensor **proj[] = { &vm->proj.fc, &vm->proj.mm0, &vm->proj.mm2 };
+    for (size_t i = 0; rc == 0 && i < sizeof proj / sizeof proj[0]; i++)
+        rc = gguf_pack_matrix(f, &vm->packed, proj[i], false, err);
+    return rc;
+}
+
 static void free_layer(vision_layer *l)
 {
     free(l->ln1_w);
@@ -425,7 +443,8 @@ int vision_load(const gguf_file *f, vision_model **out, glimpse_err *err)
         if ((rc = load_layer(f, hp, il, &vm->layers[il], err)))
             goto fail;
 
-    if ((rc = projector_load(f, hp, &vm->proj, err)) || (rc = alloc_scratch(vm, err)))
+    if ((rc = projector_load(f, hp, &vm->proj, err)) || (rc = pack_matrices(f, vm, err)) ||
+        (rc = alloc_scratch(vm, err)))
         goto fail;
     *out = vm;
     return 0;
@@ -443,6 +462,7 @@ void vision_free(vision_model *vm)
             free_layer(&vm->layers[il]);
     free(vm->layers);
     projector_free(&vm->proj);
+    kn_packed_free(&vm->packed);
     free(vm->patch_w_half);
     free(vm->patch_b);
     free(vm->pos);

@@ -14,8 +14,8 @@
  *     there too.
  *   - Q8_0 matrices of a multiple of 16 rows on AVX-512 VNNI are repacked at
  *     load (kn_pack_weight, DTYPE_Q8_0_R16: 16 rows interleaved, one row per
- *     lane) by the text model loader; the other Q8_0 matrices (the vision
- *     encoder's among them) take the row-major Q8_0 tile.
+ *     lane) by the text and vision loaders (gguf_pack_matrix); other Q8_0
+ *     matrices take the row-major Q8_0 tile.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then runs the
