@@ -370,8 +370,10 @@ static const dtype_info dtype_table[] = {
     /* d, s (halves) and 32 int8: kernels/ quantises to it, nothing dequantises it */
     [DTYPE_Q8_1] = { "q8_1", 32, 36, DTYPE_Q8_1, false, NULL, NULL },
     [DTYPE_Q8_K] = { "q8_K", QK_K, sizeof(block_q8_K), DTYPE_Q8_K, false, to_float_q8_K, from_float_q8_K },
-    /* Q8_0 rows in groups of 16, as many bytes: only kernels/ reads it */
+    /* rows in groups of 16, as many bytes: only kernels/ reads them */
     [DTYPE_Q8_0_R16] = { "q8_0_r16", QK8_0, sizeof(block_q8_0), DTYPE_Q8_0, false, NULL, NULL },
+    [DTYPE_Q4_0_R16] = { "q4_0_r16", QK4_0, sizeof(block_q4_0), DTYPE_Q8_0, false, NULL, NULL },
+    [DTYPE_Q5_0_R16] = { "q5_0_r16", QK5_0, sizeof(block_q5_0), DTYPE_Q8_0, false, NULL, NULL },
 };
 
 const dtype_info *dtype_get(int type)

@@ -12,10 +12,10 @@
  *     rms_norm_rows) replaced; the other quantised tiles, the activation
  *     quantisers and the other per-row kernels are AVX2 (or reference)
  *     there too.
- *   - Q8_0 matrices of a multiple of 16 rows on AVX-512 VNNI are repacked at
- *     load (kn_pack_weight, DTYPE_Q8_0_R16: 16 rows interleaved, one row per
- *     lane) by the text and vision loaders (gguf_pack_matrix); other Q8_0
- *     matrices take the row-major Q8_0 tile.
+ *   - Q8_0/Q4_0/Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI are
+ *     repacked at load (kn_pack_weight, DTYPE_*_R16: 16 rows interleaved,
+ *     one row per lane) by the text and vision loaders (gguf_pack_matrix);
+ *     other such matrices take the row-major tiles.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then runs the
@@ -83,7 +83,9 @@ int kn_act_of(int wtype)
     case DTYPE_Q4_K:
     case DTYPE_Q5_K:
     case DTYPE_Q6_K: return KN_ACT_Q8_K;
-    case DTYPE_Q8_0_R16: return KN_ACT_Q8_0X;
+    case DTYPE_Q8_0_R16:
+    case DTYPE_Q4_0_R16:
+    case DTYPE_Q5_0_R16: return KN_ACT_Q8_0X;
     default: return -1;
     }
 }
@@ -383,41 +385,64 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
 
 /* ---- packed weights -------------------------------------------------------------- */
 
+/* Block b of row x of a Q8_0/Q4_0/Q5_0 matrix into its place in a packed
+ * group (kernels_impl.h), as row r of the 16. */
+static void pack_block(int type, const uint8_t *x, int64_t b, int64_t nb, int r, uint8_t *group)
+{
+    const size_t bs = dtype_get(type)->type_size, blk = KN_R16 * bs;
+    const uint8_t *src = x + (size_t)b * bs;
+    uint8_t *body = group + kn_r16_body(b, nb, blk);
+    memcpy(group + kn_r16_scales(b, blk) + 2 * r, src, sizeof(uint16_t)); /* every block starts with d */
+    if (type == DTYPE_Q8_0) {
+        for (int i = 0; i < QK8_0 / 4; i++) {
+            uint32_t v; /* 4 quants + 128 each: the sign bits flipped */
+            memcpy(&v, ((const block_q8_0 *)src)->qs + 4 * i, sizeof v);
+            v ^= 0x80808080u;
+            memcpy(body + (size_t)i * 4 * KN_R16 + 4 * r, &v, sizeof v);
+        }
+        return;
+    }
+    const uint8_t *qs = type == DTYPE_Q4_0 ? ((const block_q4_0 *)src)->qs : ((const block_q5_0 *)src)->qs;
+    if (type == DTYPE_Q5_0) {
+        uint32_t qh;
+        memcpy(&qh, ((const block_q5_0 *)src)->qh, sizeof qh);
+        for (int m = 0; m < 8; m++) {
+            uint64_t mask;
+            memcpy(&mask, body + 8 * m, sizeof mask);
+            mask |= (uint64_t)((qh >> (16 * (m / 4) + 4 * (m % 4))) & 15) << (4 * r);
+            memcpy(body + 8 * m, &mask, sizeof mask);
+        }
+        body += 64;
+    }
+    for (int i = 0; i < 4; i++)
+        memcpy(body + (size_t)i * 4 * KN_R16 + 4 * r, qs + 4 * i, 4);
+}
+
 int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err)
 {
     *out = NULL;
-    if (w->type != DTYPE_Q8_0 || !impl->tile[DTYPE_Q8_0_R16] || w->ne[1] % KN_R16 != 0 || w->ne[2] != 1 ||
-        w->ne[3] != 1 || !kn_matmul_supports(DTYPE_Q8_0, w->ne[0]))
+    const int packed = kn_r16_type(w->type);
+    if (packed < 0 || !impl->tile[packed] || w->ne[1] % KN_R16 != 0 || w->ne[2] != 1 || w->ne[3] != 1 ||
+        !kn_matmul_supports(w->type, w->ne[0]))
         return 0;
     const int64_t nb = w->ne[0] / QK8_0;
-    const size_t w_row = dtype_row_size(DTYPE_Q8_0, w->ne[0]), group = KN_R16 * w_row;
+    const size_t w_row = dtype_row_size(w->type, w->ne[0]), group = KN_R16 * w_row;
     const size_t head = (sizeof(tensor) + 63) / 64 * 64, len = head + (w->nbytes + 63) / 64 * 64;
     uint8_t *mem = aligned_alloc(64, len);
     if (!mem)
         return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes to repack %s", w->nbytes,
                        w->name ? w->name : "a weight");
+    memset(mem, 0, len); /* the Q5_0 masks are or-ed in */
     tensor *t = (tensor *)mem;
     uint8_t *data = mem + head;
     *t = *w;
-    t->type = DTYPE_Q8_0_R16;
+    t->type = packed;
     t->data = data;
-    for (int64_t g = 0; g < w->ne[1] / KN_R16; g++) {
-        const uint8_t *src = (const uint8_t *)w->data + (size_t)g * group;
-        uint8_t *dst = data + (size_t)g * group;
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *d = dst + kn_r16_scales(b), *q = dst + kn_r16_quants(b, nb);
-            for (int r = 0; r < KN_R16; r++) {
-                const block_q8_0 *x = (const block_q8_0 *)(src + (size_t)r * w_row) + b;
-                memcpy(d + 2 * r, &x->d, sizeof x->d);
-                for (int i = 0; i < QK8_0 / 4; i++) {
-                    uint32_t v; /* 4 quants + 128 each: the sign bits flipped */
-                    memcpy(&v, x->qs + 4 * i, sizeof v);
-                    v ^= 0x80808080u;
-                    memcpy(q + (size_t)i * 4 * KN_R16 + 4 * r, &v, sizeof v);
-                }
-            }
-        }
-    }
+    for (int64_t g = 0; g < w->ne[1] / KN_R16; g++)
+        for (int r = 0; r < KN_R16; r++)
+            for (int64_t b = 0; b < nb; b++)
+                pack_block(w->type, (const uint8_t *)w->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r,
+                           data + (size_t)g * group);
     *out = t;
     return 0;
 }

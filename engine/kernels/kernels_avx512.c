@@ -488,53 +488,85 @@ TARGET static void tile_q5_0(int64_t k, const void *w, size_t w_row, int64_t n_r
     tile_w32(W_Q5_0, tile_q5_0_raw, k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);
 }
 
-/* ---- Q8_0 in groups of 16 rows (DTYPE_Q8_0_R16) with VNNI ------------------------- */
+/* ---- Q8_0/Q4_0/Q5_0 in groups of 16 rows (DTYPE_*_R16) with VNNI --------------- */
 
-/* A group's 16 rows x T tokens (T <= 8, a constant at every call). Per block
- * and token, vpdpbusd multiplies the 16 rows' quants + 128, four at a time,
- * by the token's four quants broadcast, in two chains started at the
- * token's corr and at 0: lane r ends with row r's exact integer block sum.
- * Then acc[t] lane r += sum * (d_r * d_t), one FMA: each output is one f32
- * chain over the blocks in order, whatever T (batch invariance), and
- * differs from the reference dot (d_w*d_a*sum, then add) only by the FMA's
- * single rounding. A block costs 8 loads and a conversion of weights for
- * all T tokens, then per token 8 vpdpbusd and 4 more instructions for
- * 16 x 32 products, with nothing to reduce across lanes; the row-major
- * tile spends ~14 per row and 2 blocks at one token (its scales and
- * corrections), which held one-token decode to ~75 % of the read ceiling. */
+/* The 8 registers of block b's quants (kernels_impl.h): register i holds
+ * elements 4i..4i+3 of the 16 rows as unsigned bytes, the quant plus the
+ * type's offset. Q8_0 stores them so; Q4_0/Q5_0 store nibble bytes, whose
+ * low halves are elements 4i.. and high halves 16+4i.. (i < 4), Q5_0 with
+ * the 5th bits as byte masks. */
+INLINE void r16_quants(int type, const uint8_t *body, __m512i wq[8])
+{
+    if (type == DTYPE_Q8_0_R16) {
+        TILE_UNROLL
+        for (int i = 0; i < 8; i++)
+            wq[i] = _mm512_loadu_si512((const void *)(body + (size_t)i * 4 * KN_R16));
+        return;
+    }
+    const __m512i low4 = _mm512_set1_epi8(15), bit5 = _mm512_set1_epi8(16);
+    const uint8_t *qs = body + (type == DTYPE_Q5_0_R16 ? 64 : 0);
+    TILE_UNROLL
+    for (int i = 0; i < 4; i++) {
+        const __m512i v = _mm512_loadu_si512((const void *)(qs + (size_t)i * 4 * KN_R16));
+        wq[i] = _mm512_and_si512(v, low4);
+        wq[4 + i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        if (type == DTYPE_Q5_0_R16) {
+            uint64_t m0, m1;
+            memcpy(&m0, body + 8 * i, sizeof m0);
+            memcpy(&m1, body + 8 * (4 + i), sizeof m1);
+            wq[i] = _mm512_or_si512(wq[i], _mm512_maskz_mov_epi8(m0, bit5));
+            wq[4 + i] = _mm512_or_si512(wq[4 + i], _mm512_maskz_mov_epi8(m1, bit5));
+        }
+    }
+}
+
 /* Bytes of one block of a 16-row group, and the prefetch: the lines of the
  * block R16_PF_BLOCKS ahead, for calls of 2 tokens or more. Measured (500M
  * / 256M Q8_0 models, 2 threads): 8 streams 385 -> 500 / 990 -> 1250 tok/s
  * with 4 blocks ahead (2 ahead: 473 / 1190; 8: 484 / 1040); one token is
  * as fast without it (the hardware's prefetch keeps up when a block's
  * instructions are few), so it is spared the prefetches. */
-#define R16_BLOCK_BYTES ((int)(KN_R16 * sizeof(block_q8_0)))
 #define R16_PF_BLOCKS 4
 #define R16_PF_MIN_T 2
 
-INLINE void micro_r16(int T, int64_t nb, const uint8_t *g, const uint8_t *a, size_t a_row, float *y,
+/* A group's 16 rows x T tokens (T <= 8, a constant at every call). Per block
+ * and token, vpdpbusd multiplies the 16 rows' stored quants, four at a
+ * time, by the token's four quants broadcast, in two chains started at
+ * -offset * (the token's Σ qs) and at 0: lane r ends with row r's exact
+ * integer block sum. Then acc[t] lane r += sum * (d_r * d_t), one FMA: each
+ * output is one f32 chain over the blocks in order, whatever T (batch
+ * invariance), and differs from the reference dot (the scales times the
+ * sum, then add) only by the FMA's single rounding. A block costs 8
+ * registers of weights (loads, and for the nibble types their unpacking)
+ * and a scale conversion for all T tokens, then per token 8 vpdpbusd and
+ * 4 more instructions for 16 x 32 products, with nothing to reduce across
+ * lanes; the row-major Q8_0 tile spends ~14 per row and 2 blocks at one
+ * token (its scales and corrections), which held one-token decode to ~75 %
+ * of the read ceiling. */
+INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8_t *a, size_t a_row, float *y,
                       size_t y_stride)
 {
+    const size_t blk = KN_R16 * (type == DTYPE_Q8_0_R16   ? sizeof(block_q8_0)
+                                 : type == DTYPE_Q4_0_R16 ? sizeof(block_q4_0)
+                                                          : sizeof(block_q5_0));
+    const int offset = kn_r16_offset(type);
     __m512 acc[8];
     TILE_UNROLL
     for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         if (T >= R16_PF_MIN_T)
-            for (int l = 0; l < R16_BLOCK_BYTES; l += 64)
-                _mm_prefetch((const char *)g + (b + R16_PF_BLOCKS) * R16_BLOCK_BYTES + l, _MM_HINT_T0);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + kn_r16_scales(b))));
-        const uint8_t *q = g + kn_r16_quants(b, nb);
-        __m512i wq[QK8_0 / 4];
-        TILE_UNROLL
-        for (int i = 0; i < QK8_0 / 4; i++)
-            wq[i] = _mm512_loadu_si512((const void *)(q + (size_t)i * 4 * KN_R16));
+            for (size_t l = 0; l < blk; l += 64)
+                _mm_prefetch((const char *)g + (size_t)(b + R16_PF_BLOCKS) * blk + l, _MM_HINT_T0);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + kn_r16_scales(b, blk))));
+        __m512i wq[8];
+        r16_quants(type, g + kn_r16_body(b, nb, blk), wq);
         TILE_UNROLL
         for (int t = 0; t < T; t++) {
             const block_q8_0x *x = (const block_q8_0x *)(a + (size_t)t * a_row) + b;
             int32_t xq[QK8_0 / 4];
             memcpy(xq, x->qs, sizeof xq);
-            __m512i s0 = _mm512_set1_epi32(x->corr), s1 = _mm512_setzero_si512();
+            __m512i s0 = _mm512_set1_epi32(-offset * x->sum), s1 = _mm512_setzero_si512();
             TILE_UNROLL
             for (int i = 0; i < QK8_0 / 4; i += 2) {
                 s0 = _mm512_dpbusd_epi32(s0, wq[i], _mm512_set1_epi32(xq[i]));
@@ -552,8 +584,8 @@ INLINE void micro_r16(int T, int64_t nb, const uint8_t *g, const uint8_t *a, siz
 /* n_rows is a multiple of KN_R16 (kn_pack_weight packs no other matrix, and
  * kernels.c's row tiles are multiples of it); each group against all the
  * tokens, 8 at a time, while its rows are in L1. */
-TARGET static void tile_q8_0_r16(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a,
-                                 size_t a_row, int64_t n_tok, float *y, size_t y_stride)
+INLINE void tile_r16(int type, int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
+                     int64_t n_tok, float *y, size_t y_stride)
 {
     const int64_t nb = k / QK8_0;
     const uint8_t *a8 = a;
@@ -561,24 +593,34 @@ TARGET static void tile_q8_0_r16(int64_t k, const void *w, size_t w_row, int64_t
         const uint8_t *g = (const uint8_t *)w + (size_t)o * w_row;
         int64_t t = 0;
         for (; t + 8 <= n_tok; t += 8)
-            micro_r16(8, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride);
+            micro_r16(type, 8, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride);
         const uint8_t *at = a8 + (size_t)t * a_row;
         float *yt = y + (size_t)t * y_stride + o;
         switch (n_tok - t) {
-        case 7: micro_r16(7, nb, g, at, a_row, yt, y_stride); break;
-        case 6: micro_r16(6, nb, g, at, a_row, yt, y_stride); break;
-        case 5: micro_r16(5, nb, g, at, a_row, yt, y_stride); break;
-        case 4: micro_r16(4, nb, g, at, a_row, yt, y_stride); break;
-        case 3: micro_r16(3, nb, g, at, a_row, yt, y_stride); break;
-        case 2: micro_r16(2, nb, g, at, a_row, yt, y_stride); break;
-        case 1: micro_r16(1, nb, g, at, a_row, yt, y_stride); break;
+        case 7: micro_r16(type, 7, nb, g, at, a_row, yt, y_stride); break;
+        case 6: micro_r16(type, 6, nb, g, at, a_row, yt, y_stride); break;
+        case 5: micro_r16(type, 5, nb, g, at, a_row, yt, y_stride); break;
+        case 4: micro_r16(type, 4, nb, g, at, a_row, yt, y_stride); break;
+        case 3: micro_r16(type, 3, nb, g, at, a_row, yt, y_stride); break;
+        case 2: micro_r16(type, 2, nb, g, at, a_row, yt, y_stride); break;
+        case 1: micro_r16(type, 1, nb, g, at, a_row, yt, y_stride); break;
         default: break;
         }
     }
 }
 
-/* Activations of DTYPE_Q8_0_R16: the Q8_0 blocks of the AVX2 table (the
- * same quants and d as for a Q8_0 weight), d widened, corr = -128 Σ qs. */
+#define DEFINE_R16_TILE(name, type)                                                                        \
+    TARGET static void name(int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a,         \
+                            size_t a_row, int64_t n_tok, float *y, size_t y_stride)                        \
+    {                                                                                                      \
+        tile_r16(type, k, w, w_row, n_rows, a, a_row, n_tok, y, y_stride);                                 \
+    }
+DEFINE_R16_TILE(tile_q8_0_r16, DTYPE_Q8_0_R16)
+DEFINE_R16_TILE(tile_q4_0_r16, DTYPE_Q4_0_R16)
+DEFINE_R16_TILE(tile_q5_0_r16, DTYPE_Q5_0_R16)
+
+/* Activations of the packed types: the Q8_0 blocks of the AVX2 table (the
+ * same quants and d as for the unpacked weights), d widened, Σ qs. */
 TARGET static void from_float_q8_0x(const float *x, void *dst, int64_t n)
 {
     block_q8_0x *y = dst;
@@ -589,7 +631,7 @@ TARGET static void from_float_q8_0x(const float *x, void *dst, int64_t n)
         for (int j = 0; j < QK8_0; j++)
             sum += q.qs[j];
         y[b].d = fp16_to_f32(q.d);
-        y[b].corr = -128 * sum;
+        y[b].sum = sum;
         memcpy(y[b].qs, q.qs, QK8_0);
     }
 }
@@ -794,6 +836,8 @@ const kn_impl *kn_avx512_impl(void)
         t.tile[DTYPE_Q4_K] = tile_q4_K;
         t.tile[DTYPE_Q6_K] = tile_q6_K;
         t.tile[DTYPE_Q8_0_R16] = tile_q8_0_r16;
+        t.tile[DTYPE_Q4_0_R16] = tile_q4_0_r16;
+        t.tile[DTYPE_Q5_0_R16] = tile_q5_0_r16;
         t.from_float[KN_ACT_Q8_0X] = from_float_q8_0x;
     }
     avx512_impl = t;

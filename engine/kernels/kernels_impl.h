@@ -36,45 +36,64 @@ typedef struct block_q8_1 {
     int8_t qs[32];
 } block_q8_1;
 
-/* Weight type ids stay below this bound (BF16 = 30, DTYPE_Q8_0_R16 = 31). */
-#define KN_MAX_DTYPE 32
+/* Weight type ids stay below this bound (BF16 = 30, the packed types 31-33). */
+#define KN_MAX_DTYPE 34
 
-/* DTYPE_Q8_0_R16: Q8_0 weights repacked at load (kn_pack_weight) for
- * vpdpbusd, so that one instruction takes 4 quants of 16 rows against 4
- * activation quants broadcast, and the 16 row sums stay in the lanes of one
- * register (no horizontal sums; a 16-row group is read front to back).
- * Rows go in groups of KN_R16 (the matrix has a multiple of it); group g
- * takes the bytes of its rows in the Q8_0 matrix, from g * KN_R16 * (row
- * bytes). In it, block b (elements 32b..32b+31) of the 16 rows is their 16
- * half scales d (at kn_r16_scales) and their quants (kn_r16_quants): for
- * i = 0..7, the 16 rows' quants 4i..4i+3 (64 bytes), each stored plus 128
- * (unsigned; vpdpbusd takes unsigned by signed bytes). The blocks go in
- * pairs, both blocks' scales first (64 bytes), so that with an even number
- * of blocks every group, scale run and quant run starts on a 64-byte line;
- * an odd last block is its 32 bytes of scales, then its quants. Its
- * activations are block_q8_0x. */
+/* The packed types (DTYPE_Q8_0_R16, _Q4_0_R16, _Q5_0_R16): Q8_0 / Q4_0 /
+ * Q5_0 weights repacked at load (kn_pack_weight) for vpdpbusd, so that one
+ * instruction takes 4 quants of 16 rows against 4 activation quants
+ * broadcast, and the 16 row sums stay in the lanes of one register (no
+ * horizontal sums; a 16-row group is read front to back). Rows go in
+ * groups of KN_R16 (the matrix has a multiple of it); group g takes the
+ * bytes of its rows in the original matrix, from g * KN_R16 * (row bytes),
+ * and in it block b (elements 32b..32b+31) of the 16 rows is
+ *   - their 16 half scales d (at kn_r16_scales);
+ *   - their quants as unsigned bytes (at kn_r16_body), the value being the
+ *     byte minus kn_r16_offset: Q8_0 for i = 0..7 the 16 rows' quants
+ *     4i..4i+3 plus 128 (64 bytes each); Q4_0 and Q5_0 for i = 0..3 the 16
+ *     rows' bytes 4i..4i+3 of qs (low nibbles elements 4i.., high nibbles
+ *     16+4i..), Q5_0 preceded by 8 masks of 64 bits: mask h*4+i has bit
+ *     4r+j set when element 16h+4i+j of row r has its 5th bit (qh).
+ * The blocks go in pairs, both blocks' scales first (64 bytes), so that
+ * with an even number of blocks every group, scale run and body starts on a
+ * 64-byte line; an odd last block is its 32 bytes of scales, then its body.
+ * Their activations are block_q8_0x. */
 #define KN_R16 16
 
-/* Byte offsets in a group of nb blocks of block b's scales, and quants. */
-static inline size_t kn_r16_scales(int64_t b)
+/* The packed type of a weight type, or -1. */
+static inline int kn_r16_type(int type)
 {
-    return (size_t)(b / 2) * 2 * KN_R16 * sizeof(block_q8_0) + (size_t)(b % 2) * KN_R16 * sizeof(uint16_t);
+    return type == DTYPE_Q8_0 ? DTYPE_Q8_0_R16 : type == DTYPE_Q4_0 ? DTYPE_Q4_0_R16
+         : type == DTYPE_Q5_0 ? DTYPE_Q5_0_R16 : -1;
 }
 
-static inline size_t kn_r16_quants(int64_t b, int64_t nb)
+/* What a packed type's stored bytes exceed its quants by. */
+static inline int kn_r16_offset(int type)
 {
-    const size_t pair = (size_t)(b / 2) * 2 * KN_R16 * sizeof(block_q8_0);
+    return type == DTYPE_Q8_0_R16 ? 128 : type == DTYPE_Q4_0_R16 ? 8 : 16;
+}
+
+/* Byte offsets of block b's scales and body in a group of nb blocks of
+ * blk = KN_R16 * (bytes per block of the type) bytes each. */
+static inline size_t kn_r16_scales(int64_t b, size_t blk)
+{
+    return (size_t)(b / 2) * 2 * blk + (size_t)(b % 2) * KN_R16 * sizeof(uint16_t);
+}
+
+static inline size_t kn_r16_body(int64_t b, int64_t nb, size_t blk)
+{
+    const size_t pair = (size_t)(b / 2) * 2 * blk, scales = KN_R16 * sizeof(uint16_t);
     if (b % 2 == 0 && b + 1 == nb)
-        return pair + KN_R16 * sizeof(uint16_t);
-    return pair + 2 * KN_R16 * sizeof(uint16_t) + (size_t)(b % 2) * KN_R16 * QK8_0;
+        return pair + scales;
+    return pair + 2 * scales + (size_t)(b % 2) * (blk - scales);
 }
 
-/* The activation partner of DTYPE_Q8_0_R16: a Q8_0 block with its half d
- * widened, and corr = -128 * Σ qs, which takes the weights' +128 back out
- * of the integer block sum. */
+/* The activation partner of the packed types: a Q8_0 block with its half d
+ * widened and sum = Σ qs, with which the kernels take the weights' offset
+ * back out of the integer block sum. */
 typedef struct block_q8_0x {
     float d;
-    int32_t corr;
+    int32_t sum;
     int8_t qs[QK8_0];
 } block_q8_0x;
 

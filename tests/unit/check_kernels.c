@@ -933,18 +933,19 @@ START_TEST(test_simd_matmul)
 }
 END_TEST
 
-/* Packed Q8_0 (kn_pack_weight, DTYPE_Q8_0_R16): each (row, token) of the
- * packed matrix's invariant matmul equals the reference Q8_0 dot of that
- * row with the token's SIMD-quantised activation (the AVX-512 table's
- * Q8_0 blocks: packed and unpacked weights meet the same quants) within
- * f32 rounding, and is the same bits whatever the number of tokens (every
- * count of the 8-token micro-kernel's remainder, threads, parts, row tiles
- * of 32 and 16 rows, even and odd block counts). Matrices it cannot pack
- * come back NULL. */
-START_TEST(test_simd_packed_q8_0)
+/* Packed Q8_0/Q4_0/Q5_0 (kn_pack_weight, DTYPE_*_R16): each (row, token) of
+ * the packed matrix's invariant matmul equals the reference dot of that row
+ * with the token's SIMD-quantised activation (the AVX-512 table's Q8_0
+ * blocks: packed and unpacked weights meet the same quants) within f32
+ * rounding, and is the same bits whatever the number of tokens (every count
+ * of the 8-token micro-kernel's remainder, threads, parts, row tiles of 32
+ * and 16 rows, even and odd block counts). Matrices it cannot pack come
+ * back NULL. */
+START_TEST(test_simd_packed)
 {
     const kn_impl *simd = simd_impl(1);
-    if (!simd || !simd->tile[DTYPE_Q8_0_R16])
+    const int type = (int[]){ DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q5_0 }[_i];
+    if (!simd || !simd->tile[kn_r16_type(type)])
         return;
     const int64_t ks[] = { 32, 96, 32 * 18, 32 * 37 }, ns[] = { 16, 48, 80 }, max_tok = 19;
     ck_assert_int_eq(kernels_reserve(max_tok * 32 * 37, NULL), 0);
@@ -955,10 +956,10 @@ START_TEST(test_simd_packed_q8_0)
             const int64_t k = ks[ik], n = ns[in];
             const size_t arow = kn_act_row_size(KN_ACT_Q8_0, k);
             tensor w, *p;
-            void *wd = random_weights(DTYPE_Q8_0, k, n, &w);
+            void *wd = random_weights(type, k, n, &w);
             ck_assert_int_eq(kn_pack_weight_impl(simd, &w, &p, NULL), 0);
             ck_assert_ptr_nonnull(p);
-            ck_assert_int_eq(p->type, DTYPE_Q8_0_R16);
+            ck_assert_int_eq(p->type, kn_r16_type(type));
             ck_assert_uint_eq(p->nbytes, w.nbytes);
             float *x = random_f32(max_tok * k, -2.0f, 2.0f), *wf = malloc((size_t)k * sizeof *wf);
             float *y = malloc((size_t)(max_tok * n) * sizeof *y), *y1 = malloc((size_t)(max_tok * n) * sizeof *y1);
@@ -967,21 +968,22 @@ START_TEST(test_simd_packed_q8_0)
                 kn_matmul_invariant_impl(simd, NULL, p, x + t * k, 1, y1 + t * n);
                 simd->from_float[KN_ACT_Q8_0](x + t * k, qa, k);
                 for (int64_t o = 0; o < n; o++) {
-                    dequantize_row(DTYPE_Q8_0, tensor_row(&w, o), wf, k);
+                    dequantize_row(type, tensor_row(&w, o), wf, k);
                     double mag = 0.0;
                     for (int64_t i = 0; i < k; i++)
                         mag += fabs((double)wf[i] * x[t * k + i]);
-                    const float r = kn_ref_impl.vec_dot[DTYPE_Q8_0](k, tensor_row(&w, o), qa);
+                    const float r = kn_ref_impl.vec_dot[type](k, tensor_row(&w, o), qa);
                     ck_assert_msg(fabs(r - y1[t * n + o]) <= 2e-6 * mag + 1e-7,
-                                  "packed k=%lld n=%lld row %lld token %lld: %.9g, reference %.9g", (long long)k,
-                                  (long long)n, (long long)o, (long long)t, y1[t * n + o], r);
+                                  "packed %s k=%lld n=%lld row %lld token %lld: %.9g, reference %.9g",
+                                  dtype_get(type)->name, (long long)k, (long long)n, (long long)o, (long long)t,
+                                  y1[t * n + o], r);
                 }
             }
             for (int64_t n_tok = 1; n_tok <= max_tok; n_tok++) {
                 kn_matmul_invariant_impl(simd, tp, p, x, n_tok, y);
                 ck_assert_msg(memcmp(y, y1, (size_t)(n_tok * n) * sizeof *y) == 0,
-                              "packed k=%lld n=%lld: %lld tokens not invariant", (long long)k, (long long)n,
-                              (long long)n_tok);
+                              "packed %s k=%lld n=%lld: %lld tokens not invariant", dtype_get(type)->name,
+                              (long long)k, (long long)n, (long long)n_tok);
             }
             free(qa);
             free(y1);
@@ -995,7 +997,7 @@ START_TEST(test_simd_packed_q8_0)
 
     /* not packed: rows not a multiple of 16, another type, a table without the kernel */
     const struct { int type; int64_t n; const kn_impl *impl; } none[] = {
-        { DTYPE_Q8_0, 24, simd }, { DTYPE_F16, 32, simd }, { DTYPE_Q4_0, 32, simd }, { DTYPE_Q8_0, 32, &kn_ref_impl },
+        { type, 24, simd }, { DTYPE_F16, 32, simd }, { DTYPE_Q4_1, 32, simd }, { type, 32, &kn_ref_impl },
     };
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
         tensor w, *p = (tensor *)&w;
@@ -1561,7 +1563,7 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_gelu, 0, N_SIMD_TABLES);
     tcase_add_test(tc, test_simd_attention);
     tcase_add_loop_test(tc, test_simd_attention_dense, 0, N_SIMD_TABLES);
-    tcase_add_test(tc, test_simd_packed_q8_0);
+    tcase_add_loop_test(tc, test_simd_packed, 0, 3);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 

@@ -54,8 +54,10 @@ START_TEST(test_table_matches_ggml)
         { DTYPE_Q5_K, "q5_K", 256, 176, DTYPE_Q8_K, true },
         { DTYPE_Q6_K, "q6_K", 256, 210, DTYPE_Q8_K, true },
         { DTYPE_Q8_K, "q8_K", 256, 292, DTYPE_Q8_K, false },
-        /* ours (ggml's 31 is gone): packed Q8_0, never the type of a tensor in a file */
+        /* ours (ggml's 31-33 are gone): packed, never the type of a tensor in a file */
         { DTYPE_Q8_0_R16, "q8_0_r16", 32, 34, DTYPE_Q8_0, false },
+        { DTYPE_Q4_0_R16, "q4_0_r16", 32, 18, DTYPE_Q8_0, false },
+        { DTYPE_Q5_0_R16, "q5_0_r16", 32, 22, DTYPE_Q8_0, false },
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const dtype_info *ti = dtype_get(want[i].type);
@@ -72,7 +74,7 @@ START_TEST(test_table_matches_ggml)
         ck_assert_uint_eq(dtype_row_size(want[i].type, 4 * want[i].block), (size_t)(4 * want[i].size));
     }
     /* ids ggml has but we do not load, and ids out of any range */
-    static const int unknown[] = { -1, 4, 5, 10, 11, 16, 29, 32, 1000 };
+    static const int unknown[] = { -1, 4, 5, 10, 11, 16, 29, 34, 1000 };
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         ck_assert_ptr_null(dtype_get(unknown[i]));
         ck_assert_uint_eq(dtype_row_size(unknown[i], 256), 0);
