@@ -185,6 +185,14 @@ typedef struct attn_task {
     int n_items;
 } attn_task;
 
+/* K/V rows of an attention item asked for while its row pointers are
+ * gathered: the head's slice of each paged row is scattered, and the
+ * hardware fetched them a few misses at a time (8 streams at 64-80
+ * positions, Q8_0 256M / 500M models: +3-14 % tokens/s over 5 alternating
+ * runs). Only the first rows: a long context's would push each other out of
+ * the cache before use. */
+#define ATTN_PREFETCH_ROWS 64
+
 /* Splits the batch into runs of one sequence, at most ATTN_CHUNK entries
  * each, times the KV heads. Returns the number of items. */
 static int plan_attention(decoder *d, const dec_entry *b, int n)
@@ -237,6 +245,10 @@ static void attn_worker(void *arg, int ith, int nth)
         for (int64_t s = 0; s < kv.n; s++) {
             krows[s] = (const uint8_t *)kv_k_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
             vrows[s] = (const uint8_t *)kv_v_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
+            for (size_t o = 0; s < ATTN_PREFETCH_ROWS && o < (size_t)hd * esz; o += 64) {
+                __builtin_prefetch((const uint8_t *)krows[s] + o);
+                __builtin_prefetch((const uint8_t *)vrows[s] + o);
+            }
         }
         for (int r = 0; r < R; r++) {
             const int i = item->lo + r / group, h = item->kvh * group + r % group;
