@@ -8,10 +8,12 @@
  *   - streaming read bandwidth (sum of a buffer far larger than the caches);
  *   - fp32 FMA peak per ISA (AVX2 ymm, AVX-512 zmm): independent FMA chains
  *     long enough to hide the latency, no memory traffic;
- *   - BF16 dot-product peak (AVX-512 BF16 vdpbf16ps) where the CPU has it.
+ *   - BF16 dot-product peak (AVX-512 BF16 vdpbf16ps) where the CPU has it;
+ *   - int8 dot-product peak (AVX-512 VNNI vpdpbusd) where the CPU has it.
  * Then times, on the random models given (tools/make_model.py --preset ...):
- *   - vision encode of one tile (with --mmproj): GFLOP/s vs the widest fp32 peak;
- *   - prefill of 512 tokens in one pass: GFLOP/s vs the same peak;
+ *   - vision encode of one tile (with --mmproj): GFLOP/s vs the widest fp32
+ *     peak (and, for quantised weights, the same ops vs the int8 peak);
+ *   - prefill of 512 tokens in one pass: GFLOP/s vs the same peaks;
  *   - single-stream decode: weight bytes read per token / time vs the read
  *     bandwidth (the bandwidth bound), measured again between the decode
  *     steps: the best window of those is the row's ceiling;
@@ -59,7 +61,7 @@ static void die(const char *what, const glimpse_err *err)
 /* ---- machine -------------------------------------------------------------------- */
 
 typedef struct cpu_caps {
-    bool avx2, avx512f, avx512bf16;
+    bool avx2, avx512f, avx512bf16, avx512vnni;
 } cpu_caps;
 
 static cpu_caps detect(void)
@@ -70,6 +72,7 @@ static cpu_caps detect(void)
     __builtin_cpu_init();
     c.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     c.avx512f = __builtin_cpu_supports("avx512f");
+    c.avx512vnni = c.avx512f && __builtin_cpu_supports("avx512vnni");
     /* AVX512_BF16 is CPUID.(7,1):EAX bit 5 (older compilers cannot name it). */
     if (c.avx512f && __get_cpuid_count(7, 1, &a, &b, &cx, &d))
         c.avx512bf16 = (a >> 5) & 1;
@@ -218,7 +221,7 @@ enum { PEAK_ITERS = 1000 * 1000 };
 
 typedef struct peak_job {
     ceil_clock clock;
-    int isa; /* 0 avx2, 1 avx512f, 2 avx512 bf16 */
+    int isa; /* 0 avx2, 1 avx512f, 2 avx512 bf16, 3 avx512 vnni */
     float sink[64];
 } peak_job;
 
@@ -260,6 +263,21 @@ __attribute__((target("avx512f,avx512bf16"))) static float peak_bf16(void)
         a[0] = _mm512_add_ps(a[0], a[i]);
     return _mm512_reduce_add_ps(a[0]);
 }
+
+/* vpdpbusd: 16 lanes x 4 byte products = 64 multiply-adds (128 ops) each,
+ * the instruction of the quantised matrix products. */
+__attribute__((target("avx512f,avx512vnni"))) static float peak_vnni(void)
+{
+    __m512i a[12];
+    const __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < PEAK_ITERS; it++)
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], x, y);
+    for (int i = 1; i < 12; i++)
+        a[0] = _mm512_add_epi32(a[0], a[i]);
+    return (float)_mm512_reduce_add_epi32(a[0]);
+}
 #endif
 
 static void peak_worker(void *arg, int ith, int nth)
@@ -268,7 +286,7 @@ static void peak_worker(void *arg, int ith, int nth)
     float s = 0;
     ceil_start(&j->clock, ith, nth);
 #ifdef X86
-    s = j->isa == 0 ? peak_avx2() : j->isa == 1 ? peak_avx512() : peak_bf16();
+    s = j->isa == 0 ? peak_avx2() : j->isa == 1 ? peak_avx512() : j->isa == 2 ? peak_bf16() : peak_vnni();
 #endif
     j->clock.t1[ith] = now_s();
     j->sink[ith % 64] = s;
@@ -277,7 +295,7 @@ static void peak_worker(void *arg, int ith, int nth)
 /* FLOP/s of all pool threads running the isa's FMA loop. */
 static double measure_peak(threadpool *tp, int isa, int repeats)
 {
-    static const double flops_per_op[3] = { 16, 32, 64 };
+    static const double flops_per_op[4] = { 16, 32, 64, 128 };
     peak_job j = { .isa = isa };
     double best = 1e30;
     for (int r = 0; r < repeats + 1; r++) {
@@ -290,6 +308,15 @@ static double measure_peak(threadpool *tp, int isa, int repeats)
 }
 
 /* ---- phases --------------------------------------------------------------------- */
+
+/* The int8 VNNI peak (ops/s), 0 without VNNI: the quantised products' own
+ * ceiling, next to the fp32 one the targets name. */
+static double int8_peak;
+
+static bool quantised(int type)
+{
+    return type != DTYPE_F32 && type != DTYPE_F16 && type != DTYPE_BF16;
+}
 
 static double matrix_flops(const tensor *w, int64_t n_tok)
 {
@@ -418,6 +445,10 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double pea
     }
     snprintf(name, sizeof name, "%s prefill %d", mn, PREFILL);
     add_row(name, "GFLOP/s", peak / 1e9, prefill_flops(&r.m, PREFILL) / best / 1e9);
+    if (int8_peak > 0 && quantised(r.m.w.layers[0].wq->type)) {
+        snprintf(name, sizeof name, "%s prefill %d, vs int8", mn, PREFILL);
+        add_row(name, "GOP/s", int8_peak / 1e9, prefill_flops(&r.m, PREFILL) / best / 1e9);
+    }
 
     /* single-stream decode after a context of DECODE_CTX positions; each
      * step follows a window of the bandwidth probe, whose best is this
@@ -493,6 +524,11 @@ static void bench_vision(const char *path, threadpool *tp, int repeats, double p
     char name[96];
     snprintf(name, sizeof name, "%s encode %dx%d (%.2f s)", base_name(path), hp->image_size, hp->image_size, best);
     add_row(name, "GFLOP/s", peak / 1e9, vision_flops(hp) / best / 1e9);
+    const tensor *wq = gguf_find_tensor(f, "v.blk.0.attn_q.weight");
+    if (int8_peak > 0 && wq && quantised(wq->type)) {
+        snprintf(name, sizeof name, "%s encode, vs int8", base_name(path));
+        add_row(name, "GOP/s", int8_peak / 1e9, vision_flops(hp) / best / 1e9);
+    }
     free(tile);
     free(out);
     vision_free(vm);
@@ -546,6 +582,10 @@ int main(int argc, char **argv)
     if (caps.avx512bf16) {
         p = measure_peak(tp, 2, CEIL_REPEATS);
         printf("  BF16 dot peak, AVX-512    %8.1f GFLOP/s\n", p / 1e9);
+    }
+    if (caps.avx512vnni) {
+        int8_peak = measure_peak(tp, 3, CEIL_REPEATS);
+        printf("  int8 dot peak, AVX-512 VNNI %6.1f GOP/s\n", int8_peak / 1e9);
     }
     if (peak == 0)
         peak = 1e9; /* no SIMD: ratios are vs 1 GFLOP/s */
