@@ -597,22 +597,14 @@ TARGET static inline void dot_q6_K(int64_t n, const void *w, const uint8_t *a, s
 #define DOT_Q5_K(k, w, ...) dot_q45_K(k, w, sizeof(block_q5_K), offsetof(block_q5_K, qs), true, __VA_ARGS__)
 #define DOT_Q6_K dot_q6_K
 #define DEFINE_Q_TILE(name, dot)                                                                          \
-    INLINE void micro_##name(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a,   \
-                             size_t a_row, float *y, size_t y_stride)                                     \
+    INLINE void micro_##name(int R, int T, int64_t k0, int64_t k1, int64_t k, const uint8_t *w, size_t w_row, \
+                             const uint8_t *a, size_t a_row, VF *state, float *y, size_t y_stride)           \
     {                                                                                                      \
-        (void)R, (void)w_row; /* always one row */                                                        \
+        (void)R, (void)k0, (void)k1, (void)w_row, (void)state; /* one whole row at a time */              \
         dot(k, w, a, a_row, T, y, y_stride);                                                               \
     }                                                                                                      \
-    DEFINE_TILE(tile_##name, MICRO_WHOLE_##name, 1, QT, 1, 0)
+    DEFINE_TILE(tile_##name, micro_##name, 1, QT, 1, 0)
 
-#define MICRO_WHOLE_q8_0(...) MICRO_WHOLE(micro_q8_0, __VA_ARGS__)
-#define MICRO_WHOLE_q4_0(...) MICRO_WHOLE(micro_q4_0, __VA_ARGS__)
-#define MICRO_WHOLE_q5_0(...) MICRO_WHOLE(micro_q5_0, __VA_ARGS__)
-#define MICRO_WHOLE_q4_1(...) MICRO_WHOLE(micro_q4_1, __VA_ARGS__)
-#define MICRO_WHOLE_q5_1(...) MICRO_WHOLE(micro_q5_1, __VA_ARGS__)
-#define MICRO_WHOLE_q4_K(...) MICRO_WHOLE(micro_q4_K, __VA_ARGS__)
-#define MICRO_WHOLE_q5_K(...) MICRO_WHOLE(micro_q5_K, __VA_ARGS__)
-#define MICRO_WHOLE_q6_K(...) MICRO_WHOLE(micro_q6_K, __VA_ARGS__)
 DEFINE_Q_TILE(q8_0, DOT_Q8_0)
 DEFINE_Q_TILE(q4_0, DOT_Q4_0)
 DEFINE_Q_TILE(q5_0, DOT_Q5_0)
