@@ -12,7 +12,8 @@
  *   - int8 dot-product peak (AVX-512 VNNI vpdpbusd) where the CPU has it.
  * Then times, on the random models given (tools/make_model.py --preset ...):
  *   - vision encode of one tile (with --mmproj): GFLOP/s vs the widest fp32
- *     peak (and, for quantised weights, the same ops vs the int8 peak);
+ *     peak (and, for quantised or BF16 weights, the same ops vs the int8 or
+ *     BF16 peak);
  *   - prefill of 512 tokens in one pass: GFLOP/s vs the same peaks;
  *   - single-stream decode: weight bytes read per token / time vs the read
  *     bandwidth (the bandwidth bound), measured again between the decode
@@ -309,14 +310,10 @@ static double measure_peak(threadpool *tp, int isa, int repeats)
 
 /* ---- phases --------------------------------------------------------------------- */
 
-/* The int8 VNNI peak (ops/s), 0 without VNNI: the quantised products' own
- * ceiling, next to the fp32 one the targets name. */
-static double int8_peak;
-
-static bool quantised(int type)
-{
-    return type != DTYPE_F32 && type != DTYPE_F16 && type != DTYPE_BF16;
-}
+/* The int8 VNNI and BF16 dot peaks (ops/s), 0 where the CPU lacks them:
+ * the quantised and the BF16 products' own ceilings, next to the fp32 one
+ * the targets name. */
+static double int8_peak, bf16_peak;
 
 static double matrix_flops(const tensor *w, int64_t n_tok)
 {
@@ -421,6 +418,19 @@ static void add_row(const char *name, const char *unit, double ceiling, double a
     fflush(stdout);
 }
 
+/* One more row for a phase whose matrices are of the given type: the same
+ * ops against the peak of the instruction that multiplies them. */
+static void add_peak_row(const char *phase, int type, double ops_per_s)
+{
+    const bool bf16 = type == DTYPE_BF16, int8 = type != DTYPE_F32 && type != DTYPE_F16 && !bf16;
+    const double peak = bf16 ? bf16_peak : int8 ? int8_peak : 0;
+    char name[112];
+    if (peak <= 0)
+        return;
+    snprintf(name, sizeof name, "%s, vs %s", phase, bf16 ? "bf16" : "int8");
+    add_row(name, "GOP/s", peak / 1e9, ops_per_s / 1e9);
+}
+
 static const char *base_name(const char *p)
 {
     const char *s = strrchr(p, '/');
@@ -445,10 +455,7 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double pea
     }
     snprintf(name, sizeof name, "%s prefill %d", mn, PREFILL);
     add_row(name, "GFLOP/s", peak / 1e9, prefill_flops(&r.m, PREFILL) / best / 1e9);
-    if (int8_peak > 0 && quantised(r.m.w.layers[0].wq->type)) {
-        snprintf(name, sizeof name, "%s prefill %d, vs int8", mn, PREFILL);
-        add_row(name, "GOP/s", int8_peak / 1e9, prefill_flops(&r.m, PREFILL) / best / 1e9);
-    }
+    add_peak_row(name, r.m.w.layers[0].wq->type, prefill_flops(&r.m, PREFILL) / best);
 
     /* single-stream decode after a context of DECODE_CTX positions; each
      * step follows a window of the bandwidth probe, whose best is this
@@ -525,10 +532,9 @@ static void bench_vision(const char *path, threadpool *tp, int repeats, double p
     snprintf(name, sizeof name, "%s encode %dx%d (%.2f s)", base_name(path), hp->image_size, hp->image_size, best);
     add_row(name, "GFLOP/s", peak / 1e9, vision_flops(hp) / best / 1e9);
     const tensor *wq = gguf_find_tensor(f, "v.blk.0.attn_q.weight");
-    if (int8_peak > 0 && wq && quantised(wq->type)) {
-        snprintf(name, sizeof name, "%s encode, vs int8", base_name(path));
-        add_row(name, "GOP/s", int8_peak / 1e9, vision_flops(hp) / best / 1e9);
-    }
+    snprintf(name, sizeof name, "%s encode", base_name(path));
+    if (wq)
+        add_peak_row(name, wq->type, vision_flops(hp) / best);
     free(tile);
     free(out);
     vision_free(vm);
@@ -580,8 +586,8 @@ int main(int argc, char **argv)
         peak = p > peak ? p : peak;
     }
     if (caps.avx512bf16) {
-        p = measure_peak(tp, 2, CEIL_REPEATS);
-        printf("  BF16 dot peak, AVX-512    %8.1f GFLOP/s\n", p / 1e9);
+        bf16_peak = measure_peak(tp, 2, CEIL_REPEATS);
+        printf("  BF16 dot peak, AVX-512    %8.1f GFLOP/s\n", bf16_peak / 1e9);
     }
     if (caps.avx512vnni) {
         int8_peak = measure_peak(tp, 3, CEIL_REPEATS);

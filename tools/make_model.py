@@ -273,7 +273,7 @@ def parse_args(argv):
     ap.add_argument("--no-text", action="store_true", help="write only the mmproj")
     ap.add_argument("--mmproj-out", help="also write a vision projector GGUF here")
     ap.add_argument("--projector", choices=["idefics3", "mlp"], default="idefics3")
-    ap.add_argument("--mmproj-dtype", choices=["f32", "f16", "q8_0"], default="f32",
+    ap.add_argument("--mmproj-dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f32",
                     help="type of the vision matrices")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--patch-size", type=int, default=16)

@@ -24,6 +24,7 @@
 
 #include "simd_exp.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -799,6 +800,54 @@ INLINE void micro_q6_K(int R, int T, int64_t k, const uint8_t *w, size_t w_row, 
 #define MICRO_Q6_K(...) MICRO_WHOLE(micro_q6_K, __VA_ARGS__)
 DEFINE_TILE(tile_q6_K, MICRO_Q6_K, 2, TILE_T, 4, 0)
 
+/* ---- BF16 x BF16 with AVX512_BF16 ------------------------------------------------ */
+
+#undef TARGET
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+
+/* R BF16 weight rows x T activation rows (KN_ACT_BF16: f32 values already
+ * rounded to bfloat), 32 elements a step: the activations narrowed to bf16
+ * (exact, they are bfloats) and vdpbf16ps adding each lane's two products,
+ * which are exact in f32, to its accumulator: twice the products of an FMA
+ * per instruction, and the weights loaded as they are stored. The last
+ * step's elements past k are masked to zero (they add exact zeros). Each
+ * output is one chain over k and the fixed hsum16 tree, whatever R and T. */
+INLINE void micro_bf16_dp(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row,
+                          float *y, size_t y_stride)
+{
+    __m512 acc[TILE_R1][TILE_T];
+    TILE_ACC_ZERO(acc, R, T, _mm512_setzero_ps());
+    for (int64_t i = 0; i < k; i += 32) {
+        const int n = k - i < 32 ? (int)(k - i) : 32;
+        const __mmask32 m = n == 32 ? ~(__mmask32)0 : ((__mmask32)1 << n) - 1;
+        const __mmask16 m0 = (__mmask16)m, m1 = (__mmask16)(m >> 16);
+        prefetch_ahead(w, w_row, R, (size_t)i * 2);
+        __m512bh wv[TILE_R1];
+        TILE_UNROLL
+        for (int r = 0; r < R; r++)
+            wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, w + (size_t)r * w_row + (size_t)i * 2);
+        TILE_UNROLL
+        for (int t = 0; t < T; t++) {
+            const float *ap = (const float *)(a + (size_t)t * a_row) + i;
+            const __m512bh av = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, ap + 16), _mm512_maskz_loadu_ps(m0, ap));
+            TILE_UNROLL
+            for (int r = 0; r < R; r++)
+                acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], av);
+        }
+    }
+    store_sums16(acc, R, T, y, y_stride);
+}
+
+#define MICRO_BF16_DP(...) MICRO_WHOLE(micro_bf16_dp, __VA_ARGS__)
+DEFINE_TILE(tile_bf16_dp, MICRO_BF16_DP, TILE_R, TILE_T, TILE_R1, 0)
+
+/* AVX512_BF16 is CPUID.(7,1):EAX bit 5 (older compilers cannot name it). */
+static bool has_avx512bf16(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 5) & 1);
+}
+
 /* ---- the table -------------------------------------------------------------------- */
 
 static kn_impl avx512_impl;
@@ -840,6 +889,8 @@ const kn_impl *kn_avx512_impl(void)
         t.tile[DTYPE_Q5_0_R16] = tile_q5_0_r16;
         t.from_float[KN_ACT_Q8_0X] = from_float_q8_0x;
     }
+    if (has_avx512bf16())
+        t.tile[DTYPE_BF16] = tile_bf16_dp;
     avx512_impl = t;
     return &avx512_impl;
 }
