@@ -6,7 +6,8 @@
  *     (kernels_avx512.c) when the CPU has AVX-512F/BW/VL, else the AVX2+FMA
  *     table (kernels_avx2.c) when it has AVX2, FMA and F16C, else the scalar
  *     reference (kernels_ref.c). GLIMPSE_KERNELS=scalar or =avx2 caps the
- *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 tiles,
+ *     choice. The AVX-512 table is the AVX2 one with the F32/F16/BF16 tiles
+ *     (BF16 on vdpbf16ps where the CPU has AVX512_BF16),
  *     the Q8_0/Q4_0/Q5_0/Q4_K/Q6_K tiles (with VNNI only), the fused
  *     attention and the norms of 8 rows at once (layer_norm_rows,
  *     rms_norm_rows) replaced; the other quantised tiles, the activation
