@@ -803,6 +803,36 @@ START_TEST(generate_errors)
 }
 END_TEST
 
+/* Packing at load (kn_pack_weight, AVX-512 VNNI only): tiny-q8_0's matrices
+ * and its tied LM head are packed copies while token_embd stays the file's
+ * (its rows are looked up), and the file's pages that the loader handed
+ * back still read as the file's bytes (compared with a second mapping). */
+START_TEST(loader_packs_matrices)
+{
+    rig r;
+    rig_open(&r, "tiny-q8_0.gguf", KV_F16, 1);
+    const text_weights *w = &r.m.w;
+    if (w->output == w->token_embd) {
+        fprintf(stderr, "check_decoder: these kernels pack nothing, packing not checked\n");
+        rig_close(&r);
+        return;
+    }
+    ck_assert(w->tied);
+    ck_assert_int_eq(w->token_embd->type, DTYPE_Q8_0);
+    ck_assert_int_eq(w->output->type, DTYPE_Q8_0_R16);
+    ck_assert_int_eq(w->layers[0].ffn_down->type, DTYPE_Q8_0_R16);
+    ck_assert_int_eq(w->packed.n, 7 * r.m.cfg.n_layer + 1);
+    gguf_file *again;
+    ck_assert_int_eq(gguf_open(fixture_path("tiny-q8_0.gguf"), &again, NULL), 0);
+    for (int64_t i = 0; i < gguf_n_tensors(r.f); i++) {
+        const tensor *t = gguf_tensor_at(r.f, i), *u = gguf_tensor_at(again, i);
+        ck_assert_msg(t->nbytes == u->nbytes && memcmp(t->data, u->data, t->nbytes) == 0, "%s changed", t->name);
+    }
+    gguf_close(again);
+    rig_close(&r);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("decoder");
@@ -822,6 +852,7 @@ int main(void)
     tc = tcase_create("loader");
     tcase_add_loop_test(tc, loader_rejects_bad_models, 0, sizeof bad_edits / sizeof bad_edits[0]);
     tcase_add_test(tc, loader_reads_hparams);
+    tcase_add_test(tc, loader_packs_matrices);
     suite_add_tcase(s, tc);
     tc = tcase_create("generate");
     tcase_add_test(tc, generate_greedy_is_decoder_greedy);
