@@ -521,14 +521,12 @@ INLINE void r16_quants(int type, const uint8_t *body, __m512i wq[8])
     }
 }
 
-/* Bytes of one block of a 16-row group, and the prefetch: the lines of the
- * block R16_PF_BLOCKS ahead, for calls of 2 tokens or more. Measured (500M
- * / 256M Q8_0 models, 2 threads): 8 streams 385 -> 500 / 990 -> 1250 tok/s
- * with 4 blocks ahead (2 ahead: 473 / 1190; 8: 484 / 1040); one token is
- * as fast without it (the hardware's prefetch keeps up when a block's
- * instructions are few), so it is spared the prefetches. */
+/* The prefetch: the lines of the block R16_PF_BLOCKS ahead. Measured (500M
+ * / 256M Q8_0 models, 2 threads, alternating runs): 8 streams 385 -> 500 /
+ * 990 -> 1250 tok/s with 4 blocks ahead (2 ahead: 473 / 1190; 8: 484 /
+ * 1040); one token 40.9-41.5 -> 46.8-48.5 / 32.4-36.5 -> 41.1-42.8 GB/s of
+ * weights (the row-major tiles read 44.1-46.1 / 35.6-37.2 then). */
 #define R16_PF_BLOCKS 4
-#define R16_PF_MIN_T 2
 
 /* A group's 16 rows x T tokens (T <= 8, a constant at every call). Per block
  * and token, vpdpbusd multiplies the 16 rows' stored quants, four at a
@@ -556,9 +554,8 @@ INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8
     for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        if (T >= R16_PF_MIN_T)
-            for (size_t l = 0; l < blk; l += 64)
-                _mm_prefetch((const char *)g + (size_t)(b + R16_PF_BLOCKS) * blk + l, _MM_HINT_T0);
+        for (size_t l = 0; l < blk; l += 64)
+            _mm_prefetch((const char *)g + (size_t)(b + R16_PF_BLOCKS) * blk + l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + kn_r16_scales(b, blk))));
         __m512i wq[8];
         r16_quants(type, g + kn_r16_body(b, nb, blk), wq);
@@ -811,7 +808,11 @@ DEFINE_TILE(tile_q6_K, MICRO_Q6_K, 2, TILE_T, 4, 0)
  * which are exact in f32, to its accumulator: twice the products of an FMA
  * per instruction, and the weights loaded as they are stored. The last
  * step's elements past k are masked to zero (they add exact zeros). Each
- * output is one chain over k and the fixed hsum16 tree, whatever R and T. */
+ * output is one chain over k and the fixed hsum16 tree, whatever R and T.
+ * Measured no faster than the F16-style float tile on BF16 weights (a ViT
+ * tile 0.61-0.69 s against 0.62-0.63; prefill alike): narrowing the
+ * activations in the inner loop costs what the dot saves. Narrowing them
+ * once per matmul (an activation format of bf16 pairs) is the next step. */
 INLINE void micro_bf16_dp(int R, int T, int64_t k, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row,
                           float *y, size_t y_stride)
 {
