@@ -67,9 +67,10 @@ void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_
  * to be made once at load and passed to kn_matmul* in place of w (same
  * results, bit for bit across batch sizes as ever). Today: Q8_0, Q4_0 and
  * Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI (DTYPE_*_R16, as
- * many bytes in another order). *out is one allocation, the view and its data, for the
- * caller to free(); NULL when w is best used as it is. Not for token
- * lookups: nothing dequantises a packed row. Errors: GLIMPSE_ENOMEM. */
+ * many bytes in another order). *out is one allocation, the view and its
+ * data, for the caller to free(); NULL when w is best used as it is. Not
+ * for token lookups: nothing dequantises a packed row. Errors:
+ * GLIMPSE_ENOMEM. */
 int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err);
 
 /* The packed copies a model owns. */
