@@ -56,6 +56,8 @@ struct decoder {
     float *att;        /* [n_batch][n_head*d] attention output, heads concatenated */
     float *gate;       /* [n_batch][n_ff] */
     float *up;         /* [n_batch][n_ff] */
+    float *fused;      /* [n_batch][max(n_head*d + 2 n_head_kv*d, 2 n_ff)] the output of a
+                        * layer's wqkv or ffn_gate_up (model.h), NULL if none has them */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
     void *att_tmp;     /* [n_threads][att_tmp_per_thread bytes]: per thread the K and V row
@@ -117,6 +119,10 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->att = alloc_floats(nb, q_len, &ok);
     d->gate = alloc_floats(nb, (size_t)c->n_ff, &ok);
     d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
+    for (int l = 0; l < c->n_layer && !d->fused; l++)
+        if (m->w.layers[l].wqkv || m->w.layers[l].ffn_gate_up)
+            d->fused = alloc_floats(nb, q_len + 2 * kv_len > 2 * (size_t)c->n_ff ? q_len + 2 * kv_len
+                                                                                  : 2 * (size_t)c->n_ff, &ok);
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
     const size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
@@ -162,6 +168,7 @@ void decoder_free(decoder *d)
     free(d->att);
     free(d->gate);
     free(d->up);
+    free(d->fused);
     free(d->xo);
     free(d->logits);
     free(d->att_tmp);
@@ -271,9 +278,9 @@ static void attn_worker(void *arg, int ith, int nth)
  * depends on the other rows, so how the rows are split changes nothing. */
 enum row_pass {
     ROWS_ATTN_IN,   /* x += xb (the previous layer's FFN output, unless layer 0); xb = norm(x) */
-    ROWS_ROPE,      /* Q/K/V biases, RoPE on Q and K, K and V into the cache */
+    ROWS_ROPE,      /* (Q/K/V out of the fused output,) Q/K/V biases, RoPE on Q and K, K and V into the cache */
     ROWS_FFN_IN,    /* xb += bo; x += xb; xb = norm(x) */
-    ROWS_SWIGLU,    /* gate = silu(gate) * up */
+    ROWS_SWIGLU,    /* gate = silu(gate) * up (from the fused output, if fused) */
 };
 
 typedef struct row_task {
@@ -305,6 +312,12 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
                     kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_ROPE:
+                if (L->wqkv) {
+                    const float *f = d->fused + i * (q_len + 2 * kv_len);
+                    memcpy(q, f, (size_t)q_len * sizeof *q);
+                    memcpy(k, f + q_len, (size_t)kv_len * sizeof *k);
+                    memcpy(v, f + q_len + kv_len, (size_t)kv_len * sizeof *v);
+                }
                 if (L->bq)
                     kn_add_bias(q, L->bq, 1, q_len);
                 if (L->bk)
@@ -321,7 +334,12 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
                 kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_SWIGLU:
-                kn_swiglu(d->gate + i * F, d->up + i * F, F);
+                if (L->ffn_gate_up) {
+                    memcpy(d->gate + i * F, d->fused + i * 2 * F, (size_t)F * sizeof(float));
+                    kn_swiglu(d->gate + i * F, d->fused + i * 2 * F + F, F);
+                } else {
+                    kn_swiglu(d->gate + i * F, d->up + i * F, F);
+                }
                 break;
             }
         }
@@ -409,9 +427,13 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         /* Attention block: (the previous layer's residual,) pre-norm, Q/K/V
          * projections, RoPE on Q and K. */
         run_rows(d, b, n, l, ROWS_ATTN_IN);
-        kn_matmul_invariant(d->tp, L->wq, d->xb, n, d->q);
-        kn_matmul_invariant(d->tp, L->wk, d->xb, n, d->k);
-        kn_matmul_invariant(d->tp, L->wv, d->xb, n, d->v);
+        if (L->wqkv) {
+            kn_matmul_invariant(d->tp, L->wqkv, d->xb, n, d->fused);
+        } else {
+            kn_matmul_invariant(d->tp, L->wq, d->xb, n, d->q);
+            kn_matmul_invariant(d->tp, L->wk, d->xb, n, d->k);
+            kn_matmul_invariant(d->tp, L->wv, d->xb, n, d->v);
+        }
         run_rows(d, b, n, l, ROWS_ROPE);
 
         /* Every entry's K/V is in the cache now, so an entry attends to the
@@ -425,8 +447,12 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
 
         /* Feed-forward block: SwiGLU, down projection (its residual is the
          * next pass's first step). */
-        kn_matmul_invariant(d->tp, L->ffn_gate, d->xb, n, d->gate);
-        kn_matmul_invariant(d->tp, L->ffn_up, d->xb, n, d->up);
+        if (L->ffn_gate_up) {
+            kn_matmul_invariant(d->tp, L->ffn_gate_up, d->xb, n, d->fused);
+        } else {
+            kn_matmul_invariant(d->tp, L->ffn_gate, d->xb, n, d->gate);
+            kn_matmul_invariant(d->tp, L->ffn_up, d->xb, n, d->up);
+        }
         run_rows(d, b, n, l, ROWS_SWIGLU);
         kn_matmul_invariant(d->tp, L->ffn_down, d->gate, n, d->xb);
     }

@@ -703,16 +703,23 @@ int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, gguf_str *
     return 0;
 }
 
-int gguf_pack_matrix(const gguf_file *f, kn_packed *set, const tensor **slot, bool keep_file, glimpse_err *err)
+int gguf_pack_matrix(const gguf_file *f, kn_packed *set, const tensor **w, int n, const tensor **out,
+                     bool keep_file, glimpse_err *err)
 {
-    const tensor *t = *slot;
-    int rc = t ? kn_packed_add(set, slot, err) : 0;
+    const tensor *file[4];
+    if (!w[0] || n < 1 || n > 4)
+        return 0;
+    memcpy(file, w, (size_t)n * sizeof *w);
+    int rc = kn_packed_add_rows(set, file, n, out, err);
     if (rc <= 0 || keep_file || !f->map)
         return rc < 0 ? rc : 0;
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    const uintptr_t lo = ((uintptr_t)t->data + page - 1) / page * page;
-    const uintptr_t hi = ((uintptr_t)t->data + t->nbytes) / page * page;
-    if (lo < hi && (const uint8_t *)t->data >= f->base && (const uint8_t *)t->data + t->nbytes <= f->base + f->size)
-        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    for (int i = 0; i < n; i++) {
+        const tensor *t = file[i];
+        const uintptr_t lo = ((uintptr_t)t->data + page - 1) / page * page;
+        const uintptr_t hi = ((uintptr_t)t->data + t->nbytes) / page * page;
+        if (lo < hi && (const uint8_t *)t->data >= f->base && (const uint8_t *)t->data + t->nbytes <= f->base + f->size)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
     return 0;
 }

@@ -98,14 +98,16 @@ int64_t gguf_n_tensors(const gguf_file *f);
 const tensor *gguf_tensor_at(const gguf_file *f, int64_t i);
 /* Tensor by name, or NULL. Borrowed. O(1). */
 const tensor *gguf_find_tensor(const gguf_file *f, const char *name);
-/* Points *slot (a matrix of f, or NULL) at a packed copy when the kernels
- * multiply faster in another layout (kn_packed_add, the copy kept in set);
- * then, unless keep_file (the file's copy is still read, e.g. token rows
- * looked up), lets the system take back the mapped pages that hold only
- * the file's copy (a read would still see them, from the file; nothing for
+/* The packed copy (kn_packed_add_rows, kept in set) of the rows of the
+ * matrices w[0..n-1] of f, one after the other, into *out, when the kernels
+ * multiply them faster packed (n = 1 and out = w: a matrix replaced by its
+ * packed copy); w[0] NULL or no packed layout: nothing happens. Then, unless
+ * keep_file (the file's copy is still read, e.g. token rows looked up),
+ * lets the system take back the mapped pages that hold only the file's
+ * copies (a read would still see them, from the file; nothing for
  * gguf_open_buffer). Errors: GLIMPSE_ENOMEM. */
 struct kn_packed;
-int gguf_pack_matrix(const gguf_file *f, struct kn_packed *set, const tensor **slot, bool keep_file,
-                     glimpse_err *err);
+int gguf_pack_matrix(const gguf_file *f, struct kn_packed *set, const tensor **w, int n, const tensor **out,
+                     bool keep_file, glimpse_err *err);
 
 #endif /* GLIMPSE_GGUF_H */

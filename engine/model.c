@@ -320,17 +320,25 @@ int text_model_load(const gguf_file *f, text_model *m, glimpse_err *err)
 }
 
 /* The layers' matrices and the LM head, packed where the kernels gain
- * (gguf_pack_matrix); a tied LM head gets a copy of token_embd, whose rows
- * are still looked up. */
+ * (gguf_pack_matrix): Q/K/V as one matrix and gate/up as one, the others
+ * one by one; a tied LM head gets a copy of token_embd, whose rows are
+ * still looked up. */
 static int pack_matrices(text_model *m, glimpse_err *err)
 {
     text_weights *w = &m->w;
-    int rc = gguf_pack_matrix(m->file, &w->packed, &w->output, w->tied, err);
+    int rc = gguf_pack_matrix(m->file, &w->packed, &w->output, 1, &w->output, w->tied, err);
     for (int il = 0; rc == 0 && il < m->cfg.n_layer; il++) {
         text_layer *L = &w->layers[il];
+        const tensor *qkv[] = { L->wq, L->wk, L->wv }, *gate_up[] = { L->ffn_gate, L->ffn_up };
+        if ((rc = gguf_pack_matrix(m->file, &w->packed, qkv, 3, &L->wqkv, false, err)) < 0 ||
+            (rc = gguf_pack_matrix(m->file, &w->packed, gate_up, 2, &L->ffn_gate_up, false, err)) < 0)
+            return rc;
         const tensor **slots[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
-        for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
-            rc = gguf_pack_matrix(m->file, &w->packed, slots[i], false, err);
+        for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++) {
+            const bool fused = i < 3 ? L->wqkv != NULL : (i == 4 || i == 5) && L->ffn_gate_up;
+            if (!fused)
+                rc = gguf_pack_matrix(m->file, &w->packed, slots[i], 1, slots[i], false, err);
+        }
     }
     return rc;
 }

@@ -48,6 +48,12 @@ typedef struct text_layer {
     const tensor *ffn_gate;   /* [n_embd, n_ff] */
     const tensor *ffn_up;     /* [n_embd, n_ff] */
     const tensor *ffn_down;   /* [n_ff, n_embd] */
+    /* Where the kernels pack them (kn_packed_add_rows): wq, wk, wv as one
+     * matrix of their rows one after the other, and ffn_gate, ffn_up so, each
+     * one product; the decoder then does not read the four above. NULL
+     * otherwise. */
+    const tensor *wqkv;       /* [n_embd, (n_head + 2 n_head_kv)*d] */
+    const tensor *ffn_gate_up; /* [n_embd, 2 n_ff] */
 } text_layer;
 
 typedef struct text_weights {

@@ -305,11 +305,11 @@ static int pack_matrices(const gguf_file *f, vision_model *vm, glimpse_err *err)
         vision_layer *l = &vm->layers[il];
         const tensor **slots[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->up, &l->down };
         for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++)
-            rc = gguf_pack_matrix(f, &vm->packed, slots[i], false, err);
+            rc = gguf_pack_matrix(f, &vm->packed, slots[i], 1, slots[i], false, err);
     }
     const tensor **proj[] = { &vm->proj.fc, &vm->proj.mm0, &vm->proj.mm2 };
     for (size_t i = 0; rc == 0 && i < sizeof proj / sizeof proj[0]; i++)
-        rc = gguf_pack_matrix(f, &vm->packed, proj[i], false, err);
+        rc = gguf_pack_matrix(f, &vm->packed, proj[i], 1, proj[i], false, err);
     return rc;
 }
 

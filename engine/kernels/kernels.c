@@ -419,33 +419,52 @@ static void pack_block(int type, const uint8_t *x, int64_t b, int64_t nb, int r,
         memcpy(body + (size_t)i * 4 * KN_R16 + 4 * r, qs + 4 * i, 4);
 }
 
-int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err)
+/* Packs the rows of n matrices of one type and row width, one after the
+ * other, into one packed matrix (n = 1: a copy of w[0]); *out NULL when
+ * the table has no packed kernel for them. */
+static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor **out, glimpse_err *err)
 {
     *out = NULL;
-    const int packed = kn_r16_type(w->type);
-    if (packed < 0 || !impl->tile[packed] || w->ne[1] % KN_R16 != 0 || w->ne[2] != 1 || w->ne[3] != 1 ||
-        !kn_matmul_supports(w->type, w->ne[0]))
+    const int type = w[0]->type, packed = kn_r16_type(type);
+    int64_t rows = 0;
+    size_t nbytes = 0;
+    for (int i = 0; i < n; i++) {
+        if (w[i]->type != type || w[i]->ne[0] != w[0]->ne[0] || w[i]->ne[1] % KN_R16 != 0 || w[i]->ne[2] != 1 ||
+            w[i]->ne[3] != 1)
+            return 0;
+        rows += w[i]->ne[1];
+        nbytes += w[i]->nbytes;
+    }
+    if (packed < 0 || !impl->tile[packed] || !kn_matmul_supports(type, w[0]->ne[0]))
         return 0;
-    const int64_t nb = w->ne[0] / QK8_0;
-    const size_t w_row = dtype_row_size(w->type, w->ne[0]), group = KN_R16 * w_row;
-    const size_t head = (sizeof(tensor) + 63) / 64 * 64, len = head + (w->nbytes + 63) / 64 * 64;
+    const int64_t nb = w[0]->ne[0] / QK8_0;
+    const size_t w_row = dtype_row_size(type, w[0]->ne[0]), group = KN_R16 * w_row;
+    const size_t head = (sizeof(tensor) + 63) / 64 * 64, len = head + (nbytes + 63) / 64 * 64;
     uint8_t *mem = aligned_alloc(64, len);
     if (!mem)
-        return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes to repack %s", w->nbytes,
-                       w->name ? w->name : "a weight");
+        return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes to repack %s", nbytes,
+                       w[0]->name ? w[0]->name : "a weight");
     memset(mem, 0, len); /* the Q5_0 masks are or-ed in */
     tensor *t = (tensor *)mem;
     uint8_t *data = mem + head;
-    *t = *w;
+    *t = *w[0];
     t->type = packed;
+    t->ne[1] = rows;
     t->data = data;
-    for (int64_t g = 0; g < w->ne[1] / KN_R16; g++)
-        for (int r = 0; r < KN_R16; r++)
-            for (int64_t b = 0; b < nb; b++)
-                pack_block(w->type, (const uint8_t *)w->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r,
-                           data + (size_t)g * group);
+    t->nbytes = nbytes;
+    for (int i = 0; i < n; i++) {
+        for (int64_t g = 0; g < w[i]->ne[1] / KN_R16; g++, data += group)
+            for (int r = 0; r < KN_R16; r++)
+                for (int64_t b = 0; b < nb; b++)
+                    pack_block(type, (const uint8_t *)w[i]->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r, data);
+    }
     *out = t;
     return 0;
+}
+
+int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err)
+{
+    return pack_rows(impl, &w, 1, out, err);
 }
 
 int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err)
@@ -453,10 +472,10 @@ int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err)
     return kn_pack_weight_impl(active, w, out, err);
 }
 
-int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err)
+int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tensor **out, glimpse_err *err)
 {
     tensor *p;
-    int rc = kn_pack_weight(*slot, &p, err);
+    int rc = pack_rows(active, w, n, &p, err);
     if (rc < 0 || !p)
         return rc;
     if (set->n == set->cap) {
@@ -469,8 +488,13 @@ int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err)
         set->t = t;
         set->cap = cap;
     }
-    *slot = set->t[set->n++] = p;
+    *out = set->t[set->n++] = p;
     return 1;
+}
+
+int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err)
+{
+    return kn_packed_add_rows(set, slot, 1, slot, err);
 }
 
 void kn_packed_free(kn_packed *set)

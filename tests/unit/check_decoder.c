@@ -804,9 +804,11 @@ START_TEST(generate_errors)
 END_TEST
 
 /* Packing at load (kn_pack_weight, AVX-512 VNNI only): tiny-q8_0's matrices
- * and its tied LM head are packed copies while token_embd stays the file's
- * (its rows are looked up), and the file's pages that the loader handed
- * back still read as the file's bytes (compared with a second mapping). */
+ * and its tied LM head are packed copies, Q/K/V as one and gate/up as one,
+ * while token_embd stays the file's (its rows are looked up), and the
+ * file's pages that the loader handed back still read as the file's bytes
+ * (compared with a second mapping). The logits of the packed model are
+ * held to the reference by logits_match_reference. */
 START_TEST(loader_packs_matrices)
 {
     rig r;
@@ -821,7 +823,14 @@ START_TEST(loader_packs_matrices)
     ck_assert_int_eq(w->token_embd->type, DTYPE_Q8_0);
     ck_assert_int_eq(w->output->type, DTYPE_Q8_0_R16);
     ck_assert_int_eq(w->layers[0].ffn_down->type, DTYPE_Q8_0_R16);
-    ck_assert_int_eq(w->packed.n, 7 * r.m.cfg.n_layer + 1);
+    const text_config *c = &r.m.cfg;
+    for (int l = 0; l < c->n_layer; l++) {
+        ck_assert_ptr_nonnull(w->layers[l].wqkv);
+        ck_assert_int_eq(w->layers[l].wqkv->ne[1], (c->n_head + 2 * c->n_head_kv) * c->head_dim);
+        ck_assert_ptr_nonnull(w->layers[l].ffn_gate_up);
+        ck_assert_int_eq(w->layers[l].ffn_gate_up->ne[1], 2 * c->n_ff);
+    }
+    ck_assert_int_eq(w->packed.n, 4 * c->n_layer + 1);
     gguf_file *again;
     ck_assert_int_eq(gguf_open(fixture_path("tiny-q8_0.gguf"), &again, NULL), 0);
     for (int64_t i = 0; i < gguf_n_tensors(r.f); i++) {
