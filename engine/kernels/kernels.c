@@ -421,21 +421,24 @@ static void pack_block(int type, const uint8_t *x, int64_t b, int64_t nb, int r,
 
 /* Packs the rows of n matrices of one type and row width, one after the
  * other, into one packed matrix (n = 1: a copy of w[0]); *out NULL when
- * the table has no packed kernel for them. */
+ * the table has no packed kernel for them. F32/F16/BF16 rows are only put
+ * one after the other, for n > 1 (the tiles read them as they are). */
 static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor **out, glimpse_err *err)
 {
     *out = NULL;
-    const int type = w[0]->type, packed = kn_r16_type(type);
+    const int type = w[0]->type;
+    const bool plain = type == DTYPE_F32 || type == DTYPE_F16 || type == DTYPE_BF16;
+    const int packed = plain ? type : kn_r16_type(type);
     int64_t rows = 0;
     size_t nbytes = 0;
     for (int i = 0; i < n; i++) {
-        if (w[i]->type != type || w[i]->ne[0] != w[0]->ne[0] || w[i]->ne[1] % KN_R16 != 0 || w[i]->ne[2] != 1 ||
-            w[i]->ne[3] != 1)
+        if (w[i]->type != type || w[i]->ne[0] != w[0]->ne[0] || (!plain && w[i]->ne[1] % KN_R16 != 0) ||
+            w[i]->ne[2] != 1 || w[i]->ne[3] != 1)
             return 0;
         rows += w[i]->ne[1];
         nbytes += w[i]->nbytes;
     }
-    if (packed < 0 || !impl->tile[packed] || !kn_matmul_supports(type, w[0]->ne[0]))
+    if ((plain && n < 2) || (!plain && (packed < 0 || !impl->tile[packed])) || !kn_matmul_supports(type, w[0]->ne[0]))
         return 0;
     const int64_t nb = w[0]->ne[0] / QK8_0;
     const size_t w_row = dtype_row_size(type, w[0]->ne[0]), group = KN_R16 * w_row;
@@ -453,6 +456,11 @@ static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor 
     t->data = data;
     t->nbytes = nbytes;
     for (int i = 0; i < n; i++) {
+        if (plain) {
+            memcpy(data, w[i]->data, w[i]->nbytes);
+            data += w[i]->nbytes;
+            continue;
+        }
         for (int64_t g = 0; g < w[i]->ne[1] / KN_R16; g++, data += group)
             for (int r = 0; r < KN_R16; r++)
                 for (int64_t b = 0; b < nb; b++)

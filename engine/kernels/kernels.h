@@ -85,9 +85,10 @@ typedef struct kn_packed {
 int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err);
 /* One packed matrix of the rows of w[0..n-1] one after the other (the same
  * type and row width: matrices that multiply the same activations, which
- * one product then does), recorded in set and returned in *out. Returns 1,
- * or 0 (*out untouched) when the kernels have no packed layout for them,
- * or an error (GLIMPSE_ENOMEM). */
+ * one product then does), recorded in set and returned in *out; F32, F16
+ * and BF16 rows are copied as they are (n > 1 only). Returns 1, or 0 (*out
+ * untouched) when the kernels have no packed layout for them, or an error
+ * (GLIMPSE_ENOMEM). */
 int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tensor **out, glimpse_err *err);
 /* Frees the copies (the views pointing at them die with them); set may be
  * zeroed or used again. */
