@@ -31,6 +31,11 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), 'glimpse-it-'));
 const SERVER_ARGS = ['--model', MODEL, '--mmproj', MMPROJ, '--api-key', KEY, '--threads', '2',
   '--ctx-size', '2048', '--max-body-mb', '1', '--max-images', '3', '--max-image-pixels', '100000',
   '--sse-keepalive-ms', '200', '--log-level', 'warn'];
+// The same on a wider model (server-slow, a few ms a token) for the tests that need a
+// stream to outlast a second: on the tiny model 8 choices of 1500 tokens end in well
+// under a second on an idle machine.
+const SLOW_ARGS = ['--model', fixture('server-slow.gguf'), '--mmproj', fixture('server-slow-mmproj.gguf')]
+  .concat(SERVER_ARGS.slice(4));
 
 let srv, client, modelId, ref;
 
@@ -447,13 +452,9 @@ test('a client hanging up while waiting for a non-streaming answer cancels it', 
 test('a full queue answers 429 with Retry-After; more choices than the queue holds, 400; queued streams get SSE comments; '
   + 'a queued client that leaves frees its place at once', { timeout: 60000 }, async () => {
   // one sequence at a time: the long stream's first choice runs and its 7 others wait,
-  // so the second request takes the queue's last place. The model is a wider one
-  // (server-slow, ~2 ms a token here): on the tiny model a 1500-token choice ended
-  // in well under a second on an idle machine, freeing a place before the 429 check.
-  const slowArgs = ['--model', fixture('server-slow.gguf'), '--mmproj', fixture('server-slow-mmproj.gguf')];
-  assert.deepEqual(SERVER_ARGS.slice(0, 4), ['--model', MODEL, '--mmproj', MMPROJ]);
-  const small = await startServer(slowArgs.concat(SERVER_ARGS.slice(4),
-    ['--queue-size', '8', '--parallel', '1', '--max-n', '16']));
+  // so the second request takes the queue's last place (on SLOW_ARGS' model, so that
+  // the running choice does not end first)
+  const small = await startServer(SLOW_ARGS.concat(['--queue-size', '8', '--parallel', '1', '--max-n', '16']));
   try {
     // n = 9 needs 9 places of 8 even on an idle server: never 429 (retry), a 400 naming the limit
     const tooMany = await request(small.base, 'POST', '/v1/chat/completions', json({ messages: MSG, max_tokens: 2, n: 9 }));
@@ -496,7 +497,7 @@ test('a full queue answers 429 with Retry-After; more choices than the queue hol
 
 test('SIGTERM: the listener closes at once, --shutdown-timeout cuts the running stream and exits 1', { timeout: 60000 }, async () => {
   // the successful drain (stream completes, /health 503 meanwhile, exit 0) is tests/integration/shutdown.sh
-  const d = await startServer(SERVER_ARGS.concat(['--shutdown-timeout', '1']));
+  const d = await startServer(SLOW_ARGS.concat(['--shutdown-timeout', '1']));
   let exited = false;
   try {
     const { res } = await longStream(d.base);
