@@ -272,6 +272,32 @@ class WriterReader(unittest.TestCase):
         self.assertNotIn("tokenizer.chat_template", r.kv)
 
 
+class Requantize(unittest.TestCase):
+    """tools/requantize.py: matrices re-encoded, everything else as it was."""
+
+    def test_matrices_requantized_rest_kept(self):
+        import requantize
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "in.gguf"), os.path.join(d, "out.gguf")
+            w = gguf_io.GGUFWriter(src, alignment=64)
+            w.add_str("general.architecture", "llama")
+            w.add_arr("tokenizer.ggml.tokens", "str", ["a", "b", "Ġc"])
+            w.add_u32("llama.block_count", 2)
+            x = RNG.standard_normal((4, 256)).astype(np.float32)
+            w.add_tensor("m.weight", x, "f32")
+            w.add_tensor("v.weight", RNG.standard_normal(256).astype(np.float32), "f32")
+            w.add_tensor("odd.weight", RNG.standard_normal((4, 48)).astype(np.float32), "f16")
+            w.write()
+            self.assertEqual(requantize.requantize(src, dst, "q8_0"), ["m.weight"])
+            a, b = gguf_io.GGUFReader(src), gguf_io.GGUFReader(dst)
+            self.assertEqual((b.kv, b.kv_type, b.alignment), (a.kv, a.kv_type, 64))
+            self.assertEqual(b.tensors["m.weight"].dtype, "q8_0")
+            self.assertEqual(b.tensors["m.weight"].raw, gguf_io.quantize(x, "q8_0"))
+            for name in ("v.weight", "odd.weight"):
+                self.assertEqual((b.tensors[name].dtype, b.tensors[name].raw),
+                                 (a.tensors[name].dtype, a.tensors[name].raw))
+
+
 class AgainstGGUFPy(unittest.TestCase):
     """Cross-check with llama.cpp's gguf-py when it is on PYTHONPATH (never in CI)."""
 
