@@ -55,7 +55,7 @@ struct decoder {
     float *v;          /* [n_batch][n_head_kv*d] */
     float *att;        /* [n_batch][n_head*d] attention output, heads concatenated */
     float *gate;       /* [n_batch][n_ff] */
-    float *up;         /* [n_batch][n_ff] */
+    float *up;         /* [n_batch][n_ff], NULL if every layer's gate/up is fused */
     float *fused;      /* [n_batch][max(n_head*d + 2 n_head_kv*d, 2 n_ff)] the output of a
                         * layer's wqkv or ffn_gate_up (model.h), NULL if none has them */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
@@ -118,11 +118,18 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->v = alloc_floats(nb, kv_len, &ok);
     d->att = alloc_floats(nb, q_len, &ok);
     d->gate = alloc_floats(nb, (size_t)c->n_ff, &ok);
-    d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
-    for (int l = 0; l < c->n_layer && !d->fused; l++)
-        if (m->w.layers[l].wqkv || m->w.layers[l].ffn_gate_up)
-            d->fused = alloc_floats(nb, q_len + 2 * kv_len > 2 * (size_t)c->n_ff ? q_len + 2 * kv_len
-                                                                                  : 2 * (size_t)c->n_ff, &ok);
+    /* up only for the layers whose gate and up are not fused, fused only
+     * for those whose Q/K/V or gate/up are */
+    bool any_fused = false, all_gate_up = true;
+    for (int l = 0; l < c->n_layer; l++) {
+        any_fused = any_fused || m->w.layers[l].wqkv || m->w.layers[l].ffn_gate_up;
+        all_gate_up = all_gate_up && m->w.layers[l].ffn_gate_up;
+    }
+    if (!all_gate_up)
+        d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
+    if (any_fused)
+        d->fused = alloc_floats(nb, q_len + 2 * kv_len > 2 * (size_t)c->n_ff ? q_len + 2 * kv_len
+                                                                             : 2 * (size_t)c->n_ff, &ok);
     d->xo = alloc_floats((size_t)n_out, (size_t)c->n_embd, &ok);
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
     const size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);

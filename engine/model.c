@@ -333,12 +333,22 @@ static int pack_matrices(text_model *m, glimpse_err *err)
         if ((rc = gguf_pack_matrix(m->file, &w->packed, qkv, 3, &L->wqkv, false, err)) < 0 ||
             (rc = gguf_pack_matrix(m->file, &w->packed, gate_up, 2, &L->ffn_gate_up, false, err)) < 0)
             return rc;
-        const tensor **slots[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
-        for (size_t i = 0; rc == 0 && i < sizeof slots / sizeof slots[0]; i++) {
-            const bool fused = i < 3 ? L->wqkv != NULL : (i == 4 || i == 5) && L->ffn_gate_up;
-            if (!fused)
-                rc = gguf_pack_matrix(m->file, &w->packed, slots[i], 1, slots[i], false, err);
+        /* what is not in a fused matrix, one by one */
+        const tensor **slots[7];
+        int n = 0;
+        if (!L->wqkv) {
+            slots[n++] = &L->wq;
+            slots[n++] = &L->wk;
+            slots[n++] = &L->wv;
         }
+        slots[n++] = &L->wo;
+        if (!L->ffn_gate_up) {
+            slots[n++] = &L->ffn_gate;
+            slots[n++] = &L->ffn_up;
+        }
+        slots[n++] = &L->ffn_down;
+        for (int i = 0; rc == 0 && i < n; i++)
+            rc = gguf_pack_matrix(m->file, &w->packed, slots[i], 1, slots[i], false, err);
     }
     return rc;
 }

@@ -62,7 +62,7 @@ typedef struct text_weights {
     const float *output_norm;   /* [n_embd] */
     const tensor *output;       /* [n_embd, n_vocab]; == token_embd when tied (unless packed) */
     bool tied;                  /* output.weight absent in the file */
-    kn_packed packed;           /* owned copies (kn_pack_weight) some views above point to */
+    kn_packed packed;           /* owned copies (kn_packed_add_rows) some views above point to */
 } text_weights;
 
 typedef struct text_model {

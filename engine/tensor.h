@@ -31,7 +31,7 @@ enum dtype {
     DTYPE_BF16 = 30,
     /* Never in a file: Q8_0 / Q4_0 / Q5_0 weights repacked at load for the
      * AVX-512 VNNI kernels, 16 rows interleaved (kernels_impl.h,
-     * kn_pack_weight). */
+     * kn_packed_add_rows). */
     DTYPE_Q8_0_R16 = 31,
     DTYPE_Q4_0_R16 = 32,
     DTYPE_Q5_0_R16 = 33,

@@ -48,7 +48,7 @@ struct vision_model {
     float *post_ln_w, *post_ln_b;
     vision_layer *layers;        /* [n_layer_run] */
     projector proj;
-    kn_packed packed;            /* owned copies (kn_pack_weight) some matrices above point to */
+    kn_packed packed;            /* owned copies (kn_packed_add_rows) some matrices above point to */
 
     /* scratch for one tile, sized at load (the attention's grows once per
      * thread count, the first time a pool of that size is used) */

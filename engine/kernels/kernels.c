@@ -14,7 +14,7 @@
  *     quantisers and the other per-row kernels are AVX2 (or reference)
  *     there too.
  *   - Q8_0/Q4_0/Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI are
- *     repacked at load (kn_pack_weight, DTYPE_*_R16: 16 rows interleaved,
+ *     repacked at load (kn_packed_add_rows, DTYPE_*_R16: 16 rows interleaved,
  *     one row per lane) by the text and vision loaders (gguf_pack_matrix);
  *     other such matrices take the row-major tiles.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
@@ -386,11 +386,11 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
 
 /* ---- packed weights -------------------------------------------------------------- */
 
-/* Block b of row x of a Q8_0/Q4_0/Q5_0 matrix into its place in a packed
- * group (kernels_impl.h), as row r of the 16. */
-static void pack_block(int type, const uint8_t *x, int64_t b, int64_t nb, int r, uint8_t *group)
+/* Block b (bs bytes) of row x of a Q8_0/Q4_0/Q5_0 matrix into its place in
+ * a packed group (kernels_impl.h), as row r of the 16. */
+static void pack_block(int type, size_t bs, const uint8_t *x, int64_t b, int64_t nb, int r, uint8_t *group)
 {
-    const size_t bs = dtype_get(type)->type_size, blk = KN_R16 * bs;
+    const size_t blk = KN_R16 * bs;
     const uint8_t *src = x + (size_t)b * bs;
     uint8_t *body = group + kn_r16_body(b, nb, blk);
     memcpy(group + kn_r16_scales(b, blk) + 2 * r, src, sizeof(uint16_t)); /* every block starts with d */
@@ -442,12 +442,14 @@ static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor 
         return 0;
     const int64_t nb = w[0]->ne[0] / QK8_0;
     const size_t w_row = dtype_row_size(type, w[0]->ne[0]), group = KN_R16 * w_row;
+    const size_t bs = (size_t)dtype_get(type)->type_size;
     const size_t head = (sizeof(tensor) + 63) / 64 * 64, len = head + (nbytes + 63) / 64 * 64;
     uint8_t *mem = aligned_alloc(64, len);
     if (!mem)
         return err_set(err, GLIMPSE_ENOMEM, "out of memory for %zu bytes to repack %s", nbytes,
                        w[0]->name ? w[0]->name : "a weight");
-    memset(mem, 0, len); /* the Q5_0 masks are or-ed in */
+    if (type == DTYPE_Q5_0)
+        memset(mem, 0, len); /* its masks are or-ed in, row by row */
     tensor *t = (tensor *)mem;
     uint8_t *data = mem + head;
     *t = *w[0];
@@ -464,7 +466,8 @@ static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor 
         for (int64_t g = 0; g < w[i]->ne[1] / KN_R16; g++, data += group)
             for (int r = 0; r < KN_R16; r++)
                 for (int64_t b = 0; b < nb; b++)
-                    pack_block(type, (const uint8_t *)w[i]->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r, data);
+                    pack_block(type, bs, (const uint8_t *)w[i]->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r,
+                               data);
     }
     *out = t;
     return 0;
@@ -473,11 +476,6 @@ static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor 
 int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err)
 {
     return pack_rows(impl, &w, 1, out, err);
-}
-
-int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err)
-{
-    return kn_pack_weight_impl(active, w, out, err);
 }
 
 int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tensor **out, glimpse_err *err)
@@ -498,11 +496,6 @@ int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tens
     }
     *out = set->t[set->n++] = p;
     return 1;
-}
-
-int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err)
-{
-    return kn_packed_add_rows(set, slot, 1, slot, err);
 }
 
 void kn_packed_free(kn_packed *set)

@@ -63,31 +63,22 @@ void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, f
  * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
-/* A copy of weight w in the layout the selected kernels multiply fastest,
- * to be made once at load and passed to kn_matmul* in place of w (same
- * results, bit for bit across batch sizes as ever). Today: Q8_0, Q4_0 and
- * Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI (DTYPE_*_R16, as
- * many bytes in another order). *out is one allocation, the view and its
- * data, for the caller to free(); NULL when w is best used as it is. Not
- * for token lookups: nothing dequantises a packed row. Errors:
- * GLIMPSE_ENOMEM. */
-int kn_pack_weight(const tensor *w, tensor **out, glimpse_err *err);
-
-/* The packed copies a model owns. */
+/* The packed copies of weights a model owns (kn_packed_add_rows). */
 typedef struct kn_packed {
     tensor **t;
     int n, cap;
 } kn_packed;
 
-/* Points *slot at a packed copy of it (kn_pack_weight), recorded in set,
- * when the kernels have one. Returns 1 if it did, 0 if *slot stays as it
- * is, or an error (GLIMPSE_ENOMEM). */
-int kn_packed_add(kn_packed *set, const tensor **slot, glimpse_err *err);
-/* One packed matrix of the rows of w[0..n-1] one after the other (the same
- * type and row width: matrices that multiply the same activations, which
- * one product then does), recorded in set and returned in *out; F32, F16
- * and BF16 rows are copied as they are (n > 1 only). Returns 1, or 0 (*out
- * untouched) when the kernels have no packed layout for them, or an error
+/* One matrix of the rows of w[0..n-1] one after the other (the same type
+ * and row width: matrices that multiply the same activations, which one
+ * product then does), in the layout the selected kernels multiply fastest,
+ * made once at load and passed to kn_matmul* in place of the w (the same
+ * results, bit for bit across batch sizes as ever): Q8_0, Q4_0 and Q5_0
+ * matrices of a multiple of 16 rows on AVX-512 VNNI are packed
+ * (DTYPE_*_R16, as many bytes in another order), F32/F16/BF16 rows copied as
+ * they are (n > 1 only). Recorded in set and returned in *out. Not for token
+ * lookups: nothing dequantises a packed row. Returns 1, or 0 (*out untouched)
+ * when the kernels have no such layout for them, or an error
  * (GLIMPSE_ENOMEM). */
 int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tensor **out, glimpse_err *err);
 /* Frees the copies (the views pointing at them die with them); set may be

@@ -580,7 +580,7 @@ INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8
         _mm512_storeu_ps(y + (size_t)t * y_stride, acc[t]);
 }
 
-/* n_rows is a multiple of KN_R16 (kn_pack_weight packs no other matrix, and
+/* n_rows is a multiple of KN_R16 (kn_packed_add_rows packs no other matrix, and
  * kernels.c's row tiles are multiples of it); each group against all the
  * tokens, 8 at a time, while its rows are in L1. */
 INLINE void tile_r16(int type, int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,

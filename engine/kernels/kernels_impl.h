@@ -40,7 +40,7 @@ typedef struct block_q8_1 {
 #define KN_MAX_DTYPE 34
 
 /* The packed types (DTYPE_Q8_0_R16, _Q4_0_R16, _Q5_0_R16): Q8_0 / Q4_0 /
- * Q5_0 weights repacked at load (kn_pack_weight) for vpdpbusd, so that one
+ * Q5_0 weights repacked at load (kn_packed_add_rows) for vpdpbusd, so that one
  * instruction takes 4 quants of 16 rows against 4 activation quants
  * broadcast, and the 16 row sums stay in the lanes of one register (no
  * horizontal sums; a 16-row group is read front to back). Rows go in
@@ -206,7 +206,8 @@ static inline size_t kn_attn_dense_score_rows(int64_t n)
 }
 /* The table kernels_init selected (borrowed, static). */
 const kn_impl *kn_impl_active(void);
-/* kn_pack_weight for a given table (the tests pack for each). */
+/* kn_packed_add_rows' packing of one matrix for a given table, the copy the
+ * caller's to free() (the tests pack for each table). */
 int kn_pack_weight_impl(const kn_impl *impl, const tensor *w, tensor **out, glimpse_err *err);
 
 /* Activation format paired with a weight type, or -1 if it is not one. */

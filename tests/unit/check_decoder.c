@@ -803,7 +803,7 @@ START_TEST(generate_errors)
 }
 END_TEST
 
-/* Packing at load (kn_pack_weight, AVX-512 VNNI only): tiny-q8_0's matrices
+/* Packing at load (kn_packed_add_rows, AVX-512 VNNI only): tiny-q8_0's matrices
  * and its tied LM head are packed copies, Q/K/V as one and gate/up as one,
  * while token_embd stays the file's (its rows are looked up), and the
  * file's pages that the loader handed back still read as the file's bytes

@@ -933,7 +933,7 @@ START_TEST(test_simd_matmul)
 }
 END_TEST
 
-/* Packed Q8_0/Q4_0/Q5_0 (kn_pack_weight, DTYPE_*_R16): each (row, token) of
+/* Packed Q8_0/Q4_0/Q5_0 (kn_packed_add_rows, DTYPE_*_R16): each (row, token) of
  * the packed matrix's invariant matmul equals the reference dot of that row
  * with the token's SIMD-quantised activation (the AVX-512 table's Q8_0
  * blocks: packed and unpacked weights meet the same quants) within f32
