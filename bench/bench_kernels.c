@@ -372,6 +372,7 @@ static void rig_open(text_rig *r, const char *path, threadpool *tp)
     kv_params kp = {
         .n_layer = r->m.cfg.n_layer,
         .row_len = r->m.cfg.n_head_kv * r->m.cfg.head_dim,
+        .n_head = r->m.cfg.n_head_kv,
         .type = KV_F16,
         .block_size = 16,
         .n_blocks = N_STREAMS * PREFILL / 16 + 16,

@@ -94,7 +94,7 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     *out = NULL;
     if (n_batch < 1 || n_out < 1 || n_out > n_batch)
         return err_set(err, GLIMPSE_EINVAL, "decoder: need 1 <= n_out (%d) <= n_batch (%d)", n_out, n_batch);
-    if (kp->row_len != c->n_head_kv * c->head_dim || kp->n_layer != c->n_layer)
+    if (kp->row_len != c->n_head_kv * c->head_dim || kp->n_head != c->n_head_kv || kp->n_layer != c->n_layer)
         return err_set(err, GLIMPSE_EINVAL, "decoder: kv cache shape does not match the model");
 
     d = calloc(1, sizeof *d);
@@ -200,11 +200,12 @@ typedef struct attn_task {
 } attn_task;
 
 /* K/V rows of an attention item asked for while its row pointers are
- * gathered: the head's slice of each paged row is scattered, and the
- * hardware fetched them a few misses at a time (8 streams at 64-80
- * positions, Q8_0 256M / 500M models: +3-14 % tokens/s over 5 alternating
- * runs). Only the first rows: a long context's would push each other out of
- * the cache before use. */
+ * gathered: a head's rows are runs of one block scattered over the paged
+ * cache, which the hardware fetched a few misses at a time (8 streams at
+ * 64-80 positions, Q8_0 256M / 500M models: +3-14 % tokens/s over 5
+ * alternating runs, when each row was a slice of a whole-row slot; still
+ * ~3 % at 1100 positions with runs). Only the first rows: the kernel asks
+ * for the later ones a few blocks ahead of their use. */
 #define ATTN_PREFETCH_ROWS 64
 
 /* Splits the batch into runs of one sequence, at most ATTN_CHUNK entries
@@ -257,8 +258,8 @@ static void attn_worker(void *arg, int ith, int nth)
         kn_attn_kv kv = kv0;
         kv.n = b[item->hi - 1].pos + 1;
         for (int64_t s = 0; s < kv.n; s++) {
-            krows[s] = (const uint8_t *)kv_k_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
-            vrows[s] = (const uint8_t *)kv_v_row(d->kv, t->layer, seq, s) + (size_t)item->kvh * hd * esz;
+            krows[s] = kv_k_head(d->kv, t->layer, seq, s, item->kvh);
+            vrows[s] = kv_v_head(d->kv, t->layer, seq, s, item->kvh);
             for (size_t o = 0; s < ATTN_PREFETCH_ROWS && o < (size_t)hd * esz; o += 64) {
                 __builtin_prefetch((const uint8_t *)krows[s] + o);
                 __builtin_prefetch((const uint8_t *)vrows[s] + o);

@@ -3,9 +3,14 @@
  * prefix cache (hash index + LRU list of evictable blocks).
  *
  * Layout of the pool, per layer and per kind (K, V):
- *   data[kind][layer][block][slot][row_len]   (elements of the cache type)
- * so one block of one layer is contiguous, and a sequence's position p lives
- * in block table[seq][p / block_size], slot p % block_size.
+ *   data[kind][layer][block][head][slot][row_len / n_head]   (elements of the cache type)
+ * so one block of one layer is contiguous, a sequence's position p lives in
+ * block table[seq][p / block_size], slot p % block_size, and the rows of one
+ * head in a block are one contiguous run: the attention of a KV head reads
+ * its keys and values as runs of block_size rows, not as slices of rows
+ * scattered at a row's stride (8 streams at 1100 positions, Q8_0 256M /
+ * 500M models, alternating runs: decode steps of 17.9-18.4 / 33.2-34.5 ms
+ * against 21.8-23.1 / 42.2-42.5 with whole rows per slot).
  *
  * A block is in exactly one of three states:
  *   held       ref > 0 (in some tables), maybe registered;
@@ -24,9 +29,10 @@
 struct kv_cache {
     kv_params p;
     size_t elem_size;      /* 2 (F16) or 4 (F32) */
-    size_t row_bytes;      /* row_len * elem_size */
-    size_t layer_bytes;    /* n_blocks * block_size * row_bytes */
-    unsigned char *k;      /* [n_layer][n_blocks][block_size][row_len] */
+    size_t head_bytes;     /* row_len / n_head * elem_size */
+    size_t block_bytes;    /* block_size * row_len * elem_size: one block of one layer */
+    size_t layer_bytes;    /* n_blocks * block_bytes */
+    unsigned char *k;      /* [n_layer][n_blocks][n_head][block_size][row_len / n_head] */
     unsigned char *v;      /* same */
     int *free_list;        /* [n_blocks] stack of free block ids */
     int n_free;
@@ -67,7 +73,8 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
     kv_cache *kv = NULL;
     int rc;
     *out = NULL;
-    if (p->n_layer < 1 || p->row_len < 1 || p->block_size < 1 || p->n_blocks < 1 ||
+    if (p->n_layer < 1 || p->row_len < 1 || p->n_head < 1 || p->row_len % p->n_head != 0 || p->block_size < 1 ||
+        p->n_blocks < 1 ||
         p->max_seqs < 1 || p->max_seq_len < 1 || (p->type != KV_F16 && p->type != KV_F32))
         return err_set(err, GLIMPSE_EINVAL, "kv cache: invalid parameters");
     kv_half_table();
@@ -79,9 +86,9 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
     kv->elem_size = p->type == KV_F16 ? 2 : 4;
     kv->max_blocks_per_seq = (p->max_seq_len + p->block_size - 1) / p->block_size;
     size_t total;
-    if (!size_mul((size_t)p->row_len, kv->elem_size, &kv->row_bytes) ||
-        !size_mul(kv->row_bytes, (size_t)p->block_size, &kv->layer_bytes) ||
-        !size_mul(kv->layer_bytes, (size_t)p->n_blocks, &kv->layer_bytes) ||
+    kv->head_bytes = (size_t)(p->row_len / p->n_head) * kv->elem_size;
+    if (!size_mul((size_t)p->row_len * kv->elem_size, (size_t)p->block_size, &kv->block_bytes) ||
+        !size_mul(kv->block_bytes, (size_t)p->n_blocks, &kv->layer_bytes) ||
         !size_mul(kv->layer_bytes, (size_t)p->n_layer, &total)) {
         rc = err_set(err, GLIMPSE_ELIMIT, "kv cache: size overflows");
         goto fail;
@@ -367,38 +374,46 @@ void kv_cache_stats(const kv_cache *kv, kv_stats *out)
     };
 }
 
-/* Byte offset of (layer, seq, pos) inside k or v. */
+/* Byte offset of head 0 of (layer, seq, pos) inside k or v; head h is
+ * h * block_size * head_bytes further. */
 static size_t row_offset(const kv_cache *kv, int layer, int seq, int64_t pos)
 {
     const int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
-    int block = table[pos / kv->p.block_size];
-    size_t slot = (size_t)block * (size_t)kv->p.block_size + (size_t)(pos % kv->p.block_size);
-    return (size_t)layer * kv->layer_bytes + slot * kv->row_bytes;
+    const size_t block = (size_t)table[pos / kv->p.block_size], slot = (size_t)(pos % kv->p.block_size);
+    return (size_t)layer * kv->layer_bytes + block * kv->block_bytes + slot * kv->head_bytes;
+}
+
+static size_t head_stride(const kv_cache *kv)
+{
+    return (size_t)kv->p.block_size * kv->head_bytes;
 }
 
 void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v)
 {
-    size_t off = row_offset(kv, layer, seq, pos);
-    int n = kv->p.row_len;
-    if (kv->p.type == KV_F32) {
-        memcpy(kv->k + off, k, kv->row_bytes);
-        memcpy(kv->v + off, v, kv->row_bytes);
-        return;
-    }
-    uint16_t *kh = (uint16_t *)(void *)(kv->k + off);
-    uint16_t *vh = (uint16_t *)(void *)(kv->v + off);
-    for (int i = 0; i < n; i++) {
-        kh[i] = f32_to_fp16(k[i]);
-        vh[i] = f32_to_fp16(v[i]);
+    const size_t off = row_offset(kv, layer, seq, pos), stride = head_stride(kv);
+    const int n = kv->p.row_len / kv->p.n_head;
+    for (int h = 0; h < kv->p.n_head; h++) {
+        unsigned char *kd = kv->k + off + (size_t)h * stride, *vd = kv->v + off + (size_t)h * stride;
+        const float *ks = k + (size_t)h * n, *vs = v + (size_t)h * n;
+        if (kv->p.type == KV_F32) {
+            memcpy(kd, ks, kv->head_bytes);
+            memcpy(vd, vs, kv->head_bytes);
+            continue;
+        }
+        uint16_t *kh = (uint16_t *)(void *)kd, *vh = (uint16_t *)(void *)vd;
+        for (int i = 0; i < n; i++) {
+            kh[i] = f32_to_fp16(ks[i]);
+            vh[i] = f32_to_fp16(vs[i]);
+        }
     }
 }
 
-const void *kv_k_row(const kv_cache *kv, int layer, int seq, int64_t pos)
+const void *kv_k_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->k + row_offset(kv, layer, seq, pos);
+    return kv->k + row_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
 }
 
-const void *kv_v_row(const kv_cache *kv, int layer, int seq, int64_t pos)
+const void *kv_v_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->v + row_offset(kv, layer, seq, pos);
+    return kv->v + row_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
 }

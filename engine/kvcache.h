@@ -44,6 +44,7 @@ enum kv_type {
 typedef struct kv_params {
     int n_layer;
     int row_len;      /* n_head_kv * head_dim: elements of one K (or V) row */
+    int n_head;       /* heads per row (n_head_kv): row_len / n_head elements each */
     int type;         /* enum kv_type */
     int block_size;   /* positions per block */
     int n_blocks;     /* blocks in the pool */
@@ -81,10 +82,11 @@ int64_t kv_seq_capacity(const kv_cache *kv, int seq);
  * to the cache type. pos must be below kv_seq_capacity. */
 void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v);
 
-/* Borrowed pointers to the stored rows ([row_len] of the cache type: uint16_t
- * halves or floats), valid until the position is dropped. */
-const void *kv_k_row(const kv_cache *kv, int layer, int seq, int64_t pos);
-const void *kv_v_row(const kv_cache *kv, int layer, int seq, int64_t pos);
+/* Borrowed pointers to head `head` of the stored rows ([row_len / n_head]
+ * of the cache type: uint16_t halves or floats), valid until the position is
+ * dropped. Within a block, a head's positions follow each other. */
+const void *kv_k_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
+const void *kv_v_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
 
 /* ---- prefix cache ------------------------------------------------------- */
 

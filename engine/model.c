@@ -493,6 +493,7 @@ int glimpse_model_load(const glimpse_model_params *p, glimpse_model **out, glimp
     kv_params kp = {
         .n_layer = c->n_layer,
         .row_len = c->n_head_kv * c->head_dim,
+        .n_head = c->n_head_kv,
         .type = p->kv_type == GLIMPSE_KV_F32 ? KV_F32 : KV_F16,
         .block_size = SCHED_KV_BLOCK,
         .max_seqs = m->n_parallel,

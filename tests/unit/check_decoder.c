@@ -119,6 +119,7 @@ static void rig_open(rig *r, const char *model, int kv_type, int max_seqs)
     kv_params kp = {
         .n_layer = r->m.cfg.n_layer,
         .row_len = r->m.cfg.n_head_kv * r->m.cfg.head_dim,
+        .n_head = r->m.cfg.n_head_kv,
         .type = kv_type,
         .block_size = 16,
         .n_blocks = max_seqs * RIG_CTX / 16,
@@ -393,7 +394,7 @@ END_TEST
 
 START_TEST(kv_pool_accounting)
 {
-    kv_params kp = { .n_layer = 1, .row_len = 4, .type = KV_F16, .block_size = 4, .n_blocks = 5,
+    kv_params kp = { .n_layer = 1, .row_len = 4, .n_head = 2, .type = KV_F16, .block_size = 4, .n_blocks = 5,
                      .max_seqs = 2, .max_seq_len = 16 };
     kv_cache *kv;
     glimpse_err err = { 0 };
@@ -408,14 +409,18 @@ START_TEST(kv_pool_accounting)
     ck_assert_int_eq(kv_seq_reserve(kv, b, 12, &err), GLIMPSE_ELIMIT); /* needs 3, 2 free */
     ck_assert_int_eq(kv_seq_capacity(kv, b), 0);
     ck_assert_int_eq(kv_seq_reserve(kv, a, 17, &err), GLIMPSE_ELIMIT); /* beyond max_seq_len */
-    /* Rows land where they are read, and halves round to nearest. */
+    /* Rows land where they are read, head by head, and halves round to
+     * nearest; a head's rows of one block follow each other. */
     const float k[4] = { 1.0f, -2.5f, 1.0f / 3.0f, 65504.0f }, v[4] = { 0.1f, 0.2f, 0.3f, 0.4f };
     kv_store(kv, 0, a, 10, k, v);
-    const uint16_t *kh = kv_k_row(kv, 0, a, 10), *vh = kv_v_row(kv, 0, a, 10);
+    kv_store(kv, 0, a, 11, v, k);
     for (int i = 0; i < 4; i++) {
-        ck_assert_uint_eq(kh[i], f32_to_fp16(k[i]));
-        ck_assert_uint_eq(vh[i], f32_to_fp16(v[i]));
-        ck_assert(fabsf(kv_half_table()[kh[i]] - k[i]) <= fabsf(k[i]) * 1e-3f);
+        const uint16_t *kh = kv_k_head(kv, 0, a, 10, i / 2), *vh = kv_v_head(kv, 0, a, 10, i / 2);
+        ck_assert_uint_eq(kh[i % 2], f32_to_fp16(k[i]));
+        ck_assert_uint_eq(vh[i % 2], f32_to_fp16(v[i]));
+        ck_assert(fabsf(kv_half_table()[kh[i % 2]] - k[i]) <= fabsf(k[i]) * 1e-3f);
+        ck_assert_uint_eq(kh[2 + i % 2], f32_to_fp16(v[i])); /* position 11 */
+        ck_assert_uint_eq(vh[2 + i % 2], f32_to_fp16(k[i]));
     }
     kv_seq_truncate(kv, a, 4);
     ck_assert_int_eq(kv_seq_capacity(kv, a), 4);
