@@ -688,26 +688,31 @@ static const int64_t attn_lens[] = { 1, 15, 16, 17, 33, 100, 257 };
 typedef void (*attn_check_fn)(const attn_case *c, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
                               float scale, const kn_impl *impl);
 
+/* Query counts: groups of four and 1-3 left (a decode step's 3 query heads
+ * per KV head). */
+static const int attn_nq[] = { 9, 3, 2 };
+
 static void attn_shapes(const kn_impl *impl, attn_check_fn check)
 {
     for (int ti = 0; ti < 2; ti++)
         for (size_t di = 0; di < sizeof attn_dims / sizeof *attn_dims; di++)
-            for (size_t li = 0; li < sizeof attn_lens / sizeof *attn_lens; li++) {
-                const int type = ti ? DTYPE_F16 : DTYPE_F32, d = attn_dims[di];
-                const int64_t n = attn_lens[li];
-                const int n_q = 9;
-                const size_t q_stride = (size_t)d + 5;
-                attn_case c;
-                attn_case_make(&c, type, d, n);
-                float *q = random_f32((int64_t)n_q * (int64_t)q_stride, -3.0f, 3.0f);
-                int64_t n_keys[9];
-                for (int i = 0; i < n_q; i++) /* rising, like a run of positions; the last sees all */
-                    n_keys[i] = i == n_q - 1 ? n : 1 + (int64_t)(rng_u64() % (uint64_t)n);
-                check(&c, q, q_stride, n_q, n_keys, 1.0f / sqrtf((float)d), impl);
-                check(&c, q, q_stride, n_q, NULL, 1.0f / sqrtf((float)d), impl);
-                free(q);
-                attn_case_free(&c);
-            }
+            for (size_t li = 0; li < sizeof attn_lens / sizeof *attn_lens; li++)
+                for (size_t qi = 0; qi < sizeof attn_nq / sizeof *attn_nq; qi++) {
+                    const int type = ti ? DTYPE_F16 : DTYPE_F32, d = attn_dims[di];
+                    const int64_t n = attn_lens[li];
+                    const int n_q = attn_nq[qi];
+                    const size_t q_stride = (size_t)d + 5;
+                    attn_case c;
+                    attn_case_make(&c, type, d, n);
+                    float *q = random_f32((int64_t)n_q * (int64_t)q_stride, -3.0f, 3.0f);
+                    int64_t n_keys[9];
+                    for (int i = 0; i < n_q; i++) /* rising, like a run of positions; the last sees all */
+                        n_keys[i] = i == n_q - 1 ? n : 1 + (int64_t)(rng_u64() % (uint64_t)n);
+                    check(&c, q, q_stride, n_q, n_keys, 1.0f / sqrtf((float)d), impl);
+                    check(&c, q, q_stride, n_q, NULL, 1.0f / sqrtf((float)d), impl);
+                    free(q);
+                    attn_case_free(&c);
+                }
 }
 
 /* Outputs are convex combinations of values in [-2, 2]: errors are absolute. */
