@@ -245,7 +245,8 @@ static void attn_worker(void *arg, int ith, int nth)
     float *scratch = (float *)(n_keys + r_max);
     const kn_attn_kv kv0 = { .type = kv_cache_params(d->kv)->type == KV_F16 ? DTYPE_F16 : DTYPE_F32,
                              .head_dim = hd, .k = krows, .v = vrows };
-    const size_t esz = kv0.type == DTYPE_F16 ? sizeof(uint16_t) : sizeof(float);
+    const size_t row = (size_t)hd * (kv0.type == DTYPE_F16 ? sizeof(uint16_t) : sizeof(float));
+    const int64_t bs = kv_cache_params(d->kv)->block_size;
 
     /* Every nth item: a run's cost grows with its positions, and items come
      * in position order, so contiguous shares gave one thread of two the
@@ -258,9 +259,10 @@ static void attn_worker(void *arg, int ith, int nth)
         kn_attn_kv kv = kv0;
         kv.n = b[item->hi - 1].pos + 1;
         for (int64_t s = 0; s < kv.n; s++) {
-            krows[s] = kv_k_head(d->kv, t->layer, seq, s, item->kvh);
-            vrows[s] = kv_v_head(d->kv, t->layer, seq, s, item->kvh);
-            for (size_t o = 0; s < ATTN_PREFETCH_ROWS && o < (size_t)hd * esz; o += 64) {
+            /* a head's rows of one block follow each other (kvcache.h) */
+            krows[s] = s % bs ? (const uint8_t *)krows[s - 1] + row : kv_k_head(d->kv, t->layer, seq, s, item->kvh);
+            vrows[s] = s % bs ? (const uint8_t *)vrows[s - 1] + row : kv_v_head(d->kv, t->layer, seq, s, item->kvh);
+            for (size_t o = 0; s < ATTN_PREFETCH_ROWS && o < row; o += 64) {
                 __builtin_prefetch((const uint8_t *)krows[s] + o);
                 __builtin_prefetch((const uint8_t *)vrows[s] + o);
             }
