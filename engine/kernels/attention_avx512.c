@@ -47,21 +47,26 @@
 #define ATTN_PF_BLOCKS 2
 
 /* r[i] = column i of the 16 x 16 floats in rows r[0..15]: pairs, then
- * quads within 128-bit lanes, then the lanes themselves (64 shuffles). */
+ * quads within 128-bit lanes, then the lanes themselves (64 shuffles). The
+ * loops must be unrolled for the arrays to stay in registers. */
 INLINE void transpose16(__m512 r[16])
 {
     __m512 t[16];
+    UNROLL_16
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
     /* u[4g + k], 128-bit lane L: column 4L + k of rows 4g..4g+3 */
+    UNROLL_16
     for (int i = 0; i < 16; i += 4)
+        UNROLL_16
         for (int h = 0; h < 2; h++) {
             const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + 2 + h]);
             r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
             r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
         }
+    UNROLL_16
     for (int k = 0; k < 4; k++) {
         const __m512 v0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
         const __m512 w0 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88),
@@ -71,6 +76,7 @@ INLINE void transpose16(__m512 r[16])
         t[8 + k] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
         t[12 + k] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
     }
+    UNROLL_16
     for (int i = 0; i < 16; i++)
         r[i] = t[i];
 }
