@@ -18,7 +18,11 @@
  *   - single-stream decode: weight bytes read per token / time vs the read
  *     bandwidth (the bandwidth bound), measured again between the decode
  *     steps: the best window of those is the row's ceiling;
- *   - batched decode at 8 streams: tokens/s vs single-stream tokens/s.
+ *   - batched decode at 8 streams: tokens/s vs single-stream tokens/s;
+ *   - the same at 1127 positions (a 256M prompt of one image's 17 tiles),
+ *     where the attention's K/V reads outgrow the weights: bytes read per
+ *     step (weights and the streams' K/V rows) / time vs the read bandwidth
+ *     measured between its steps. No target; how long contexts fare.
  * The machine is shared, and the best run is the one least disturbed by
  * others: the ceilings are the best of 30 short windows (a few ms each, like
  * one decode step), prefill and vision the best of REPEATS runs (default 3),
@@ -361,7 +365,8 @@ typedef struct text_rig {
     int seqs[8];
 } text_rig;
 
-enum { PREFILL = 512, N_STREAMS = 8, DECODE_CTX = 64, DECODE_STEPS = 16 };
+enum { PREFILL = 512, N_STREAMS = 8, DECODE_CTX = 64, LONG_CTX = 1127, DECODE_STEPS = 16 };
+enum { SEQ_POS = LONG_CTX + DECODE_STEPS, SEQ_BLOCKS = (SEQ_POS + 15) / 16 };
 
 static void rig_open(text_rig *r, const char *path, threadpool *tp)
 {
@@ -375,15 +380,15 @@ static void rig_open(text_rig *r, const char *path, threadpool *tp)
         .n_head = r->m.cfg.n_head_kv,
         .type = KV_F16,
         .block_size = 16,
-        .n_blocks = N_STREAMS * PREFILL / 16 + 16,
+        .n_blocks = N_STREAMS * SEQ_BLOCKS,
         .max_seqs = N_STREAMS,
-        .max_seq_len = PREFILL,
+        .max_seq_len = SEQ_POS,
     };
     if (kv_cache_create(&kp, &r->kv, &err) || decoder_create(&r->m, r->kv, tp, PREFILL, N_STREAMS, &r->d, &err))
         die(path, &err);
     for (int s = 0; s < N_STREAMS; s++)
         if (kv_seq_open(r->kv, &r->seqs[s], &err) ||
-            kv_seq_reserve(r->kv, r->seqs[s], s == 0 ? PREFILL : DECODE_CTX + DECODE_STEPS, &err))
+            kv_seq_reserve(r->kv, r->seqs[s], SEQ_POS, &err))
             die("kv reserve", &err);
 }
 
@@ -395,13 +400,14 @@ static void rig_close(text_rig *r)
     gguf_close(r->f);
 }
 
-/* One pass over n entries: n_seqs streams, n/n_seqs positions each from pos0. */
-static double run_pass(text_rig *r, dec_entry *b, int n_seqs, int per_seq, int64_t pos0)
+/* One pass over n entries: streams seq0.. seq0+n_seqs-1, n/n_seqs positions
+ * each from pos0. */
+static double run_pass(text_rig *r, dec_entry *b, int seq0, int n_seqs, int per_seq, int64_t pos0)
 {
     glimpse_err err = { 0 };
     int n = 0;
     /* entries of one sequence must be contiguous with rising positions */
-    for (int s = 0; s < n_seqs; s++)
+    for (int s = seq0; s < seq0 + n_seqs; s++)
         for (int p = 0; p < per_seq; p++)
             b[n++] = (dec_entry){ .seq = r->seqs[s], .pos = pos0 + p, .token = (int32_t)((p * 7919 + s * 104729) % r->m.cfg.n_vocab),
                                   .logits = p == per_seq - 1 };
@@ -411,10 +417,31 @@ static double run_pass(text_rig *r, dec_entry *b, int n_seqs, int per_seq, int64
     return now_s() - t0;
 }
 
+/* One decode step of the N_STREAMS streams, each at position pos; its time. */
+static double batched_step(text_rig *r, int64_t pos)
+{
+    dec_entry e[N_STREAMS];
+    glimpse_err err = { 0 };
+    for (int q = 0; q < N_STREAMS; q++)
+        e[q] = (dec_entry){ .seq = r->seqs[q], .pos = pos, .token = 100 + q, .logits = true };
+    double t0 = now_s();
+    if (decoder_forward(r->d, e, N_STREAMS, &err))
+        die("decoder_forward", &err);
+    return now_s() - t0;
+}
+
+/* K/V bytes one stream's decode step reads at n positions: every layer's K
+ * and V rows of them. */
+static double kv_bytes(const text_rig *r, int64_t n)
+{
+    const kv_params *kp = kv_cache_params(r->kv);
+    return 2.0 * (double)n * kp->n_layer * kp->row_len * (kp->type == KV_F16 ? 2 : 4);
+}
+
 /* One line of the table: the ratio is achieved / ceiling. */
 static void add_row(const char *name, const char *unit, double ceiling, double achieved)
 {
-    printf("  %-46s ceiling %9.2f %-8s achieved %9.2f  ratio %6.1f %%\n", name, ceiling, unit, achieved,
+    printf("  %-52s ceiling %9.2f %-8s achieved %9.2f  ratio %6.1f %%\n", name, ceiling, unit, achieved,
            100.0 * achieved / ceiling);
     fflush(stdout);
 }
@@ -451,7 +478,7 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double pea
     /* prefill: one pass of 512 positions of stream 0 */
     double best = 1e30;
     for (int i = 0; i < repeats; i++) {
-        double t = run_pass(&r, b, 1, PREFILL, 0);
+        double t = run_pass(&r, b, 0, 1, PREFILL, 0);
         best = t < best ? t : best;
     }
     snprintf(name, sizeof name, "%s prefill %d", mn, PREFILL);
@@ -462,13 +489,13 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double pea
      * step follows a window of the bandwidth probe, whose best is this
      * row's ceiling: both are measured over the same seconds, so a neighbour
      * that takes memory bandwidth for a while lowers both or neither */
-    run_pass(&r, b, 1, DECODE_CTX, 0);
+    run_pass(&r, b, 0, 1, DECODE_CTX, 0);
     double single = 1e30, bw = 0;
     for (int i = 0; i < repeats; i++)
         for (int s = 0; s < DECODE_STEPS; s++) {
             const double w = bw_window(tp);
             bw = w > bw ? w : bw;
-            double t = run_pass(&r, b, 1, 1, DECODE_CTX + s);
+            double t = run_pass(&r, b, 0, 1, 1, DECODE_CTX + s);
             single = t < single ? t : single;
         }
     const double bytes = decode_bytes(&r.m);
@@ -476,23 +503,36 @@ static void bench_text(const char *path, threadpool *tp, int repeats, double pea
     add_row(name, "GB/s", bw / 1e9, bytes / single / 1e9);
 
     /* 8 streams, each at DECODE_CTX + s, one entry per stream per pass */
-    run_pass(&r, b, N_STREAMS, DECODE_CTX, 0);
+    run_pass(&r, b, 0, N_STREAMS, DECODE_CTX, 0);
     double batched = 1e30;
     for (int i = 0; i < repeats; i++)
         for (int s = 0; s < DECODE_STEPS; s++) {
-            dec_entry e[N_STREAMS];
-            glimpse_err err = { 0 };
-            for (int q = 0; q < N_STREAMS; q++)
-                e[q] = (dec_entry){ .seq = r.seqs[q], .pos = DECODE_CTX + s, .token = 100 + q, .logits = true };
-            double t0 = now_s();
-            if (decoder_forward(r.d, e, N_STREAMS, &err))
-                die("decoder_forward", &err);
-            double t = now_s() - t0;
+            double t = batched_step(&r, DECODE_CTX + s);
             batched = t < batched ? t : batched;
         }
     /* the ceiling column is single-stream tokens/s: the ratio is the speed-up */
     snprintf(name, sizeof name, "%s decode %d streams", mn, N_STREAMS);
     add_row(name, "tok/s", 1.0 / single, N_STREAMS / batched);
+
+    /* 8 streams at LONG_CTX + s, after a prefill of each stream in passes
+     * of PREFILL; the bandwidth probe between the steps, as for one stream */
+    for (int q = 0; q < N_STREAMS; q++)
+        for (int p0 = 0; p0 < LONG_CTX; p0 += PREFILL)
+            run_pass(&r, b, q, 1, LONG_CTX - p0 < PREFILL ? LONG_CTX - p0 : PREFILL, p0);
+    double long_step = 1e30, long_bytes = 0;
+    bw = 0;
+    for (int i = 0; i < repeats; i++)
+        for (int s = 0; s < DECODE_STEPS; s++) {
+            const double w = bw_window(tp);
+            bw = w > bw ? w : bw;
+            double t = batched_step(&r, LONG_CTX + s);
+            if (t < long_step) {
+                long_step = t;
+                long_bytes = bytes + N_STREAMS * kv_bytes(&r, LONG_CTX + s + 1);
+            }
+        }
+    snprintf(name, sizeof name, "%s decode %d x %d pos (%.0f MB)", mn, N_STREAMS, LONG_CTX, long_bytes / 1e6);
+    add_row(name, "GB/s", bw / 1e9, long_bytes / long_step / 1e9);
     rig_close(&r);
     free(b);
 }
