@@ -165,10 +165,6 @@ _Static_assert(TOK_BLOCK <= KN_TILE_PART_TOK, "the float tiles must be able to w
  * our threads unevenly, and small parts let the thread that runs take over
  * the work of the one that does not (threadpool.c). */
 #define PARTS_PER_THREAD 4
-/* Activation elements up to which the caller converts them alone (a few
- * microseconds: decode of one or a batch of streams), saving a pool round
- * trip per matmul. */
-#define CONVERT_INLINE 32768
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
@@ -372,7 +368,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
         } else {
             j.act_out = scratch;
             j.act = scratch;
-            if (j.n_tok * k <= CONVERT_INLINE)
+            if (j.n_tok == 1) /* the split is by tokens (decode batches: see the decoder's run_rows) */
                 convert_rows(&j, 0, 1);
             else
                 threadpool_run(tp, convert_rows, &j);
