@@ -153,22 +153,30 @@ INLINE void transpose8(__m256 r[8])
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-/* c[e] = element i + e of the 8 rows at x (stride floats apart), one lane
- * per row, for e < 8 and i + e < n: a transpose8 of 8 loads, the last
- * n % 8 elements one by one. */
-INLINE void column_block(const float *x, size_t stride, int64_t i, int64_t n, __m256 c[8])
+/* Row j of the rows lane j computes: the k rows at x (stride floats
+ * apart), the last of them again in the lanes past k (whose results go
+ * unused). */
+INLINE const float *lane_row(const float *x, size_t stride, int k, int j)
+{
+    return x + (size_t)(j < k ? j : k - 1) * stride;
+}
+
+/* c[e] = element i + e of lane_row's 8 rows, one lane per row, for e < 8
+ * and i + e < n: a transpose8 of 8 loads, the last n % 8 elements one by
+ * one. */
+INLINE void column_block(const float *x, size_t stride, int k, int64_t i, int64_t n, __m256 c[8])
 {
     if (i + 8 <= n) {
         UNROLL_ALL
         for (int j = 0; j < 8; j++)
-            c[j] = _mm256_loadu_ps(x + (size_t)j * stride + i);
+            c[j] = _mm256_loadu_ps(lane_row(x, stride, k, j) + i);
         transpose8(c);
         return;
     }
     for (int64_t e = 0; e < n - i; e++) {
         _Alignas(32) float v[8];
         for (int j = 0; j < 8; j++)
-            v[j] = x[(size_t)j * stride + (size_t)(i + e)];
+            v[j] = lane_row(x, stride, k, j)[i + e];
         c[e] = _mm256_load_ps(v);
     }
 }
@@ -177,18 +185,18 @@ INLINE void column_block(const float *x, size_t stride, int64_t i, int64_t n, __
  * the row's value in sub, squared. */
 enum row_term { TERM_X, TERM_XX, TERM_DD };
 
-/* The reference norms' sums (kernels_ref.c) for 8 rows at once: a chain of
- * double additions, element after element, whose latency bounds a row
- * (~3 cycles an element); here lane j of one register carries row j's
+/* The reference norms' sums (kernels_ref.c) for k <= 8 rows at once: a
+ * chain of double additions, element after element, whose latency bounds a
+ * row (~3 cycles an element); here lane j of one register carries row j's
  * chain, the same additions of the same f32 terms in the same order, so
  * every row gets the reference's bits while 8 chains run in the time of
  * one. */
-INLINE __m512d row_sums8(const float *x, size_t stride, int64_t n, enum row_term term, __m256 sub)
+INLINE __m512d row_sums8(const float *x, size_t stride, int k, int64_t n, enum row_term term, __m256 sub)
 {
     __m512d sum = _mm512_setzero_pd();
     __m256 c[8];
     for (int64_t i = 0; i < n; i += 8) {
-        column_block(x, stride, i, n, c);
+        column_block(x, stride, k, i, n, c);
         for (int e = 0; e < 8 && i + e < n; e++) {
             const __m256 d = term == TERM_DD ? _mm256_sub_ps(c[e], sub) : c[e];
             sum = _mm512_add_pd(sum, _mm512_cvtps_pd(term == TERM_X ? d : _mm256_mul_ps(d, d)));
@@ -221,46 +229,43 @@ INLINE __m256 norm_scale(__m256 v, float eps)
     return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(v, _mm256_set1_ps(eps))));
 }
 
-/* The reference's LayerNorm of 8 rows at a time (row_sums8); the mean,
- * variance and scale are its f32/f64 operations lane by lane. */
+/* The reference's LayerNorm of 8 rows at a time, fewer in the last group
+ * (row_sums8); the mean, variance and scale are its f32/f64 operations lane
+ * by lane. */
 TARGET static void layer_norm_rows(const float *x, size_t x_stride, const float *w, const float *b, int64_t n,
                                    float eps, float *y, size_t y_stride, int64_t n_rows)
 {
-    int64_t r = 0;
-    for (; r + 8 <= n_rows; r += 8) {
+    for (int64_t r = 0; r < n_rows; r += 8) {
         const float *xr = x + (size_t)r * x_stride;
-        const __m512d sum = row_sums8(xr, x_stride, n, TERM_X, _mm256_setzero_ps());
+        const int k = n_rows - r < 8 ? (int)(n_rows - r) : 8;
+        const __m512d sum = row_sums8(xr, x_stride, k, n, TERM_X, _mm256_setzero_ps());
         const __m256 mean = _mm256_div_ps(_mm512_cvtpd_ps(sum), _mm256_set1_ps((float)n));
-        const __m512d sq = row_sums8(xr, x_stride, n, TERM_DD, mean);
+        const __m512d sq = row_sums8(xr, x_stride, k, n, TERM_DD, mean);
         const __m256 var = _mm512_cvtpd_ps(_mm512_div_pd(sq, _mm512_set1_pd((double)n)));
         const __m256 scale = norm_scale(var, eps);
         _Alignas(32) float means[8], scales[8];
         _mm256_store_ps(means, mean);
         _mm256_store_ps(scales, scale);
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < k; j++)
             scale_row(xr + (size_t)j * x_stride, means[j], scales[j], w, b, n, y + (size_t)(r + j) * y_stride);
     }
-    kn_ref_impl.layer_norm_rows(x + (size_t)r * x_stride, x_stride, w, b, n, eps, y + (size_t)r * y_stride, y_stride,
-                                n_rows - r);
 }
 
 /* The reference's RMS norm of 8 rows at a time, likewise. */
 TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w, int64_t n, float eps, float *y,
                                  size_t y_stride, int64_t n_rows)
 {
-    int64_t r = 0;
-    for (; r + 8 <= n_rows; r += 8) {
+    for (int64_t r = 0; r < n_rows; r += 8) {
         const float *xr = x + (size_t)r * x_stride;
-        const __m512d sum = row_sums8(xr, x_stride, n, TERM_XX, _mm256_setzero_ps());
+        const int k = n_rows - r < 8 ? (int)(n_rows - r) : 8;
+        const __m512d sum = row_sums8(xr, x_stride, k, n, TERM_XX, _mm256_setzero_ps());
         const __m256 mean = _mm512_cvtpd_ps(_mm512_div_pd(sum, _mm512_set1_pd((double)n)));
         const __m256 scale = norm_scale(mean, eps);
         _Alignas(32) float scales[8];
         _mm256_store_ps(scales, scale);
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < k; j++)
             scale_row(xr + (size_t)j * x_stride, 0.0f, scales[j], w, NULL, n, y + (size_t)(r + j) * y_stride);
     }
-    kn_ref_impl.rms_norm_rows(x + (size_t)r * x_stride, x_stride, w, n, eps, y + (size_t)r * y_stride, y_stride,
-                              n_rows - r);
 }
 
 /* ---- SwiGLU ---------------------------------------------------------------------- */
