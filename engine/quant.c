@@ -374,6 +374,7 @@ static const dtype_info dtype_table[] = {
     [DTYPE_Q8_0_R16] = { "q8_0_r16", QK8_0, sizeof(block_q8_0), DTYPE_Q8_0, false, NULL, NULL },
     [DTYPE_Q4_0_R16] = { "q4_0_r16", QK4_0, sizeof(block_q4_0), DTYPE_Q8_0, false, NULL, NULL },
     [DTYPE_Q5_0_R16] = { "q5_0_r16", QK5_0, sizeof(block_q5_0), DTYPE_Q8_0, false, NULL, NULL },
+    [DTYPE_F16_R16] = { "f16_r16", 1, 2, DTYPE_F16, false, NULL, NULL },
 };
 
 const dtype_info *dtype_get(int type)

@@ -30,11 +30,12 @@ enum dtype {
     DTYPE_Q8_K = 15, /* activations only: never a weight type we load */
     DTYPE_BF16 = 30,
     /* Never in a file: Q8_0 / Q4_0 / Q5_0 weights repacked at load for the
-     * AVX-512 VNNI kernels, 16 rows interleaved (kernels_impl.h,
-     * kn_packed_add_rows). */
+     * AVX-512 VNNI kernels, F16 weights for the AVX-512 ones, 16 rows
+     * interleaved (kernels_impl.h, kn_packed_add_rows). */
     DTYPE_Q8_0_R16 = 31,
     DTYPE_Q4_0_R16 = 32,
     DTYPE_Q5_0_R16 = 33,
+    DTYPE_F16_R16 = 34,
 };
 
 /* ---- block layouts (ggml-common.h) --------------------------------------- */

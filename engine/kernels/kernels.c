@@ -13,10 +13,11 @@
  *     rms_norm_rows) replaced; the other quantised tiles, the activation
  *     quantisers and the other per-row kernels are AVX2 (or reference)
  *     there too.
- *   - Q8_0/Q4_0/Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI are
- *     repacked at load (kn_packed_add_rows, DTYPE_*_R16: 16 rows interleaved,
- *     one row per lane) by the text and vision loaders (gguf_pack_matrix);
- *     other such matrices take the row-major tiles.
+ *   - Q8_0/Q4_0/Q5_0 matrices of a multiple of 16 rows on AVX-512 VNNI,
+ *     and F16 ones on AVX-512, are repacked at load (kn_packed_add_rows,
+ *     DTYPE_*_R16: 16 rows interleaved, one row per lane) by the text and
+ *     vision loaders (gguf_pack_matrix); other such matrices take the
+ *     row-major tiles.
  *   - kn_matmul converts the activations to the weight type's vec_dot_type
  *     (kernels_impl.h: enum kn_act) into a scratch buffer sized once by
  *     kernels_reserve, split over the pool by token rows; then runs the
@@ -74,7 +75,8 @@ int kn_act_of(int wtype)
 {
     switch (wtype) {
     case DTYPE_F32: return KN_ACT_F32;
-    case DTYPE_F16: return KN_ACT_F16;
+    case DTYPE_F16:
+    case DTYPE_F16_R16: return KN_ACT_F16;
     case DTYPE_BF16: return KN_ACT_BF16;
     case DTYPE_Q4_0:
     case DTYPE_Q5_0:
@@ -415,27 +417,37 @@ static void pack_block(int type, size_t bs, const uint8_t *x, int64_t b, int64_t
         memcpy(body + (size_t)i * 4 * KN_R16 + 4 * r, qs + 4 * i, 4);
 }
 
+/* Row r of 16 F16 rows at x (row bytes apart) into a DTYPE_F16_R16 group. */
+static void pack_f16_row(const uint16_t *x, int64_t k, int r, uint16_t *group)
+{
+    for (int64_t i = 0; i < k; i++)
+        group[i * KN_R16 + r] = x[i];
+}
+
 /* Packs the rows of n matrices of one type and row width, one after the
- * other, into one packed matrix (n = 1: a copy of w[0]); *out NULL when
- * the table has no packed kernel for them. F32/F16/BF16 rows are only put
- * one after the other, for n > 1 (the tiles read them as they are). */
+ * other, into one packed matrix (n = 1: a copy of w[0]) where the table has
+ * the packed type's kernel and every matrix a multiple of KN_R16 rows;
+ * otherwise F32/F16/BF16 rows are only put one after the other, for n > 1
+ * (the tiles read them as they are), and *out is NULL for the rest. */
 static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor **out, glimpse_err *err)
 {
     *out = NULL;
-    const int type = w[0]->type;
-    const bool plain = type == DTYPE_F32 || type == DTYPE_F16 || type == DTYPE_BF16;
-    const int packed = plain ? type : kn_r16_type(type);
+    const int type = w[0]->type, r16 = kn_r16_type(type);
+    bool fits = true; /* every matrix has a multiple of KN_R16 rows */
     int64_t rows = 0;
     size_t nbytes = 0;
     for (int i = 0; i < n; i++) {
-        if (w[i]->type != type || w[i]->ne[0] != w[0]->ne[0] || (!plain && w[i]->ne[1] % KN_R16 != 0) ||
-            w[i]->ne[2] != 1 || w[i]->ne[3] != 1)
+        if (w[i]->type != type || w[i]->ne[0] != w[0]->ne[0] || w[i]->ne[2] != 1 || w[i]->ne[3] != 1)
             return 0;
+        fits = fits && w[i]->ne[1] % KN_R16 == 0;
         rows += w[i]->ne[1];
         nbytes += w[i]->nbytes;
     }
-    if ((plain && n < 2) || (!plain && (packed < 0 || !impl->tile[packed])) || !kn_matmul_supports(type, w[0]->ne[0]))
+    const bool pack = r16 >= 0 && impl->tile[r16] && fits;
+    const bool plain = !pack && (type == DTYPE_F32 || type == DTYPE_F16 || type == DTYPE_BF16);
+    if ((!pack && !(plain && n > 1)) || !kn_matmul_supports(type, w[0]->ne[0]))
         return 0;
+    const int packed = pack ? r16 : type;
     const int64_t nb = w[0]->ne[0] / QK8_0;
     const size_t w_row = dtype_row_size(type, w[0]->ne[0]), group = KN_R16 * w_row;
     const size_t bs = (size_t)dtype_get(type)->type_size;
@@ -461,9 +473,11 @@ static int pack_rows(const kn_impl *impl, const tensor *const *w, int n, tensor 
         }
         for (int64_t g = 0; g < w[i]->ne[1] / KN_R16; g++, data += group)
             for (int r = 0; r < KN_R16; r++)
-                for (int64_t b = 0; b < nb; b++)
-                    pack_block(type, bs, (const uint8_t *)w[i]->data + (size_t)(g * KN_R16 + r) * w_row, b, nb, r,
-                               data);
+                if (type == DTYPE_F16)
+                    pack_f16_row(tensor_row(w[i], g * KN_R16 + r), w[0]->ne[0], r, (uint16_t *)data);
+                else
+                    for (int64_t b = 0; b < nb; b++)
+                        pack_block(type, bs, tensor_row(w[i], g * KN_R16 + r), b, nb, r, data);
     }
     *out = t;
     return 0;

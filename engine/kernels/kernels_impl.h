@@ -36,8 +36,8 @@ typedef struct block_q8_1 {
     int8_t qs[32];
 } block_q8_1;
 
-/* Weight type ids stay below this bound (BF16 = 30, the packed types 31-33). */
-#define KN_MAX_DTYPE 34
+/* Weight type ids stay below this bound (BF16 = 30, the packed types 31-34). */
+#define KN_MAX_DTYPE 35
 
 /* The packed types (DTYPE_Q8_0_R16, _Q4_0_R16, _Q5_0_R16): Q8_0 / Q4_0 /
  * Q5_0 weights repacked at load (kn_packed_add_rows) for vpdpbusd, so that one
@@ -57,14 +57,19 @@ typedef struct block_q8_1 {
  * The blocks go in pairs, both blocks' scales first (64 bytes), so that
  * with an even number of blocks every group, scale run and body starts on a
  * 64-byte line; an odd last block is its 32 bytes of scales, then its body.
- * Their activations are block_q8_0x. */
+ * Their activations are block_q8_0x.
+ *
+ * DTYPE_F16_R16: F16 weights in the same groups of KN_R16 rows, element i
+ * of the 16 rows at halves 16i..16i+15 of the group, so that one load
+ * widens element i of 16 rows; the group is the rows' bytes, read front to
+ * back. Its activations are KN_ACT_F16, as for F16. */
 #define KN_R16 16
 
 /* The packed type of a weight type, or -1. */
 static inline int kn_r16_type(int type)
 {
     return type == DTYPE_Q8_0 ? DTYPE_Q8_0_R16 : type == DTYPE_Q4_0 ? DTYPE_Q4_0_R16
-         : type == DTYPE_Q5_0 ? DTYPE_Q5_0_R16 : -1;
+         : type == DTYPE_Q5_0 ? DTYPE_Q5_0_R16 : type == DTYPE_F16 ? DTYPE_F16_R16 : -1;
 }
 
 /* What a packed type's stored bytes exceed its quants by. */

@@ -938,28 +938,30 @@ START_TEST(test_simd_matmul)
 }
 END_TEST
 
-/* Packed Q8_0/Q4_0/Q5_0 (kn_packed_add_rows, DTYPE_*_R16): each (row, token) of
- * the packed matrix's invariant matmul equals the reference dot of that row
- * with the token's SIMD-quantised activation (the AVX-512 table's Q8_0
- * blocks: packed and unpacked weights meet the same quants) within f32
- * rounding, and is the same bits whatever the number of tokens (every count
- * of the 8-token micro-kernel's remainder, threads, parts, row tiles of 32
- * and 16 rows, even and odd block counts). Matrices it cannot pack come
- * back NULL. */
+/* Packed Q8_0/Q4_0/Q5_0/F16 (kn_packed_add_rows, DTYPE_*_R16): each (row,
+ * token) of the packed matrix's invariant matmul equals the reference dot of
+ * that row with the token's SIMD-converted activation (for the quantised
+ * types the AVX-512 table's Q8_0 blocks: packed and unpacked weights meet
+ * the same quants) within f32 rounding, and is the same bits whatever the
+ * number of tokens (every count of the 8-token micro-kernel's remainder,
+ * threads, parts, row tiles of 32 and 16 rows, even and odd block or F16
+ * element counts). Matrices it cannot pack come back NULL. */
 START_TEST(test_simd_packed)
 {
     const kn_impl *simd = simd_impl(1);
-    const int type = (int[]){ DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q5_0 }[_i];
+    const int type = (int[]){ DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q5_0, DTYPE_F16 }[_i], act = kn_act_of(type);
     if (!simd || !simd->tile[kn_r16_type(type)])
         return;
-    const int64_t ks[] = { 32, 96, 32 * 18, 32 * 37 }, ns[] = { 16, 48, 80 }, max_tok = 19;
+    const int64_t ks[] = { 32, 96, 32 * 18, 32 * 37, 45 }, ns[] = { 16, 48, 80 }, max_tok = 19;
     ck_assert_int_eq(kernels_reserve(max_tok * 32 * 37, NULL), 0);
     threadpool *tp;
     ck_assert_int_eq(threadpool_create(3, &tp, NULL), 0);
     for (size_t ik = 0; ik < sizeof ks / sizeof ks[0]; ik++)
         for (size_t in = 0; in < sizeof ns / sizeof ns[0]; in++) {
             const int64_t k = ks[ik], n = ns[in];
-            const size_t arow = kn_act_row_size(KN_ACT_Q8_0, k);
+            if (k % 32 != 0 && type != DTYPE_F16) /* 45: F16 only, an odd element count */
+                continue;
+            const size_t arow = kn_act_row_size(act, k);
             tensor w, *p;
             void *wd = random_weights(type, k, n, &w);
             ck_assert_int_eq(kn_pack_weight_impl(simd, &w, &p, NULL), 0);
@@ -971,7 +973,7 @@ START_TEST(test_simd_packed)
             uint8_t *qa = malloc(arow);
             for (int64_t t = 0; t < max_tok; t++) {
                 kn_matmul_invariant_impl(simd, NULL, p, x + t * k, 1, y1 + t * n);
-                simd->from_float[KN_ACT_Q8_0](x + t * k, qa, k);
+                simd->from_float[act](x + t * k, qa, k);
                 for (int64_t o = 0; o < n; o++) {
                     dequantize_row(type, tensor_row(&w, o), wf, k);
                     double mag = 0.0;
@@ -1002,7 +1004,7 @@ START_TEST(test_simd_packed)
 
     /* not packed: rows not a multiple of 16, another type, a table without the kernel */
     const struct { int type; int64_t n; const kn_impl *impl; } none[] = {
-        { type, 24, simd }, { DTYPE_F16, 32, simd }, { DTYPE_Q4_1, 32, simd }, { type, 32, &kn_ref_impl },
+        { type, 24, simd }, { DTYPE_BF16, 32, simd }, { DTYPE_Q4_1, 32, simd }, { type, 32, &kn_ref_impl },
     };
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
         tensor w, *p = (tensor *)&w;
@@ -1568,7 +1570,7 @@ Suite *kernels_suite(void)
     tcase_add_loop_test(tc, test_simd_gelu, 0, N_SIMD_TABLES);
     tcase_add_test(tc, test_simd_attention);
     tcase_add_loop_test(tc, test_simd_attention_dense, 0, N_SIMD_TABLES);
-    tcase_add_loop_test(tc, test_simd_packed, 0, 3);
+    tcase_add_loop_test(tc, test_simd_packed, 0, 4);
     tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
 

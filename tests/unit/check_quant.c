@@ -58,6 +58,7 @@ START_TEST(test_table_matches_ggml)
         { DTYPE_Q8_0_R16, "q8_0_r16", 32, 34, DTYPE_Q8_0, false },
         { DTYPE_Q4_0_R16, "q4_0_r16", 32, 18, DTYPE_Q8_0, false },
         { DTYPE_Q5_0_R16, "q5_0_r16", 32, 22, DTYPE_Q8_0, false },
+        { DTYPE_F16_R16, "f16_r16", 1, 2, DTYPE_F16, false },
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const dtype_info *ti = dtype_get(want[i].type);
@@ -74,7 +75,7 @@ START_TEST(test_table_matches_ggml)
         ck_assert_uint_eq(dtype_row_size(want[i].type, 4 * want[i].block), (size_t)(4 * want[i].size));
     }
     /* ids ggml has but we do not load, and ids out of any range */
-    static const int unknown[] = { -1, 4, 5, 10, 11, 16, 29, 34, 1000 };
+    static const int unknown[] = { -1, 4, 5, 10, 11, 16, 29, 35, 1000 };
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         ck_assert_ptr_null(dtype_get(unknown[i]));
         ck_assert_uint_eq(dtype_row_size(unknown[i], 256), 0);
