@@ -356,16 +356,20 @@ TARGET static void gelu_quick(float *x, int64_t n)
 
 /* ---- F16, packed ------------------------------------------------------------------ */
 
-/* Elements ahead of their use that the F16_R16 kernel prefetches: 2 KB, a
- * line per pair of elements. */
-#define F16_R16_PF 64
+/* Elements ahead of their use that the F16_R16 kernel prefetches, a line
+ * per pair of elements: 2 KB at one token, 8 KB for more, whose steps take
+ * longer (8 streams, F16 256M / 500M models, medians of 4 alternating runs:
+ * 9.06 / 24.3 ms a step 2 KB ahead, 7.68 / 20.2 at 4 KB, 7.46 / 18.6 at
+ * 8 KB, 7.72 / 18.8 at 16 KB; one token: no gain past 2 KB). */
+#define F16_R16_PF_ONE 64
+#define F16_R16_PF_MANY 256
 
 /* A DTYPE_F16_R16 group's 16 rows x T tokens (T <= 8): per element i, one
  * load widens element i of the 16 rows, times the token's activation
  * broadcast, into two chains (even and odd i) added at the end, so lane r
  * ends with row r's dot; each output's operations are the same whatever T
  * (batch invariance) and nothing is reduced across lanes. One token reads
- * the group front to back, 2 KB ahead: against the row-major tile's 8 rows
+ * the group front to back: against the row-major tile's 8 rows
  * side by side, one token of 16-row groups read 42-44 GB/s where that read
  * 35-37 on this machine (120 matrices of 1536 x 576 from DRAM, 2 threads),
  * and 512 tokens ran 400-417 GFLOP/s against 362-368. */
@@ -376,9 +380,10 @@ INLINE void micro_f16_r16(int T, int64_t k, const uint16_t *g, const uint8_t *a,
     TILE_UNROLL
     for (int t = 0; t < T; t++)
         a0[t] = a1[t] = _mm512_setzero_ps();
+    const int64_t pf = T > 1 ? F16_R16_PF_MANY : F16_R16_PF_ONE;
     int64_t i = 0;
     for (; i + 2 <= k; i += 2) {
-        _mm_prefetch((const char *)(g + (size_t)(i + F16_R16_PF) * KN_R16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(g + (size_t)(i + pf) * KN_R16), _MM_HINT_T0);
         const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + (size_t)i * KN_R16)));
         const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + (size_t)(i + 1) * KN_R16)));
         TILE_UNROLL
