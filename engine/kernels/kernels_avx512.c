@@ -612,12 +612,15 @@ INLINE void r16_quants(int type, const uint8_t *body, __m512i wq[8])
     }
 }
 
-/* The prefetch: the lines of the block R16_PF_BLOCKS ahead. Measured (500M
- * / 256M Q8_0 models, 2 threads, alternating runs): 8 streams 385 -> 500 /
- * 990 -> 1250 tok/s with 4 blocks ahead (2 ahead: 473 / 1190; 8: 484 /
- * 1040); one token 40.9-41.5 -> 46.8-48.5 / 32.4-36.5 -> 41.1-42.8 GB/s of
- * weights (the row-major tiles read 44.1-46.1 / 35.6-37.2 then). */
-#define R16_PF_BLOCKS 4
+/* The prefetch: the lines of the block R16_PF_ONE ahead at one token,
+ * R16_PF_MANY ahead for more, whose blocks take longer. Measured (500M /
+ * 256M Q8_0 models, 2 threads, alternating runs): one token 40.9-41.5 ->
+ * 46.8-48.5 / 32.4-36.5 -> 41.1-42.8 GB/s of weights with 4 blocks ahead
+ * against none (the row-major tiles read 44.1-46.1 / 35.6-37.2 then); 8
+ * streams, medians of 4 runs, 13.5 / 5.0 ms a step with 4 blocks ahead,
+ * 11.6 / 4.9 with 16, 11.8 / 5.0 with 24, 12.1 / 5.2 with 32. */
+#define R16_PF_ONE 4
+#define R16_PF_MANY 16
 
 /* A group's 16 rows x T tokens (T <= 8, a constant at every call). Per block
  * and token, vpdpbusd multiplies the 16 rows' stored quants, four at a
@@ -645,9 +648,10 @@ INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8
     TILE_UNROLL
     for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
+    const int64_t pf = T > 1 ? R16_PF_MANY : R16_PF_ONE;
     for (int64_t b = 0; b < nb; b++) {
         for (size_t l = 0; l < blk; l += 64)
-            _mm_prefetch((const char *)g + (size_t)(b + R16_PF_BLOCKS) * blk + l, _MM_HINT_T0);
+            _mm_prefetch((const char *)g + (size_t)(b + pf) * blk + l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + kn_r16_scales(b, blk))));
         __m512i wq[8];
         r16_quants(type, g + kn_r16_body(b, nb, blk), wq);
