@@ -39,4 +39,11 @@ static inline bool u64_add(uint64_t a, uint64_t b, uint64_t *out) { return !__bu
 /* Monotonic clock in milliseconds, for timings. */
 double time_ms(void);
 
+/* len bytes (rounded up to 2 MB) aligned to 2 MB and advised as transparent
+ * huge pages where the kernel offers them (Debian's default is on
+ * madvise): for the large arrays a decode step streams through, whose 4 KB
+ * pages cost a page-table walk each. Free with free(); NULL when out of
+ * memory or on overflow. */
+void *alloc_huge(size_t len);
+
 #endif /* GLIMPSE_INTERNAL_H */

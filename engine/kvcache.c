@@ -93,8 +93,8 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
         rc = err_set(err, GLIMPSE_ELIMIT, "kv cache: size overflows");
         goto fail;
     }
-    kv->k = malloc(total);
-    kv->v = malloc(total);
+    kv->k = alloc_huge(total);
+    kv->v = alloc_huge(total);
     kv->free_list = malloc((size_t)p->n_blocks * sizeof *kv->free_list);
     kv->tables = malloc((size_t)p->max_seqs * (size_t)kv->max_blocks_per_seq * sizeof *kv->tables);
     kv->n_seq_blocks = malloc((size_t)p->max_seqs * sizeof *kv->n_seq_blocks);

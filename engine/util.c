@@ -4,7 +4,10 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 const char *glimpse_status_str(int code)
@@ -76,4 +79,18 @@ double time_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+void *alloc_huge(size_t len)
+{
+    const size_t page = (size_t)2 << 20;
+    if (len > SIZE_MAX - page)
+        return NULL;
+    len = (len + page - 1) / page * page;
+    void *p = aligned_alloc(page, len);
+#ifdef MADV_HUGEPAGE
+    if (p)
+        madvise(p, len, MADV_HUGEPAGE); /* a hint: 4 KB pages without it */
+#endif
+    return p;
 }

@@ -63,10 +63,13 @@ void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, f
  * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
-/* The packed copies of weights a model owns (kn_packed_add_rows). */
+/* The packed copies of weights a model owns (kn_packed_add_rows), carved
+ * out of a few large chunks. */
 typedef struct kn_packed {
-    tensor **t;
-    int n, cap;
+    int n;                 /* matrices */
+    unsigned char **chunk;
+    int n_chunk;
+    size_t used, size;     /* of the last chunk */
 } kn_packed;
 
 /* One matrix of the rows of w[0..n-1] one after the other (the same type
