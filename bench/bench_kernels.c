@@ -186,13 +186,15 @@ static void bw_worker(void *arg, int ith, int nth)
  * processes hold our cores, and the phases are also best-of. */
 enum { CEIL_REPEATS = 30 };
 
-/* The bandwidth probe's buffer: 256 MiB of floats, 8x the L3. */
+/* The bandwidth probe's buffer: 256 MiB of floats, 8x the L3, on huge
+ * pages like the engine's weights and KV cache (alloc_huge): on 4 KB pages
+ * the probe read less than one-token decode does. */
 static bw_job bw_probe;
 
 static void bw_probe_init(void)
 {
     const int64_t n = (int64_t)64 << 20;
-    float *buf = malloc((size_t)n * sizeof(float));
+    float *buf = alloc_huge((size_t)n * sizeof(float));
     if (!buf)
         die("bandwidth buffer", NULL);
     for (int64_t i = 0; i < n; i++)
