@@ -258,15 +258,20 @@ static void attn_worker(void *arg, int ith, int nth)
         const int R = (item->hi - item->lo) * group;
         kn_attn_kv kv = kv0;
         kv.n = b[item->hi - 1].pos + 1;
-        for (int64_t s = 0; s < kv.n; s++) {
-            /* a head's rows of one block follow each other (kvcache.h) */
-            krows[s] = s % bs ? (const uint8_t *)krows[s - 1] + row : kv_k_head(d->kv, t->layer, seq, s, item->kvh);
-            vrows[s] = s % bs ? (const uint8_t *)vrows[s - 1] + row : kv_v_head(d->kv, t->layer, seq, s, item->kvh);
-            for (size_t o = 0; s < ATTN_PREFETCH_ROWS && o < row; o += 64) {
+        /* a head's rows of one block follow each other (kvcache.h) */
+        for (int64_t s0 = 0; s0 < kv.n; s0 += bs) {
+            const uint8_t *k0 = kv_k_head(d->kv, t->layer, seq, s0, item->kvh);
+            const uint8_t *v0 = kv_v_head(d->kv, t->layer, seq, s0, item->kvh);
+            for (int64_t j = 0; j < bs && s0 + j < kv.n; j++) {
+                krows[s0 + j] = k0 + (size_t)j * row;
+                vrows[s0 + j] = v0 + (size_t)j * row;
+            }
+        }
+        for (int64_t s = 0; s < kv.n && s < ATTN_PREFETCH_ROWS; s++)
+            for (size_t o = 0; o < row; o += 64) {
                 __builtin_prefetch((const uint8_t *)krows[s] + o);
                 __builtin_prefetch((const uint8_t *)vrows[s] + o);
             }
-        }
         for (int r = 0; r < R; r++) {
             const int i = item->lo + r / group, h = item->kvh * group + r % group;
             memcpy(qbuf + (size_t)r * hd, d->q + ((size_t)i * c->n_head + h) * hd, (size_t)hd * sizeof(float));

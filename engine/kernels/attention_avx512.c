@@ -147,7 +147,7 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
         const float mb = _mm512_reduce_max_ps(sv);
         float *m = w->m + qi[g], *l = w->l + qi[g];
         const float mn = *m > mb ? *m : mb;
-        c[g] = expf(*m - mn);
+        c[g] = mn == *m ? 1.0f : expf(*m - mn); /* expf(0) is 1: the common case, without the call */
         const __m512 e = kn_exp512(_mm512_sub_ps(sv, _mm512_set1_ps(mn)));
         *l = *l * c[g] + _mm512_reduce_add_ps(e);
         *m = mn;
