@@ -141,6 +141,20 @@ TARGET static void from_float_q8_0(const float *x, void *dst, int64_t n)
         quant_block_q8(x + 32 * b, &y[b].d, y[b].qs, &sum);
 }
 
+/* The activations of the AVX-512 table's packed types (kernels_impl.h):
+ * the Q8_0 blocks above, d widened from its half, and Σ qs. */
+TARGET static void from_float_q8_0x(const float *x, void *dst, int64_t n)
+{
+    block_q8_0x *y = dst;
+    for (int64_t b = 0; b < n / 32; b++) {
+        uint16_t d;
+        int sum;
+        quant_block_q8(x + 32 * b, &d, y[b].qs, &sum);
+        y[b].d = fp16_to_f32(d);
+        y[b].sum = sum;
+    }
+}
+
 TARGET static void from_float_q8_1(const float *x, void *dst, int64_t n)
 {
     block_q8_1 *y = dst;
@@ -635,6 +649,7 @@ const kn_impl *kn_avx2_impl(void)
     t.from_float[KN_ACT_F16] = from_float_f16;
     t.from_float[KN_ACT_Q8_0] = from_float_q8_0;
     t.from_float[KN_ACT_Q8_1] = from_float_q8_1;
+    t.from_float[KN_ACT_Q8_0X] = from_float_q8_0x; /* for the AVX-512 table, which has the packed tiles */
     t.from_float[KN_ACT_Q8_K] = from_float_q8_K;
     t.tile[DTYPE_F32] = tile_f32;
     t.tile[DTYPE_F16] = tile_f16;

@@ -701,23 +701,6 @@ DEFINE_R16_TILE(tile_q8_0_r16, DTYPE_Q8_0_R16)
 DEFINE_R16_TILE(tile_q4_0_r16, DTYPE_Q4_0_R16)
 DEFINE_R16_TILE(tile_q5_0_r16, DTYPE_Q5_0_R16)
 
-/* Activations of the packed types: the Q8_0 blocks of the AVX2 table (the
- * same quants and d as for the unpacked weights), d widened, Σ qs. */
-TARGET static void from_float_q8_0x(const float *x, void *dst, int64_t n)
-{
-    block_q8_0x *y = dst;
-    for (int64_t b = 0; b < n / QK8_0; b++) {
-        block_q8_0 q;
-        avx2_table->from_float[KN_ACT_Q8_0](x + QK8_0 * b, &q, QK8_0);
-        int sum = 0;
-        for (int j = 0; j < QK8_0; j++)
-            sum += q.qs[j];
-        y[b].d = fp16_to_f32(q.d);
-        y[b].sum = sum;
-        memcpy(y[b].qs, q.qs, QK8_0);
-    }
-}
-
 /* ---- Q4_K x Q8_K with VNNI ------------------------------------------------------- */
 
 /* R Q4_K weight rows x T Q8_K activation rows, one 256-element block per
@@ -973,7 +956,6 @@ const kn_impl *kn_avx512_impl(void)
         t.tile[DTYPE_Q8_0_R16] = tile_q8_0_r16;
         t.tile[DTYPE_Q4_0_R16] = tile_q4_0_r16;
         t.tile[DTYPE_Q5_0_R16] = tile_q5_0_r16;
-        t.from_float[KN_ACT_Q8_0X] = from_float_q8_0x;
     }
     if (has_avx512bf16())
         t.tile[DTYPE_BF16] = tile_bf16_dp;
