@@ -424,11 +424,6 @@ static void pack_f16_row(const uint16_t *x, int64_t k, int r, uint16_t *group)
         group[i * KN_R16 + r] = x[i];
 }
 
-/* Packs the rows of n matrices of one type and row width, one after the
- * other, into one packed matrix (n = 1: a copy of w[0]) where the table has
- * the packed type's kernel and every matrix a multiple of KN_R16 rows;
- * otherwise F32/F16/BF16 rows are only put one after the other, for n > 1
- * (the tiles read them as they are), and *out is NULL for the rest. */
 /* The chunks of a kn_packed: at least PACK_CHUNK bytes of huge pages
  * (alloc_huge), so that streaming the weights of a decode step does not
  * walk the page tables every 4 KB (one token, 2 threads, medians of 6
@@ -458,7 +453,12 @@ static uint8_t *chunk_alloc(kn_packed *set, size_t len)
     return p;
 }
 
-/* The memory of a packed matrix: from set's chunks, or (set NULL) its own
+/* Packs the rows of n matrices of one type and row width, one after the
+ * other, into one packed matrix (n = 1: a copy of w[0]) where the table has
+ * the packed type's kernel and every matrix a multiple of KN_R16 rows;
+ * otherwise F32/F16/BF16 rows are only put one after the other, for n > 1
+ * (the tiles read them as they are), and *out is NULL for the rest. The
+ * memory comes from set's chunks, or (set NULL) is the matrix's own
  * allocation, which the caller frees. */
 static int pack_rows(const kn_impl *impl, kn_packed *set, const tensor *const *w, int n, tensor **out,
                      glimpse_err *err)

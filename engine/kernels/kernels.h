@@ -77,9 +77,9 @@ typedef struct kn_packed {
  * product then does), in the layout the selected kernels multiply fastest,
  * made once at load and passed to kn_matmul* in place of the w (the same
  * results, bit for bit across batch sizes as ever): Q8_0, Q4_0 and Q5_0
- * matrices of a multiple of 16 rows on AVX-512 VNNI are packed
- * (DTYPE_*_R16, as many bytes in another order), F32/F16/BF16 rows copied as
- * they are (n > 1 only). Recorded in set and returned in *out. Not for token
+ * matrices of a multiple of 16 rows on AVX-512 VNNI, and F16 ones on
+ * AVX-512, are packed (DTYPE_*_R16, as many bytes in another order), other
+ * F32/F16/BF16 rows copied as they are (n > 1 only). Recorded in set and returned in *out. Not for token
  * lookups: nothing dequantises a packed row. Returns 1, or 0 (*out untouched)
  * when the kernels have no such layout for them, or an error
  * (GLIMPSE_ENOMEM). */
