@@ -41,9 +41,10 @@ double time_ms(void);
 
 /* len bytes (rounded up to 2 MB) aligned to 2 MB and advised as transparent
  * huge pages where the kernel offers them (Debian's default is on
- * madvise): for the large arrays a decode step streams through, whose 4 KB
- * pages cost a page-table walk each. Free with free(); NULL when out of
- * memory or on overflow. */
+ * madvise): for the large arrays a decode step streams through whole (the
+ * packed weights), whose 4 KB pages cost a page-table walk each. Touching
+ * any byte of a 2 MB page makes all of it resident. Free with free(); NULL
+ * when out of memory or on overflow. */
 void *alloc_huge(size_t len);
 
 #endif /* GLIMPSE_INTERNAL_H */
