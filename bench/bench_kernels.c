@@ -187,7 +187,7 @@ static void bw_worker(void *arg, int ith, int nth)
 enum { CEIL_REPEATS = 30 };
 
 /* The bandwidth probe's buffer: 256 MiB of floats, 8x the L3, on huge
- * pages like the engine's weights and KV cache (alloc_huge): on 4 KB pages
+ * pages like the engine's packed weights (alloc_huge): on 4 KB pages
  * the probe read less than one-token decode does. */
 static bw_job bw_probe;
 
