@@ -50,9 +50,9 @@ struct decoder {
     /* Activations, one row per batch entry (row-major). */
     float *x;          /* [n_batch][n_embd] residual stream */
     float *xb;         /* [n_batch][n_embd] normed input, then a block's output */
-    float *q;          /* [n_batch][n_head*d] */
-    float *k;          /* [n_batch][n_head_kv*d] */
-    float *v;          /* [n_batch][n_head_kv*d] */
+    float *q;          /* [n_batch][n_head*d], NULL if every layer's Q/K/V is fused */
+    float *k;          /* [n_batch][n_head_kv*d], likewise */
+    float *v;          /* [n_batch][n_head_kv*d], likewise */
     float *att;        /* [n_batch][n_head*d] attention output, heads concatenated */
     float *gate;       /* [n_batch][n_ff] */
     float *up;         /* [n_batch][n_ff], NULL if every layer's gate/up is fused */
@@ -113,17 +113,21 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     bool ok = true;
     d->x = alloc_floats(nb, (size_t)c->n_embd, &ok);
     d->xb = alloc_floats(nb, (size_t)c->n_embd, &ok);
-    d->q = alloc_floats(nb, q_len, &ok);
-    d->k = alloc_floats(nb, kv_len, &ok);
-    d->v = alloc_floats(nb, kv_len, &ok);
     d->att = alloc_floats(nb, q_len, &ok);
     d->gate = alloc_floats(nb, (size_t)c->n_ff, &ok);
-    /* up only for the layers whose gate and up are not fused, fused only
-     * for those whose Q/K/V or gate/up are */
-    bool any_fused = false, all_gate_up = true;
+    /* q, k, v only for the layers whose Q/K/V are not fused, up only for
+     * those whose gate and up are not, fused only for those whose Q/K/V or
+     * gate/up are */
+    bool any_fused = false, all_qkv = true, all_gate_up = true;
     for (int l = 0; l < c->n_layer; l++) {
         any_fused = any_fused || m->w.layers[l].wqkv || m->w.layers[l].ffn_gate_up;
+        all_qkv = all_qkv && m->w.layers[l].wqkv;
         all_gate_up = all_gate_up && m->w.layers[l].ffn_gate_up;
+    }
+    if (!all_qkv) {
+        d->q = alloc_floats(nb, q_len, &ok);
+        d->k = alloc_floats(nb, kv_len, &ok);
+        d->v = alloc_floats(nb, kv_len, &ok);
     }
     if (!all_gate_up)
         d->up = alloc_floats(nb, (size_t)c->n_ff, &ok);
@@ -198,6 +202,24 @@ typedef struct attn_task {
     int layer;
     int n_items;
 } attn_task;
+
+/* Entry i's Q, K and V rows of layer L, as the projections left them: in
+ * the fused output where L has wqkv, else in q, k and v (RoPE and the
+ * biases then work on them in place). */
+static void qkv_rows(const decoder *d, const text_layer *L, int64_t i, float **q, float **k, float **v)
+{
+    const text_config *c = &d->m->cfg;
+    const int64_t q_len = (int64_t)c->n_head * c->head_dim, kv_len = (int64_t)c->n_head_kv * c->head_dim;
+    if (L->wqkv) {
+        *q = d->fused + i * (q_len + 2 * kv_len);
+        *k = *q + q_len;
+        *v = *k + kv_len;
+    } else {
+        *q = d->q + i * q_len;
+        *k = d->k + i * kv_len;
+        *v = d->v + i * kv_len;
+    }
+}
 
 /* K/V rows of an attention item asked for while its row pointers are
  * gathered: a head's rows are runs of one block scattered over the paged
@@ -274,7 +296,9 @@ static void attn_worker(void *arg, int ith, int nth)
             }
         for (int r = 0; r < R; r++) {
             const int i = item->lo + r / group, h = item->kvh * group + r % group;
-            memcpy(qbuf + (size_t)r * hd, d->q + ((size_t)i * c->n_head + h) * hd, (size_t)hd * sizeof(float));
+            float *q, *k, *v;
+            qkv_rows(d, &d->m->w.layers[t->layer], i, &q, &k, &v);
+            memcpy(qbuf + (size_t)r * hd, q + (size_t)h * hd, (size_t)hd * sizeof(float));
             n_keys[r] = b[i].pos + 1;
         }
         kn_attention(&kv, qbuf, (size_t)hd, R, n_keys, 1.0f / sqrtf((float)hd), obuf, (size_t)hd, scratch);
@@ -293,7 +317,7 @@ static void attn_worker(void *arg, int ith, int nth)
  * depends on the other rows, so how the rows are split changes nothing. */
 enum row_pass {
     ROWS_ATTN_IN,   /* x += xb (the previous layer's FFN output, unless layer 0); xb = norm(x) */
-    ROWS_ROPE,      /* (Q/K/V out of the fused output,) Q/K/V biases, RoPE on Q and K, K and V into the cache */
+    ROWS_ROPE,      /* Q/K/V biases, RoPE on Q and K (in place, qkv_rows), K and V into the cache */
     ROWS_FFN_IN,    /* xb += bo; x += xb; xb = norm(x) */
     ROWS_SWIGLU,    /* gate = silu(gate) * up (from the fused output, if fused) */
 };
@@ -320,19 +344,14 @@ static void rows_range(const row_task *t, int64_t lo, int64_t hi)
         const int64_t i1 = hi - i0 < NORM_ROWS ? hi : i0 + NORM_ROWS;
         for (int64_t i = i0; i < i1; i++) {
             float *x = d->x + i * E, *xb = d->xb + i * E;
-            float *q = d->q + i * q_len, *k = d->k + i * kv_len, *v = d->v + i * kv_len;
+            float *q, *k, *v;
             switch (t->pass) {
             case ROWS_ATTN_IN:
                 if (t->layer > 0)
                     kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_ROPE:
-                if (L->wqkv) {
-                    const float *f = d->fused + i * (q_len + 2 * kv_len);
-                    memcpy(q, f, (size_t)q_len * sizeof *q);
-                    memcpy(k, f + q_len, (size_t)kv_len * sizeof *k);
-                    memcpy(v, f + q_len + kv_len, (size_t)kv_len * sizeof *v);
-                }
+                qkv_rows(d, L, i, &q, &k, &v);
                 if (L->bq)
                     kn_add_bias(q, L->bq, 1, q_len);
                 if (L->bk)

@@ -79,10 +79,10 @@ typedef struct kn_packed {
  * results, bit for bit across batch sizes as ever): Q8_0, Q4_0 and Q5_0
  * matrices of a multiple of 16 rows on AVX-512 VNNI, and F16 ones on
  * AVX-512, are packed (DTYPE_*_R16, as many bytes in another order), other
- * F32/F16/BF16 rows copied as they are (n > 1 only). Recorded in set and returned in *out. Not for token
- * lookups: nothing dequantises a packed row. Returns 1, or 0 (*out untouched)
- * when the kernels have no such layout for them, or an error
- * (GLIMPSE_ENOMEM). */
+ * F32/F16/BF16 rows copied as they are (n > 1 only). Recorded in set and
+ * returned in *out. Not for token lookups: nothing dequantises a packed
+ * row. Returns 1, or 0 (*out untouched) when the kernels have no such
+ * layout for them, or an error (GLIMPSE_ENOMEM). */
 int kn_packed_add_rows(kn_packed *set, const tensor *const *w, int n, const tensor **out, glimpse_err *err);
 /* Frees the copies (the views pointing at them die with them); set may be
  * zeroed or used again. */
