@@ -637,6 +637,7 @@ INLINE void r16_quants(int type, const uint8_t *body, __m512i wq[8])
  * token (its scales and corrections): one-token decode of the 256M / 500M
  * Q8_0 models read 37 / 46 GB/s of weights with it, 43 / 50 with these
  * (bench/README.md). */
+typedef int32_t quads __attribute__((may_alias, aligned(4)));
 INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8_t *a, size_t a_row, float *y,
                       size_t y_stride)
 {
@@ -658,8 +659,13 @@ INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8
         TILE_UNROLL
         for (int t = 0; t < T; t++) {
             const block_q8_0x *x = (const block_q8_0x *)(a + (size_t)t * a_row) + b;
-            int32_t xq[QK8_0 / 4];
-            memcpy(xq, x->qs, sizeof xq);
+            /* the quants read in place, four at a time: one broadcast load
+             * each. Copied to an int32_t array first, they became 64-bit
+             * loads and a broadcast from a general register per four (two
+             * more vector operations each): 8 tokens of the 256M Q8_0
+             * model's matrices on one thread, 4.8 -> 3.9 ms a pass (two
+             * threads are held by the memory there, no change). */
+            const quads *xq = (const quads *)(const void *)x->qs;
             __m512i s0 = _mm512_set1_epi32(-offset * x->sum), s1 = _mm512_setzero_si512();
             TILE_UNROLL
             for (int i = 0; i < QK8_0 / 4; i += 2) {
