@@ -46,7 +46,6 @@ struct decoder {
     int n_batch;
     int n_out;
     int n_threads;
-    int max_seq_len;
     /* Activations, one row per batch entry (row-major). */
     float *x;          /* [n_batch][n_embd] residual stream */
     float *xb;         /* [n_batch][n_embd] normed input, then a block's output */
@@ -60,8 +59,9 @@ struct decoder {
                         * layer's wqkv or ffn_gate_up (model.h), NULL if none has them */
     float *xo;         /* [n_out][n_embd] final-normed rows that want logits */
     float *logits;     /* [n_out][n_vocab] */
-    void *att_tmp;     /* [n_threads][att_tmp_per_thread bytes]: per thread the K and V row
-                        * pointers of one head [2][max_seq_len], a run's query and output
+    int max_blocks;    /* KV blocks of one sequence at most */
+    void *att_tmp;     /* [n_threads][att_tmp_per_thread bytes]: per thread the K and V block
+                        * pointers of one head [2][max_blocks], a run's query and output
                         * rows [2][R][d] and their key counts [R] (R = ATTN_CHUNK * group),
                         * then kn_attention's scratch for R queries */
     size_t att_tmp_per_thread;
@@ -96,6 +96,9 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
         return err_set(err, GLIMPSE_EINVAL, "decoder: need 1 <= n_out (%d) <= n_batch (%d)", n_out, n_batch);
     if (kp->row_len != c->n_head_kv * c->head_dim || kp->n_head != c->n_head_kv || kp->n_layer != c->n_layer)
         return err_set(err, GLIMPSE_EINVAL, "decoder: kv cache shape does not match the model");
+    if (kp->block_size != KN_ATTN_BLOCK) /* kn_attention reads the cache's blocks as they are */
+        return err_set(err, GLIMPSE_EINVAL, "decoder: kv cache blocks of %d positions (the attention takes %d)",
+                       kp->block_size, KN_ATTN_BLOCK);
 
     d = calloc(1, sizeof *d);
     if (!d)
@@ -106,7 +109,7 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->n_batch = n_batch;
     d->n_out = n_out;
     d->n_threads = tp ? threadpool_size(tp) : 1;
-    d->max_seq_len = kp->max_seq_len;
+    d->max_blocks = (kp->max_seq_len + KN_ATTN_BLOCK - 1) / KN_ATTN_BLOCK;
 
     size_t nb = (size_t)n_batch, q_len = (size_t)c->n_head * (size_t)c->head_dim;
     size_t kv_len = (size_t)kp->row_len;
@@ -138,7 +141,7 @@ int decoder_create(const text_model *m, kv_cache *kv, threadpool *tp, int n_batc
     d->logits = alloc_floats((size_t)n_out, (size_t)c->n_vocab, &ok);
     const size_t r_max = (size_t)ATTN_CHUNK * (size_t)(c->n_head / c->n_head_kv);
     /* every part is a multiple of 8 bytes, so pointers and int64 stay aligned */
-    d->att_tmp_per_thread = 2 * (size_t)d->max_seq_len * sizeof(void *) +
+    d->att_tmp_per_thread = 2 * (size_t)d->max_blocks * sizeof(void *) +
                             2 * r_max * (size_t)c->head_dim * sizeof(float) + r_max * sizeof(int64_t) +
                             (kn_attention_scratch((int)r_max, c->head_dim) + 1) / 2 * 2 * sizeof(float);
     d->att_tmp = alloc_floats((size_t)d->n_threads, d->att_tmp_per_thread / sizeof(float), &ok);
@@ -221,14 +224,14 @@ static void qkv_rows(const decoder *d, const text_layer *L, int64_t i, float **q
     }
 }
 
-/* K/V rows of an attention item asked for while its row pointers are
- * gathered: a head's rows are runs of one block scattered over the paged
- * cache, which the hardware fetched a few misses at a time (8 streams at
- * 64-80 positions, Q8_0 256M / 500M models: +3-14 % tokens/s over 5
- * alternating runs, when each row was a slice of a whole-row slot; still
- * ~3 % at 1100 positions with runs). Only the first rows: the kernel asks
- * for the later ones a few blocks ahead of their use. */
-#define ATTN_PREFETCH_ROWS 64
+/* K/V blocks of an attention item asked for while its block pointers are
+ * gathered: they are scattered over the paged cache, which the hardware
+ * fetched a few misses at a time (8 streams at 64-80 positions, Q8_0 256M
+ * / 500M models: +3-14 % tokens/s over 5 alternating runs, when each row
+ * was a slice of a whole-row slot; still ~3 % at 1100 positions with
+ * runs). Only the first blocks: the kernel asks for the later ones a few
+ * blocks ahead of their use. */
+#define ATTN_PREFETCH_BLOCKS 4
 
 /* Splits the batch into runs of one sequence, at most ATTN_CHUNK entries
  * each, times the KV heads. Returns the number of items. */
@@ -260,15 +263,14 @@ static void attn_worker(void *arg, int ith, int nth)
     const int hd = c->head_dim, group = c->n_head / c->n_head_kv;
     const int r_max = ATTN_CHUNK * group;
     uint8_t *tmp = (uint8_t *)d->att_tmp + (size_t)ith * d->att_tmp_per_thread;
-    const void **krows = (const void **)tmp, **vrows = krows + d->max_seq_len;  /* [max_seq_len] each */
-    float *qbuf = (float *)(vrows + d->max_seq_len);                           /* [R][d] */
+    const void **kblk = (const void **)tmp, **vblk = kblk + d->max_blocks;     /* [max_blocks] each */
+    float *qbuf = (float *)(vblk + d->max_blocks);                             /* [R][d] */
     float *obuf = qbuf + (size_t)r_max * hd;                                   /* [R][d] */
     int64_t *n_keys = (int64_t *)(obuf + (size_t)r_max * hd);                  /* [R] */
     float *scratch = (float *)(n_keys + r_max);
     const kn_attn_kv kv0 = { .type = kv_cache_params(d->kv)->type == KV_F16 ? DTYPE_F16 : DTYPE_F32,
-                             .head_dim = hd, .k = krows, .v = vrows };
-    const size_t row = (size_t)hd * (kv0.type == DTYPE_F16 ? sizeof(uint16_t) : sizeof(float));
-    const int64_t bs = kv_cache_params(d->kv)->block_size;
+                             .head_dim = hd, .k = kblk, .v = vblk };
+    const size_t block_bytes = (size_t)KN_ATTN_BLOCK * (size_t)hd * (kv0.type == DTYPE_F16 ? 2 : 4);
 
     /* Every nth item: a run's cost grows with its positions, and items come
      * in position order, so contiguous shares gave one thread of two the
@@ -280,20 +282,16 @@ static void attn_worker(void *arg, int ith, int nth)
         const int R = (item->hi - item->lo) * group;
         kn_attn_kv kv = kv0;
         kv.n = b[item->hi - 1].pos + 1;
-        /* a head's rows of one block follow each other (kvcache.h) */
-        for (int64_t s0 = 0; s0 < kv.n; s0 += bs) {
-            const uint8_t *k0 = kv_k_head(d->kv, t->layer, seq, s0, item->kvh);
-            const uint8_t *v0 = kv_v_head(d->kv, t->layer, seq, s0, item->kvh);
-            for (int64_t j = 0; j < bs && s0 + j < kv.n; j++) {
-                krows[s0 + j] = k0 + (size_t)j * row;
-                vrows[s0 + j] = v0 + (size_t)j * row;
-            }
+        /* the cache's blocks are kn_attention's (kvcache.h, kn_attn_kv) */
+        for (int64_t bl = 0; bl * KN_ATTN_BLOCK < kv.n; bl++) {
+            kblk[bl] = kv_k_block(d->kv, t->layer, seq, bl * KN_ATTN_BLOCK, item->kvh);
+            vblk[bl] = kv_v_block(d->kv, t->layer, seq, bl * KN_ATTN_BLOCK, item->kvh);
+            if (bl < ATTN_PREFETCH_BLOCKS)
+                for (size_t o = 0; o < block_bytes; o += 64) {
+                    __builtin_prefetch((const uint8_t *)kblk[bl] + o);
+                    __builtin_prefetch((const uint8_t *)vblk[bl] + o);
+                }
         }
-        for (int64_t s = 0; s < kv.n && s < ATTN_PREFETCH_ROWS; s++)
-            for (size_t o = 0; o < row; o += 64) {
-                __builtin_prefetch((const uint8_t *)krows[s] + o);
-                __builtin_prefetch((const uint8_t *)vrows[s] + o);
-            }
         for (int r = 0; r < R; r++) {
             const int i = item->lo + r / group, h = item->kvh * group + r % group;
             float *q, *k, *v;

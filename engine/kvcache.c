@@ -2,15 +2,17 @@
  * kvcache.c — block pool, per-sequence block tables, reference counts and the
  * prefix cache (hash index + LRU list of evictable blocks).
  *
- * Layout of the pool, per layer and per kind (K, V):
- *   data[kind][layer][block][head][slot][row_len / n_head]   (elements of the cache type)
+ * Layout of the pool, per layer:
+ *   v[layer][block][head][slot][row_len / n_head]   (elements of the cache type)
+ *   k[layer][block][head][row_len / n_head][slot]   (transposed)
  * so one block of one layer is contiguous, a sequence's position p lives in
- * block table[seq][p / block_size], slot p % block_size, and the rows of one
- * head in a block are one contiguous run: the attention of a KV head reads
- * its keys and values as runs of block_size rows, not as slices of rows
- * scattered at a row's stride (8 streams at 1100 positions, Q8_0 256M /
- * 500M models, alternating runs: decode steps of 17.9-18.4 / 33.2-34.5 ms
- * against 21.8-23.1 / 42.2-42.5 with whole rows per slot).
+ * block table[seq][p / block_size], slot p % block_size, and one head's
+ * keys or values in a block are one contiguous run: the attention of a KV
+ * head reads them a block at a time, not as slices of rows scattered at a
+ * row's stride (8 streams at 1100 positions, Q8_0 256M / 500M models,
+ * alternating runs: decode steps of 17.9-18.4 / 33.2-34.5 ms against
+ * 21.8-23.1 / 42.2-42.5 with whole rows per slot). Keys are transposed so
+ * that one load gives element i of all the block's keys (kn_attn_kv).
  *
  * A block is in exactly one of three states:
  *   held       ref > 0 (in some tables), maybe registered;
@@ -32,8 +34,8 @@ struct kv_cache {
     size_t head_bytes;     /* row_len / n_head * elem_size */
     size_t block_bytes;    /* block_size * row_len * elem_size: one block of one layer */
     size_t layer_bytes;    /* n_blocks * block_bytes */
-    unsigned char *k;      /* [n_layer][n_blocks][n_head][block_size][row_len / n_head] */
-    unsigned char *v;      /* same */
+    unsigned char *k;      /* [n_layer][n_blocks][n_head][row_len / n_head][block_size] */
+    unsigned char *v;      /* [n_layer][n_blocks][n_head][block_size][row_len / n_head] */
     int *free_list;        /* [n_blocks] stack of free block ids */
     int n_free;
     int *tables;           /* [max_seqs][max_blocks_per_seq] block ids */
@@ -379,13 +381,13 @@ void kv_cache_stats(const kv_cache *kv, kv_stats *out)
     };
 }
 
-/* Byte offset of head 0 of (layer, seq, pos) inside k or v; head h is
- * h * block_size * head_bytes further. */
-static size_t row_offset(const kv_cache *kv, int layer, int seq, int64_t pos)
+/* Byte offset of head 0 of the block holding (layer, seq, pos) inside k or
+ * v; head h is h * head_stride further. */
+static size_t block_offset(const kv_cache *kv, int layer, int seq, int64_t pos)
 {
     const int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
-    const size_t block = (size_t)table[pos / kv->p.block_size], slot = (size_t)(pos % kv->p.block_size);
-    return (size_t)layer * kv->layer_bytes + block * kv->block_bytes + slot * kv->head_bytes;
+    const size_t block = (size_t)table[pos / kv->p.block_size];
+    return (size_t)layer * kv->layer_bytes + block * kv->block_bytes;
 }
 
 static size_t head_stride(const kv_cache *kv)
@@ -395,30 +397,33 @@ static size_t head_stride(const kv_cache *kv)
 
 void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v)
 {
-    const size_t off = row_offset(kv, layer, seq, pos), stride = head_stride(kv);
+    const size_t off = block_offset(kv, layer, seq, pos), stride = head_stride(kv);
+    const size_t bs = (size_t)kv->p.block_size, slot = (size_t)(pos % kv->p.block_size);
     const int n = kv->p.row_len / kv->p.n_head;
     for (int h = 0; h < kv->p.n_head; h++) {
         unsigned char *kd = kv->k + off + (size_t)h * stride, *vd = kv->v + off + (size_t)h * stride;
         const float *ks = k + (size_t)h * n, *vs = v + (size_t)h * n;
+        /* keys transposed: element i of the slot at i * bs + slot (kvcache.h) */
         if (kv->p.type == KV_F32) {
-            memcpy(kd, ks, kv->head_bytes);
-            memcpy(vd, vs, kv->head_bytes);
+            for (int i = 0; i < n; i++)
+                ((float *)(void *)kd)[(size_t)i * bs + slot] = ks[i];
+            memcpy(vd + slot * kv->head_bytes, vs, kv->head_bytes);
             continue;
         }
-        uint16_t *kh = (uint16_t *)(void *)kd, *vh = (uint16_t *)(void *)vd;
+        uint16_t *kh = (uint16_t *)(void *)kd, *vh = (uint16_t *)(void *)(vd + slot * kv->head_bytes);
         for (int i = 0; i < n; i++) {
-            kh[i] = f32_to_fp16(ks[i]);
+            kh[(size_t)i * bs + slot] = f32_to_fp16(ks[i]);
             vh[i] = f32_to_fp16(vs[i]);
         }
     }
 }
 
-const void *kv_k_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
+const void *kv_k_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->k + row_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
+    return kv->k + block_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
 }
 
-const void *kv_v_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
+const void *kv_v_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->v + row_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
+    return kv->v + block_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
 }

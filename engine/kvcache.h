@@ -26,7 +26,7 @@
  *
  * Thread rule: sequence management (open/close/reserve) is done by one thread
  * (the engine thread) between forward passes. During a pass, kv_store and the
- * row readers may run on many threads as long as no two write the same
+ * block readers may run on many threads as long as no two write the same
  * (layer, sequence, position).
  */
 #ifndef GLIMPSE_KVCACHE_H
@@ -82,12 +82,16 @@ int64_t kv_seq_capacity(const kv_cache *kv, int seq);
  * to the cache type. pos must be below kv_seq_capacity. */
 void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v);
 
-/* Borrowed pointers to head `head` of the stored rows ([row_len / n_head]
- * of the cache type: uint16_t halves or floats), valid until the position is
- * dropped. Within a block, a head's positions follow each other. */
-const void *kv_k_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
-const void *kv_v_head(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
-
+/* Borrowed pointers to head `head`'s keys or values in the block holding
+ * position pos of seq, valid until the block is dropped: block_size
+ * positions of row_len / n_head elements of the cache type (uint16_t halves
+ * or floats) each. Values are rows, element i of slot s at
+ * [s * row_len / n_head + i]; keys are transposed, element i of slot s at
+ * [i * block_size + s], so that attention loads element i of all the
+ * block's keys at once (kn_attn_kv). Slot s holds position
+ * pos - pos % block_size + s. */
+const void *kv_k_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
+const void *kv_v_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head);
 /* ---- prefix cache ------------------------------------------------------- */
 
 /* The hash of a full block: parent is the previous block's hash (0 for the

@@ -1,6 +1,6 @@
 /*
  * attention.c — the fused attentions: kn_attention (the decoder's, causal,
- * over row pointers) and kn_attention_dense (the vision encoder's,
+ * over the KV cache's blocks) and kn_attention_dense (the vision encoder's,
  * bidirectional, f32): scratch layouts, the call into the version for the
  * selected table, and the scalar references every SIMD version
  * (attention_avx512.c) is held to by tests/unit/check_kernels.c.
@@ -34,23 +34,26 @@ void kn_attention(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q
     kn_impl_active()->attention(kv, q, q_stride, n_q, n_keys, scale, out, out_stride, buf);
 }
 
-/* Keys [j0, j0+nb) of kv into kt [d][B] (transposed) and vb [B][d] as f32,
- * zero-filled past nb so that every block is a whole one. */
+/* Keys [j0, j0+nb) of kv (j0 a block's first) into kt [d][B] (transposed)
+ * and vb [B][d] as f32, zero-filled past nb so that every block is a whole
+ * one. */
 static void attn_load_block(const kn_attn_kv *kv, int64_t j0, int nb, float *kt, float *vb)
 {
     const int d = kv->head_dim, B = KN_ATTN_BLOCK;
+    const void *kb = kv->k[j0 / B], *vbk = kv->v[j0 / B];
     for (int j = 0; j < B; j++)
         for (int t = 0; t < d; t++) {
+            const size_t ki = (size_t)t * B + j, vi = (size_t)j * d + t;
             float kv_k = 0, kv_v = 0;
             if (j < nb && kv->type == DTYPE_F16) {
-                kv_k = fp16_to_f32(((const uint16_t *)kv->k[j0 + j])[t]);
-                kv_v = fp16_to_f32(((const uint16_t *)kv->v[j0 + j])[t]);
+                kv_k = fp16_to_f32(((const uint16_t *)kb)[ki]);
+                kv_v = fp16_to_f32(((const uint16_t *)vbk)[vi]);
             } else if (j < nb) {
-                kv_k = ((const float *)kv->k[j0 + j])[t];
-                kv_v = ((const float *)kv->v[j0 + j])[t];
+                kv_k = ((const float *)kb)[ki];
+                kv_v = ((const float *)vbk)[vi];
             }
-            kt[(size_t)t * B + j] = kv_k;
-            vb[(size_t)j * d + t] = kv_v;
+            kt[ki] = kv_k;
+            vb[vi] = kv_v;
         }
 }
 

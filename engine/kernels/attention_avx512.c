@@ -9,9 +9,15 @@
  * results differ by float rounding only (~1e-6 relative).
  *
  * Batch invariance: a query's arithmetic is the same whether it is computed
- * alone or interleaved with three others, and keys past its own end (or past
- * the block's end) get probability exactly 0 against zero-filled rows, which
- * leaves its sums unchanged bit for bit.
+ * alone or interleaved with three others, and keys past its own end but
+ * within another query's get probability exactly 0, which leaves its sums
+ * unchanged bit for bit. Slots past every query's end are masked out of the
+ * scores and their values never read.
+ *
+ * The keys and values are read straight from the cache's blocks: keys are
+ * stored transposed (kn_attn_kv), so a block's scores need no shuffles
+ * (when they were rows, their 16 x 16 transposition in registers and the
+ * values' conversion to a scratch block were ~half of decode's attention).
  *
  * kn_attention_dense: 32 queries side by side, one per lane of two zmm
  * registers, so the softmax needs no horizontal operation and a key or value
@@ -38,84 +44,30 @@
 /* Loops over the G queries' register arrays must be unrolled, or -O2 keeps
  * the arrays in memory. */
 #define UNROLL_G _Pragma("GCC unroll 4")
-#define UNROLL_16 _Pragma("GCC unroll 16")
-/* K/V rows are asked for this many blocks ahead of their use: they are
- * scattered over the paged cache, a few lines each, which the hardware
+/* K/V blocks are asked for this many blocks ahead of their use: they are
+ * scattered over the paged cache, a few KB each, which the hardware
  * prefetchers do not follow (8 streams at 1100 positions, Q8_0 256M / 500M
  * models: steps of 24.4 / 50.3 ms without, 21.0 / 41.5 with 2 blocks
  * ahead, 21.5 / 42.3 with 4). */
 #define ATTN_PF_BLOCKS 2
 
-/* r[i] = column i of the 16 x 16 floats in rows r[0..15]: pairs, then
- * quads within 128-bit lanes, then the lanes themselves (64 shuffles). The
- * loops must be unrolled for the arrays to stay in registers. */
-INLINE void transpose16(__m512 r[16])
+/* 16 values from p + i (halves or floats) as f32: dimension t of a key
+ * block's 16 keys (i = t * 16, the block is transposed), or 16 elements of
+ * a value row. */
+INLINE __m512 load16(const void *p, size_t i, bool f16)
 {
-    __m512 t[16];
-    UNROLL_16
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    /* u[4g + k], 128-bit lane L: column 4L + k of rows 4g..4g+3 */
-    UNROLL_16
-    for (int i = 0; i < 16; i += 4)
-        UNROLL_16
-        for (int h = 0; h < 2; h++) {
-            const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + 2 + h]);
-            r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-            r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        }
-    UNROLL_16
-    for (int k = 0; k < 4; k++) {
-        const __m512 v0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
-        const __m512 w0 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88),
-                     w1 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
-        t[k] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-        t[4 + k] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-        t[8 + k] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-        t[12 + k] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-    }
-    UNROLL_16
-    for (int i = 0; i < 16; i++)
-        r[i] = t[i];
-}
-
-/* Keys [j0, j0+nb) into kt [d][16] (transposed) and vb [16][d] as f32, zero
- * past nb, 16 dimensions at a time. The transposition stays in registers:
- * through memory (scalar stores, then a vector load over them) it was most
- * of the time of decode's attention, where a call has only a KV head's few
- * query rows to share it. */
-TARGET static void load_block(const kn_attn_kv *kv, int64_t j0, int nb, float *kt, float *vb)
-{
-    const int d = kv->head_dim, B = KN_ATTN_BLOCK;
-    for (int t = 0; t < d; t += 16) {
-        __m512 kr[16];
-        UNROLL_16
-        for (int j = 0; j < B; j++) {
-            __m512 v16;
-            if (j >= nb) {
-                kr[j] = v16 = _mm512_setzero_ps();
-            } else if (kv->type == DTYPE_F16) {
-                kr[j] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)kv->k[j0 + j] + t)));
-                v16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)kv->v[j0 + j] + t)));
-            } else {
-                kr[j] = _mm512_loadu_ps((const float *)kv->k[j0 + j] + t);
-                v16 = _mm512_loadu_ps((const float *)kv->v[j0 + j] + t);
-            }
-            _mm512_storeu_ps(vb + (size_t)j * d + t, v16);
-        }
-        transpose16(kr);
-        UNROLL_16
-        for (int u = 0; u < 16; u++)
-            _mm512_storeu_ps(kt + (size_t)(t + u) * B, kr[u]);
-    }
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)))
+               : _mm512_loadu_ps((const float *)p + i);
 }
 
 /* One block for G queries (qi[g] their indices, nv[g] their valid keys in
- * the block, 1..16). G is a constant at every call, so the arrays below live
- * in registers; each query's operations do not depend on G. */
-INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const int *qi, const int *nv, int G)
+ * the block, 1..nb) straight from the cache's key block kb and value block
+ * vb (nb valid slots; the keys' other lanes are masked out of the scores,
+ * the values past nb never read). G and f16 are constants at every call, so
+ * the arrays below live in registers; each query's operations do not
+ * depend on G. */
+INLINE void block_queries(const kn_attn_scratch *w, const void *kb, const void *vb, int nb, bool f16, int d,
+                          float scale, const int *qi, const int *nv, int G)
 {
     __m512 s[4];
     float p[4][KN_ATTN_BLOCK], c[4];
@@ -126,8 +78,8 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
         for (int g = 0; g < G; g++)
             s0[g] = s1[g] = _mm512_setzero_ps();
         for (int t = 0; t < d; t += 2) {
-            const __m512 k0 = _mm512_loadu_ps(w->kt + (size_t)t * KN_ATTN_BLOCK);
-            const __m512 k1 = _mm512_loadu_ps(w->kt + (size_t)(t + 1) * KN_ATTN_BLOCK);
+            const __m512 k0 = load16(kb, (size_t)t * KN_ATTN_BLOCK, f16);
+            const __m512 k1 = load16(kb, (size_t)(t + 1) * KN_ATTN_BLOCK, f16);
             UNROLL_G
             for (int g = 0; g < G; g++) {
                 const float *q = w->qc + (size_t)qi[g] * d + t;
@@ -163,9 +115,9 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
             a0[g] = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_set1_ps(c[g]));
             a1[g] = _mm512_mul_ps(_mm512_loadu_ps(a + 16), _mm512_set1_ps(c[g]));
         }
-        for (int j = 0; j < KN_ATTN_BLOCK; j++) {
-            const __m512 v0 = _mm512_loadu_ps(w->vb + (size_t)j * d + t);
-            const __m512 v1 = _mm512_loadu_ps(w->vb + (size_t)j * d + t + 16);
+        for (int j = 0; j < nb; j++) {
+            const __m512 v0 = load16(vb, (size_t)j * d + t, f16);
+            const __m512 v1 = load16(vb, (size_t)j * d + t + 16, f16);
             UNROLL_G
             for (int g = 0; g < G; g++) {
                 const __m512 pj = _mm512_set1_ps(p[g][j]);
@@ -185,8 +137,8 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
         UNROLL_G
         for (int g = 0; g < G; g++)
             a0[g] = _mm512_mul_ps(_mm512_loadu_ps(w->acc + (size_t)qi[g] * d + t), _mm512_set1_ps(c[g]));
-        for (int j = 0; j < KN_ATTN_BLOCK; j++) {
-            const __m512 v0 = _mm512_loadu_ps(w->vb + (size_t)j * d + t);
+        for (int j = 0; j < nb; j++) {
+            const __m512 v0 = load16(vb, (size_t)j * d + t, f16);
             UNROLL_G
             for (int g = 0; g < G; g++)
                 a0[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g][j]), v0, a0[g]);
@@ -197,25 +149,27 @@ INLINE void block_queries(const kn_attn_scratch *w, int d, float scale, const in
     }
 }
 
-TARGET static void block4(const kn_attn_scratch *w, int d, float scale, const int *qi, const int *nv)
-{
-    block_queries(w, d, scale, qi, nv, 4);
-}
-
-TARGET static void block3(const kn_attn_scratch *w, int d, float scale, const int *qi, const int *nv)
-{
-    block_queries(w, d, scale, qi, nv, 3);
-}
-
-TARGET static void block2(const kn_attn_scratch *w, int d, float scale, const int *qi, const int *nv)
-{
-    block_queries(w, d, scale, qi, nv, 2);
-}
-
-TARGET static void block1(const kn_attn_scratch *w, int d, float scale, const int *qi, const int *nv)
-{
-    block_queries(w, d, scale, qi, nv, 1);
-}
+typedef void (*block_fn)(const kn_attn_scratch *w, const void *kb, const void *vb, int nb, int d, float scale,
+                         const int *qi, const int *nv);
+#define DEFINE_BLOCK(name, G, f16)                                                                         \
+    TARGET static void name(const kn_attn_scratch *w, const void *kb, const void *vb, int nb, int d,      \
+                            float scale, const int *qi, const int *nv)                                    \
+    {                                                                                                      \
+        block_queries(w, kb, vb, nb, f16, d, scale, qi, nv, G);                                            \
+    }
+DEFINE_BLOCK(block1_f32, 1, false)
+DEFINE_BLOCK(block2_f32, 2, false)
+DEFINE_BLOCK(block3_f32, 3, false)
+DEFINE_BLOCK(block4_f32, 4, false)
+DEFINE_BLOCK(block1_f16, 1, true)
+DEFINE_BLOCK(block2_f16, 2, true)
+DEFINE_BLOCK(block3_f16, 3, true)
+DEFINE_BLOCK(block4_f16, 4, true)
+/* [f16][G] */
+static const block_fn blocks[2][5] = {
+    { NULL, block1_f32, block2_f32, block3_f32, block4_f32 },
+    { NULL, block1_f16, block2_f16, block3_f16, block4_f16 },
+};
 
 /* kn_attention for head_dim a multiple of 16 (the reference otherwise). The
  * queries that reach into a block are taken four at a time, the 1-3 left
@@ -248,14 +202,27 @@ TARGET void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_s
         w.m[i] = -INFINITY;
         w.l[i] = 0;
     }
+    const bool f16 = kv->type == DTYPE_F16;
+    const size_t block_bytes = (size_t)B * (size_t)d * (f16 ? 2 : 4);
     for (int64_t j0 = 0; j0 < n_max; j0 += B) {
         const int nb = n_max - j0 < B ? (int)(n_max - j0) : B;
-        for (int64_t j = j0 + ATTN_PF_BLOCKS * B; j < n_max && j < j0 + (ATTN_PF_BLOCKS + 1) * B; j++)
-            for (int o = 0; o < d * (kv->type == DTYPE_F16 ? 2 : 4); o += 64) {
-                _mm_prefetch((const char *)kv->k[j] + o, _MM_HINT_T0);
-                _mm_prefetch((const char *)kv->v[j] + o, _MM_HINT_T0);
+        const int64_t pf = j0 / B + ATTN_PF_BLOCKS;
+        if (pf * B < n_max)
+            for (size_t o = 0; o < block_bytes; o += 64) {
+                _mm_prefetch((const char *)kv->k[pf] + o, _MM_HINT_T0);
+                _mm_prefetch((const char *)kv->v[pf] + o, _MM_HINT_T0);
             }
-        load_block(kv, j0, nb, w.kt, w.vb);
+        /* The block's own lines too, all at once: those the prefetch above
+         * did not bring in time then miss together, not one after the
+         * other through the scores and then the values (8 streams at 1100
+         * positions, Q8_0 256M model, medians of 3 alternating runs: 13.5
+         * ms a step without, 12.0 with; the version that loaded each block
+         * into scratch first took 12.4). */
+        const void *kb = kv->k[j0 / B], *vb = kv->v[j0 / B];
+        for (size_t o = 0; o < block_bytes; o += 64) {
+            _mm_prefetch((const char *)kb + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)vb + o, _MM_HINT_T0);
+        }
         int qi[4], nv[4], g = 0;
         for (int i = 0; i < n_q; i++) {
             const int64_t ni = n_keys ? n_keys[i] : kv->n;
@@ -264,16 +231,12 @@ TARGET void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_s
             qi[g] = i;
             nv[g] = ni - j0 < nb ? (int)(ni - j0) : nb;
             if (++g == 4) {
-                block4(&w, d, scale, qi, nv);
+                blocks[f16][4](&w, kb, vb, nb, d, scale, qi, nv);
                 g = 0;
             }
         }
-        if (g == 3)
-            block3(&w, d, scale, qi, nv);
-        else if (g == 2)
-            block2(&w, d, scale, qi, nv);
-        else if (g == 1)
-            block1(&w, d, scale, qi, nv);
+        if (g > 0)
+            blocks[f16][g](&w, kb, vb, nb, d, scale, qi, nv);
     }
     for (int i = 0; i < n_q; i++) {
         const __m512 inv = _mm512_set1_ps(1.0f / w.l[i]);

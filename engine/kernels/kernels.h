@@ -121,15 +121,20 @@ float kn_dot_f32(const float *a, const float *b, int64_t n);
  * query's output does not depend on the other queries (batch invariance). */
 #define KN_ATTN_BLOCK 16
 
-/* One head's keys and values: n rows of head_dim values, K and V both
- * DTYPE_F32 or both DTYPE_F16, row j at k[j] and v[j]. Row pointers let the
- * paged KV cache and strided f32 activations share one kernel. */
+/* One head's keys and values in blocks of KN_ATTN_BLOCK positions, the
+ * paged KV cache's blocks: ceil(n / KN_ATTN_BLOCK) of each, K and V both
+ * DTYPE_F32 or both DTYPE_F16, every block whole. A key block is
+ * transposed, element t of its key j at k[b][t * KN_ATTN_BLOCK + j], so
+ * that one load gives dimension t of all its keys; a value block holds its
+ * rows, element t of value j at v[b][j * head_dim + t]. The slots of the
+ * last block past n may hold anything (NaN included): they never reach a
+ * result. */
 typedef struct kn_attn_kv {
     int type;
     int head_dim;
     int64_t n;
-    const void *const *k;   /* [n] rows of head_dim values */
-    const void *const *v;   /* [n] rows of head_dim values */
+    const void *const *k;   /* key blocks, [head_dim][KN_ATTN_BLOCK] values each */
+    const void *const *v;   /* value blocks, [KN_ATTN_BLOCK][head_dim] values each */
 } kn_attn_kv;
 
 /* Floats of scratch kn_attention needs for n_q queries of head_dim d. */

@@ -176,8 +176,9 @@ const kn_impl *kn_avx2_impl(void);
 const kn_impl *kn_avx512_impl(void);
 
 /* The fused attention's scratch layout, shared by every table:
- * kt [head_dim][KN_ATTN_BLOCK] keys of a block transposed, vb [KN_ATTN_BLOCK]
- * [head_dim] its values, qc [n_q][head_dim] the queries in K's precision,
+ * kt [head_dim][KN_ATTN_BLOCK] a block's keys and vb [KN_ATTN_BLOCK]
+ * [head_dim] its values as f32 (the reference's; the AVX-512 version reads
+ * the cache's blocks as they are), qc [n_q][head_dim] the queries in K's precision,
  * acc [n_q][head_dim] unnormalised outputs, m [n_q] running maxima, l [n_q]
  * running sums. */
 typedef struct kn_attn_scratch {

@@ -410,17 +410,21 @@ START_TEST(kv_pool_accounting)
     ck_assert_int_eq(kv_seq_capacity(kv, b), 0);
     ck_assert_int_eq(kv_seq_reserve(kv, a, 17, &err), GLIMPSE_ELIMIT); /* beyond max_seq_len */
     /* Rows land where they are read, head by head, and halves round to
-     * nearest; a head's rows of one block follow each other. */
+     * nearest: values as rows, keys transposed (element e of slot s at
+     * e * block_size + s); positions 10 and 11 are slots 2 and 3 of one
+     * block. */
     const float k[4] = { 1.0f, -2.5f, 1.0f / 3.0f, 65504.0f }, v[4] = { 0.1f, 0.2f, 0.3f, 0.4f };
     kv_store(kv, 0, a, 10, k, v);
     kv_store(kv, 0, a, 11, v, k);
     for (int i = 0; i < 4; i++) {
-        const uint16_t *kh = kv_k_head(kv, 0, a, 10, i / 2), *vh = kv_v_head(kv, 0, a, 10, i / 2);
-        ck_assert_uint_eq(kh[i % 2], f32_to_fp16(k[i]));
-        ck_assert_uint_eq(vh[i % 2], f32_to_fp16(v[i]));
-        ck_assert(fabsf(kv_half_table()[kh[i % 2]] - k[i]) <= fabsf(k[i]) * 1e-3f);
-        ck_assert_uint_eq(kh[2 + i % 2], f32_to_fp16(v[i])); /* position 11 */
-        ck_assert_uint_eq(vh[2 + i % 2], f32_to_fp16(k[i]));
+        const uint16_t *kh = kv_k_block(kv, 0, a, 10, i / 2), *vh = kv_v_block(kv, 0, a, 10, i / 2);
+        const int e = i % 2;
+        ck_assert(kh == kv_k_block(kv, 0, a, 11, i / 2) && vh == kv_v_block(kv, 0, a, 11, i / 2));
+        ck_assert_uint_eq(kh[e * 4 + 2], f32_to_fp16(k[i]));
+        ck_assert_uint_eq(vh[2 * 2 + e], f32_to_fp16(v[i]));
+        ck_assert(fabsf(kv_half_table()[kh[e * 4 + 2]] - k[i]) <= fabsf(k[i]) * 1e-3f);
+        ck_assert_uint_eq(kh[e * 4 + 3], f32_to_fp16(v[i])); /* position 11 */
+        ck_assert_uint_eq(vh[3 * 2 + e], f32_to_fp16(k[i]));
     }
     kv_seq_truncate(kv, a, 4);
     ck_assert_int_eq(kv_seq_capacity(kv, a), 4);

@@ -606,9 +606,12 @@ END_TEST
 
 /* ---- fused attention -------------------------------------------------------------- */
 
-/* A head's K/V rows scattered like pages of the KV cache: row j of n lives at
- * a shuffled slot of a buffer (of halves or floats), reached through the row
- * pointers of kv. Values in [-2, 2); halves are exact copies of their floats. */
+/* A head's K/V blocks scattered like pages of the KV cache: blocks of
+ * KN_ATTN_BLOCK positions (keys transposed, values as rows: kn_attn_kv) at
+ * shuffled places of a buffer of halves or floats, reached through the
+ * block pointers of kv. Values in [-2, 2); halves are exact copies of their
+ * floats. The slots of the last block past n hold NaN, which must never
+ * reach a result. */
 typedef struct attn_case {
     kn_attn_kv kv;
     void *buf;
@@ -618,32 +621,37 @@ typedef struct attn_case {
 
 static void attn_case_make(attn_case *c, int type, int d, int64_t n)
 {
-    const size_t esz = type == DTYPE_F16 ? 2 : 4;
-    c->buf = malloc(2 * (size_t)n * (size_t)d * esz);
-    c->k = malloc((size_t)n * sizeof *c->k);
-    c->v = malloc((size_t)n * sizeof *c->v);
+    const int B = KN_ATTN_BLOCK;
+    const int64_t nbk = (n + B - 1) / B;
+    const size_t esz = type == DTYPE_F16 ? 2 : 4, bbytes = (size_t)B * (size_t)d * esz;
+    c->buf = malloc(2 * (size_t)nbk * bbytes);
+    c->k = malloc((size_t)nbk * sizeof *c->k);
+    c->v = malloc((size_t)nbk * sizeof *c->v);
     c->kf = random_f32(n * d, -2.0f, 2.0f);
     c->vf = random_f32(n * d, -2.0f, 2.0f);
     ck_assert(c->buf && c->k && c->v);
-    for (int64_t j = 0; j < n; j++) {
-        /* K rows in the even slots, last row first; V rows in the odd ones */
-        const int64_t ks = 2 * (n - 1 - j), vs = 2 * j + 1;
-        uint8_t *kp = (uint8_t *)c->buf + (size_t)ks * d * esz, *vp = (uint8_t *)c->buf + (size_t)vs * d * esz;
+    for (int64_t b = 0; b < nbk; b++) {
+        /* K blocks in the even places, last block first; V blocks in the odd ones */
+        c->k[b] = (uint8_t *)c->buf + (size_t)(2 * (nbk - 1 - b)) * bbytes;
+        c->v[b] = (uint8_t *)c->buf + (size_t)(2 * b + 1) * bbytes;
+    }
+    for (int64_t j = 0; j < nbk * B; j++)
         for (int t = 0; t < d; t++) {
-            float *kx = &c->kf[j * d + t], *vx = &c->vf[j * d + t];
+            const size_t ki = (size_t)t * B + (size_t)(j % B), vi = (size_t)(j % B) * d + t;
+            void *kp = (void *)c->k[j / B], *vp = (void *)c->v[j / B];
+            float *kx = j < n ? &c->kf[j * d + t] : NULL, *vx = j < n ? &c->vf[j * d + t] : NULL;
             if (type == DTYPE_F16) {
-                ((uint16_t *)kp)[t] = f32_to_fp16(*kx);
-                ((uint16_t *)vp)[t] = f32_to_fp16(*vx);
-                *kx = fp16_to_f32(((uint16_t *)kp)[t]);
-                *vx = fp16_to_f32(((uint16_t *)vp)[t]);
+                ((uint16_t *)kp)[ki] = kx ? f32_to_fp16(*kx) : 0x7e00; /* NaN */
+                ((uint16_t *)vp)[vi] = vx ? f32_to_fp16(*vx) : 0x7e00;
+                if (kx) {
+                    *kx = fp16_to_f32(((uint16_t *)kp)[ki]);
+                    *vx = fp16_to_f32(((uint16_t *)vp)[vi]);
+                }
             } else {
-                ((float *)kp)[t] = *kx;
-                ((float *)vp)[t] = *vx;
+                ((float *)kp)[ki] = kx ? *kx : NAN;
+                ((float *)vp)[vi] = vx ? *vx : NAN;
             }
         }
-        c->k[j] = kp;
-        c->v[j] = vp;
-    }
     c->kv = (kn_attn_kv){ .type = type, .head_dim = d, .n = n, .k = c->k, .v = c->v };
 }
 

@@ -41,7 +41,8 @@ static void fill(kv_cache *kv, int seq, int n, float tag)
     }
 }
 
-static float k0(kv_cache *kv, int seq, int p) { return ((const float *)kv_k_head(kv, 1, seq, p, 0))[0]; }
+/* Element 0 of position p's key: slot p % B of its block (keys are transposed). */
+static float k0(kv_cache *kv, int seq, int p) { return ((const float *)kv_k_block(kv, 1, seq, p, 0))[p % B]; }
 
 START_TEST(hash_chain_depends_on_all_of_the_prefix)
 {
@@ -109,10 +110,10 @@ START_TEST(prefix_shared_by_reference)
     ck_assert_int_eq(kv_seq_attach_prefix(kv, b, h, 3), 2);
     ck_assert_int_eq(kv_seq_capacity(kv, b), 8);
     for (int p = 0; p < 8; p++)
-        ck_assert(kv_k_head(kv, 1, b, p, 0) == kv_k_head(kv, 1, a, p, 0)); /* the same rows, not copies */
+        ck_assert(kv_k_block(kv, 1, b, p, 0) == kv_k_block(kv, 1, a, p, 0)); /* the same blocks, not copies */
     ck_assert_int_eq(kv_cache_free_blocks(kv), 5);              /* nothing new taken */
     ck_assert_int_eq(kv_seq_reserve(kv, b, 10, &err), 0);      /* its own third block */
-    ck_assert(kv_k_head(kv, 1, b, 8, 0) != kv_k_head(kv, 1, a, 8, 0));
+    ck_assert(kv_k_block(kv, 1, b, 8, 0) != kv_k_block(kv, 1, a, 8, 0));
     kv_stats st;
     kv_cache_stats(kv, &st);
     ck_assert_int_eq(st.n_used, 4);
