@@ -605,6 +605,11 @@ void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
     active->add_bias(y, b, n_tok, n);
 }
 
+void kn_to_half(const float *x, uint16_t *y, int64_t n)
+{
+    active->to_half(x, y, n);
+}
+
 float kn_dot_f32(const float *a, const float *b, int64_t n)
 {
     return active->dot_f32(a, b, n);

@@ -111,6 +111,8 @@ void kn_gelu(float *x, int64_t n);
 void kn_gelu_quick(float *x, int64_t n);
 /* y[i] += b[i] for each of n_tok rows of n. */
 void kn_add_bias(float *y, const float *b, int64_t n_tok, int64_t n);
+/* y[i] = x[i] rounded to half (nearest even, F16C's rounding: f32_to_fp16's). */
+void kn_to_half(const float *x, uint16_t *y, int64_t n);
 /* Dot product of two f32 vectors. */
 float kn_dot_f32(const float *a, const float *b, int64_t n);
 

@@ -228,6 +228,16 @@ TARGET static void from_float_f16(const float *x, void *dst, int64_t n)
         y[i] = h2f(f32_to_fp16(x[i]));
 }
 
+/* F16C's rounding, which f32_to_fp16 matches. */
+TARGET static void to_half(const float *x, uint16_t *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = f32_to_fp16(x[i]);
+}
+
 /* Widening of F16/BF16 rows (the sgemm path's weight panels); other types
  * go to quant.c. */
 TARGET static void to_f32(int type, const void *src, float *dst, int64_t n)
@@ -667,6 +677,7 @@ const kn_impl *kn_avx2_impl(void)
     t.softmax = softmax;
     t.swiglu = swiglu;
     t.add_bias = add_bias;
+    t.to_half = to_half;
     t.gelu = gelu;
     t.gelu_quick = gelu_quick;
     avx2_impl = t;

@@ -154,6 +154,7 @@ typedef struct kn_impl {
     void (*gelu_quick)(float *x, int64_t n);
     void (*softmax)(float *x, int64_t n);
     void (*add_bias)(float *y, const float *b, int64_t n_tok, int64_t n);
+    void (*to_half)(const float *x, uint16_t *y, int64_t n);
     void (*attention)(const kn_attn_kv *kv, const float *q, size_t q_stride, int n_q, const int64_t *n_keys,
                       float scale, float *out, size_t out_stride, float *scratch);
     kn_attn_dense_fn attention_dense;

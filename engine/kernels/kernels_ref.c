@@ -475,6 +475,12 @@ static void add_bias(float *y, const float *b, int64_t n_tok, int64_t n)
             y[t * n + i] += b[i];
 }
 
+static void to_half(const float *x, uint16_t *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = f32_to_fp16(x[i]);
+}
+
 const kn_impl kn_ref_impl = {
     .isa = "scalar",
     .from_float = {
@@ -509,6 +515,7 @@ const kn_impl kn_ref_impl = {
     .gelu_quick = gelu_quick,
     .softmax = softmax,
     .add_bias = add_bias,
+    .to_half = to_half,
     .attention = kn_attention_ref,
     .attention_dense = kn_attention_dense_ref,
 };

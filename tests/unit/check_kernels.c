@@ -903,6 +903,22 @@ START_TEST(test_simd_act_conversion)
         simd->from_float[KN_ACT_F16](x, sh, n);
         ck_assert_mem_eq(rh, sh, (size_t)n * sizeof rh[0]);
     }
+
+    /* to_half, bit for bit, on every length to 40 (vector bodies and
+     * tails) over values that round every way: ties to even, subnormal
+     * halves, the largest half, overflow to infinity, infinities. */
+    const float special[] = { 0.5f + 0x1p-12f, 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, -0x1p-20f, 0x1p-25f,
+                              0x1.8p-25f, 65504.0f, 65520.0f, -70000.0f, INFINITY, -INFINITY, -0.0f };
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        x[3 * i + 1] = special[i];
+    uint16_t rw[64], sw[64];
+    for (int64_t n = 1; n <= 40; n++) {
+        memset(sw, 0xee, sizeof sw);
+        kn_ref_impl.to_half(x, rw, n);
+        simd->to_half(x, sw, n);
+        ck_assert_mem_eq(rw, sw, (size_t)n * sizeof rw[0]);
+        ck_assert_uint_eq(sw[n], 0xeeee); /* nothing past n */
+    }
     free(x);
 }
 END_TEST
