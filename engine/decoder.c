@@ -331,8 +331,9 @@ typedef struct row_task {
  * norms together (a row's numbers do not depend on the grouping). */
 #define NORM_ROWS 8
 
-static void rows_range(const row_task *t, int64_t lo, int64_t hi)
+static void rows_range(void *arg, int64_t lo, int64_t hi)
 {
+    const row_task *t = arg;
     decoder *d = t->d;
     const text_config *c = &d->m->cfg;
     const text_layer *L = &d->m->w.layers[t->layer];
@@ -386,7 +387,7 @@ static void rows_worker(void *arg, int ith, int nth)
     const row_task *t = arg;
     int64_t lo, hi;
     threadpool_split(t->n, ith, nth, &lo, &hi);
-    rows_range(t, lo, hi);
+    rows_range(arg, lo, hi);
 }
 
 static void run_rows(decoder *d, const dec_entry *b, int n, int layer, enum row_pass pass)
@@ -456,12 +457,15 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         const text_layer *L = &w->layers[l];
 
         /* Attention block: (the previous layer's residual,) pre-norm, Q/K/V
-         * projections, RoPE on Q and K. */
-        run_rows(d, b, n, l, ROWS_ATTN_IN);
+         * projections, RoPE on Q and K. The row passes before a product go
+         * with the conversion of its input (kn_matmul_invariant_prep: 8
+         * streams, Q8_0 256M / 500M models, medians of 5 alternating runs:
+         * 4.26 / 8.98 ms a step with passes of their own, 4.14 / 8.80). */
+        row_task rt = { d, b, n, l, ROWS_ATTN_IN };
         if (L->wqkv) {
-            kn_matmul_invariant(d->tp, L->wqkv, d->xb, n, d->fused);
+            kn_matmul_invariant_prep(d->tp, rows_range, &rt, L->wqkv, d->xb, n, d->fused);
         } else {
-            kn_matmul_invariant(d->tp, L->wq, d->xb, n, d->q);
+            kn_matmul_invariant_prep(d->tp, rows_range, &rt, L->wq, d->xb, n, d->q);
             kn_matmul_invariant(d->tp, L->wk, d->xb, n, d->k);
             kn_matmul_invariant(d->tp, L->wv, d->xb, n, d->v);
         }
@@ -472,20 +476,20 @@ int decoder_forward(decoder *d, const dec_entry *b, int n, glimpse_err *err)
         attn_task t = { d, b, l, n_items };
         threadpool_run(d->tp, attn_worker, &t);
 
-        /* Output projection and residual; the FFN's pre-norm. */
+        /* Output projection (its bias and the residual: the next pass). */
         kn_matmul_invariant(d->tp, L->wo, d->att, n, d->xb);
-        run_rows(d, b, n, l, ROWS_FFN_IN);
 
-        /* Feed-forward block: SwiGLU, down projection (its residual is the
-         * next pass's first step). */
+        /* Feed-forward block: pre-norm, SwiGLU, down projection (its
+         * residual is the next pass's first step). */
+        rt.pass = ROWS_FFN_IN;
         if (L->ffn_gate_up) {
-            kn_matmul_invariant(d->tp, L->ffn_gate_up, d->xb, n, d->fused);
+            kn_matmul_invariant_prep(d->tp, rows_range, &rt, L->ffn_gate_up, d->xb, n, d->fused);
         } else {
-            kn_matmul_invariant(d->tp, L->ffn_gate, d->xb, n, d->gate);
+            kn_matmul_invariant_prep(d->tp, rows_range, &rt, L->ffn_gate, d->xb, n, d->gate);
             kn_matmul_invariant(d->tp, L->ffn_up, d->xb, n, d->up);
         }
-        run_rows(d, b, n, l, ROWS_SWIGLU);
-        kn_matmul_invariant(d->tp, L->ffn_down, d->gate, n, d->xb);
+        rt.pass = ROWS_SWIGLU;
+        kn_matmul_invariant_prep(d->tp, rows_range, &rt, L->ffn_down, d->gate, n, d->xb);
     }
 
     /* Output block, only for the rows that want logits: the last layer's

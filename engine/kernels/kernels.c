@@ -172,7 +172,10 @@ typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
     kn_tile_fn tile;        /* may be NULL: vec_dot per pair */
     bool k_parts;           /* tile is a float tile: it walks k in parts */
-    kn_from_float_fn from_float;
+    kn_from_float_fn from_float; /* NULL: the activations are x itself (F32) */
+    kn_rows_fn prep;        /* NULL, or writes rows [lo, hi) of the caller's x first */
+    void *prep_arg;
+    int64_t t0;             /* x's first row in the caller's (prep's row numbers) */
     const uint8_t *w;       /* [n_out] rows of w_row bytes */
     size_t w_row;
     int64_t k, n_out;
@@ -189,7 +192,9 @@ static void convert_rows(void *p, int ith, int nth)
     matmul_job *j = p;
     int64_t lo, hi;
     threadpool_split(j->n_tok, ith, nth, &lo, &hi);
-    for (int64_t t = lo; t < hi; t++)
+    if (j->prep && hi > lo)
+        j->prep(j->prep_arg, j->t0 + lo, j->t0 + hi);
+    for (int64_t t = lo; t < hi && j->from_float; t++)
         j->from_float(j->x + t * j->k, j->act_out + (size_t)t * j->act_row, j->k);
 }
 
@@ -318,12 +323,15 @@ static bool blas_matmul(const kn_impl *impl, threadpool *tp, const tensor *w, co
 
 /* ---- matmul driver ------------------------------------------------------------------ */
 
+/* prep: NULL, or (invariant products only) the rows' writer that the
+ * conversion runs first (kn_matmul_invariant_prep). */
 static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const tensor *w, const float *x,
-                   int64_t n_tok, float *y)
+                   int64_t n_tok, float *y, kn_rows_fn prep, void *prep_arg)
 {
     const int64_t k = w->ne[0], n_out = w->ne[1];
     const int act = kn_act_of(w->type);
     assert(kn_matmul_supports(w->type, k) && (impl->vec_dot[w->type] || impl->tile[w->type]));
+    assert(!prep || !allow_blas);
 
     /* cblas takes int dimensions */
     const int64_t blas_min = act == KN_ACT_F32 ? BLAS_MIN_TOK_F32 : BLAS_MIN_TOK_HALF;
@@ -337,6 +345,8 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
         .tile = impl->tile[w->type],
         .k_parts = impl->tile[w->type] && (act == KN_ACT_F32 || act == KN_ACT_F16 || act == KN_ACT_BF16),
         .from_float = act == KN_ACT_F32 ? NULL : impl->from_float[act],
+        .prep = prep,
+        .prep_arg = prep_arg,
         .w = w->data,
         .w_row = dtype_row_size(w->type, k),
         .k = k,
@@ -363,13 +373,12 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
 
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         j.n_tok = n_tok - t0 < chunk ? n_tok - t0 : chunk;
+        j.t0 = t0;
         j.x = x + t0 * k;
         j.y = y + t0 * n_out;
-        if (act == KN_ACT_F32) {
-            j.act = (const uint8_t *)j.x;
-        } else {
-            j.act_out = scratch;
-            j.act = scratch;
+        j.act_out = act == KN_ACT_F32 ? NULL : scratch;
+        j.act = act == KN_ACT_F32 ? (const uint8_t *)j.x : scratch;
+        if (act != KN_ACT_F32 || prep) {
             if (j.n_tok == 1) /* the split is by tokens (decode batches: see the decoder's run_rows) */
                 convert_rows(&j, 0, 1);
             else
@@ -542,23 +551,29 @@ void kn_packed_free(kn_packed *set)
 void kn_matmul_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                     int64_t n_tok, float *y)
 {
-    matmul(impl, true, tp, w, x, n_tok, y);
+    matmul(impl, true, tp, w, x, n_tok, y, NULL, NULL);
 }
 
 void kn_matmul_invariant_impl(const kn_impl *impl, threadpool *tp, const tensor *w, const float *x,
                               int64_t n_tok, float *y)
 {
-    matmul(impl, false, tp, w, x, n_tok, y);
+    matmul(impl, false, tp, w, x, n_tok, y, NULL, NULL);
 }
 
 void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)
 {
-    matmul(active, true, tp, w, x, n_tok, y);
+    matmul(active, true, tp, w, x, n_tok, y, NULL, NULL);
 }
 
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y)
 {
-    matmul(active, false, tp, w, x, n_tok, y);
+    matmul(active, false, tp, w, x, n_tok, y, NULL, NULL);
+}
+
+void kn_matmul_invariant_prep(threadpool *tp, kn_rows_fn prep, void *arg, const tensor *w, const float *x,
+                              int64_t n_tok, float *y)
+{
+    matmul(active, false, tp, w, x, n_tok, y, prep, arg);
 }
 
 /* ---- per-row kernels ------------------------------------------------------------- */

@@ -63,6 +63,16 @@ void kn_matmul(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, f
  * dot/sgemm switch at BLAS_MIN_TOK_* would change it for sure. */
 void kn_matmul_invariant(threadpool *tp, const tensor *w, const float *x, int64_t n_tok, float *y);
 
+/* Writes rows [lo, hi) of a product's input x; a row's values may depend on
+ * that row alone (any split of the rows gives the same x). */
+typedef void (*kn_rows_fn)(void *arg, int64_t lo, int64_t hi);
+
+/* prep(arg, ...) over the n_tok rows of x, then kn_matmul_invariant: each
+ * pool thread converts the rows it has just written, in one pool run (a
+ * round trip less per product, and the rows still in cache). */
+void kn_matmul_invariant_prep(threadpool *tp, kn_rows_fn prep, void *arg, const tensor *w, const float *x,
+                              int64_t n_tok, float *y);
+
 /* The packed copies of weights a model owns (kn_packed_add_rows), carved
  * out of a few large chunks. */
 typedef struct kn_packed {

@@ -346,6 +346,62 @@ START_TEST(test_matmul_ref_vs_dequant)
 }
 END_TEST
 
+/* kn_matmul_invariant_prep's rows: prep_copy writes row t of x from src and
+ * counts its writes. */
+typedef struct prep_rows {
+    const float *src;
+    float *x;
+    int64_t k;
+    int *writes;
+} prep_rows;
+
+static void prep_copy(void *arg, int64_t lo, int64_t hi)
+{
+    prep_rows *p = arg;
+    for (int64_t t = lo; t < hi; t++) {
+        memcpy(p->x + t * p->k, p->src + t * p->k, (size_t)p->k * sizeof *p->x);
+        p->writes[t]++;
+    }
+}
+
+/* Every row written once before it is read, on every thread count, token
+ * count and pass over a scratch too small for all tokens: the same bits as
+ * kn_matmul_invariant on the rows written beforehand. */
+START_TEST(test_matmul_prep)
+{
+    kernels_init();
+    const int type = weight_types[_i];
+    const int64_t k = odd_k(type, 3), n = 13;
+    ck_assert_int_eq(kernels_reserve(5 * k, NULL), 0); /* 17 tokens: four passes */
+    tensor w;
+    void *wd = random_weights(type, k, n, &w);
+    float *src = random_f32(17 * k, -1.0f, 1.0f), *x = malloc(17 * (size_t)k * sizeof *x);
+    float *y1 = malloc(17 * (size_t)n * sizeof *y1), *y = malloc(17 * (size_t)n * sizeof *y);
+    int writes[17];
+    prep_rows p = { src, x, k, writes };
+    for (int nt = 1; nt <= 3; nt++) {
+        threadpool *tp;
+        ck_assert_int_eq(threadpool_create(nt, &tp, NULL), 0);
+        for (int64_t n_tok = 1; n_tok <= 17; n_tok += 4) {
+            kn_matmul_invariant(tp, &w, src, n_tok, y1);
+            for (int64_t i = 0; i < 17 * k; i++)
+                x[i] = NAN;
+            memset(writes, 0, sizeof writes);
+            kn_matmul_invariant_prep(tp, prep_copy, &p, &w, x, n_tok, y);
+            for (int64_t t = 0; t < 17; t++)
+                ck_assert_int_eq(writes[t], t < n_tok);
+            ck_assert_mem_eq(y, y1, (size_t)(n_tok * n) * sizeof *y);
+        }
+        threadpool_free(tp);
+    }
+    free(y);
+    free(y1);
+    free(x);
+    free(src);
+    free(wd);
+}
+END_TEST
+
 /* The dispatcher's answer for every thread count, token count and chunking is
  * the same bits as one scalar thread: the split never changes the arithmetic. */
 START_TEST(test_matmul_threads_and_chunks)
@@ -1573,6 +1629,7 @@ Suite *kernels_suite(void)
     tc = tcase_create("reference");
     tcase_add_loop_test(tc, test_matmul_ref_vs_dequant, 0, N_WEIGHT_TYPES);
     tcase_add_loop_test(tc, test_matmul_threads_and_chunks, 0, N_WEIGHT_TYPES);
+    tcase_add_loop_test(tc, test_matmul_prep, 0, N_WEIGHT_TYPES);
     tcase_add_test(tc, test_matmul_supports);
     tcase_add_test(tc, test_q8_1_matches_q8_0);
     tcase_add_test(tc, test_rms_norm);
