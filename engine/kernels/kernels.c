@@ -163,10 +163,20 @@ int kernels_reserve(int64_t max_act_elems, glimpse_err *err)
 #define TOK_BLOCK 64
 _Static_assert(TOK_BLOCK <= KN_TILE_PART_TOK, "the float tiles must be able to walk k in parts");
 #define ROW_TILE 32
-/* Parts per pool thread of the dot products: on a shared machine the OS runs
- * our threads unevenly, and small parts let the thread that runs take over
- * the work of the one that does not (threadpool.c). */
+/* Parts per pool thread of the dot products, from PARTS_MIN_TOK tokens: on
+ * a shared machine the OS runs our threads unevenly, and small parts let
+ * the thread that runs take over the work of the one that does not
+ * (threadpool.c). With fewer tokens a product is short and held by the
+ * memory: one contiguous share per thread streams best, as every part is a
+ * new stream the prefetchers must find, and parts are claimed in turn, so
+ * a thread's parts are not contiguous. Measured with bench_kernels, 2
+ * threads, 2 alternating runs: one token of the 256M Q8_0 model 54.8 ->
+ * 61.1-61.3 GB/s in the fast memory state (74.7 -> 82.0-83.9 %), 8 streams
+ * x4.96 -> x5.13-5.28, with one part per thread for every product; prefill
+ * and the ViT tile then lost 6-10 % (256M Q8_0 prefill 839-847 -> 756-764
+ * GFLOP/s), hence the threshold. */
 #define PARTS_PER_THREAD 4
+#define PARTS_MIN_TOK 32
 
 typedef struct matmul_job {
     kn_vec_dot_fn vec_dot;
@@ -384,7 +394,7 @@ static void matmul(const kn_impl *impl, bool allow_blas, threadpool *tp, const t
             else
                 threadpool_run(tp, convert_rows, &j);
         }
-        int64_t n_parts = (int64_t)threadpool_size(tp) * PARTS_PER_THREAD;
+        int64_t n_parts = (int64_t)threadpool_size(tp) * (j.n_tok >= PARTS_MIN_TOK ? PARTS_PER_THREAD : 1);
         if (n_parts > (n_out + ROW_TILE - 1) / ROW_TILE)
             n_parts = (n_out + ROW_TILE - 1) / ROW_TILE;
         threadpool_run_parts(tp, dot_rows, &j, (int)n_parts);
