@@ -225,12 +225,10 @@ static void qkv_rows(const decoder *d, const text_layer *L, int64_t i, float **q
 }
 
 /* K/V blocks of an attention item asked for while its block pointers are
- * gathered: they are scattered over the paged cache, which the hardware
- * fetched a few misses at a time (8 streams at 64-80 positions, Q8_0 256M
- * / 500M models: +3-14 % tokens/s over 5 alternating runs, when each row
- * was a slice of a whole-row slot; still ~3 % at 1100 positions with
- * runs). Only the first blocks: the kernel asks for the later ones a few
- * blocks ahead of their use. */
+ * gathered, before the hardware prefetchers can have found their stream (8
+ * streams at 64-80 positions, Q8_0 256M / 500M models, medians of 4
+ * alternating runs: 3.85 / 8.47 ms a step, 4.04 / 8.89 without). Only the
+ * first blocks (kn_attention asks for the next few). */
 #define ATTN_PREFETCH_BLOCKS 4
 
 /* Splits the batch into runs of one sequence, at most ATTN_CHUNK entries

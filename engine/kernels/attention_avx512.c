@@ -44,12 +44,16 @@
 /* Loops over the G queries' register arrays must be unrolled, or -O2 keeps
  * the arrays in memory. */
 #define UNROLL_G _Pragma("GCC unroll 4")
-/* K/V blocks are asked for this many blocks ahead of their use: they are
- * scattered over the paged cache, a few KB each, which the hardware
- * prefetchers do not follow (8 streams at 1100 positions, Q8_0 256M / 500M
- * models: steps of 24.4 / 50.3 ms without, 21.0 / 41.5 with 2 blocks
- * ahead, 21.5 / 42.3 with 4). */
+/* The first ATTN_PF_LEAD blocks of K/V are asked for ATTN_PF_BLOCKS blocks
+ * ahead of their use, until the hardware prefetchers have found the
+ * stream: a head's blocks of a sequence follow each other in the cache
+ * (kvcache.c) unless the pool was fragmented. 8 streams, Q8_0 256M / 500M
+ * models, medians of 3-4 alternating runs: at 64-80 positions 3.89 / 8.67
+ * ms a step, 4.16 / 9.09 without any prefetch here; at 1100 positions 8.44
+ * / 16.4, 8.65 / 17.1 asking for every block (and for each block's own
+ * lines at its start), 8.74 / 16.8 without. */
 #define ATTN_PF_BLOCKS 2
+#define ATTN_PF_LEAD 6
 
 /* 16 values from p + i (halves or floats) as f32: dimension t of a key
  * block's 16 keys (i = t * 16, the block is transposed), or 16 elements of
@@ -207,22 +211,12 @@ TARGET void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_s
     for (int64_t j0 = 0; j0 < n_max; j0 += B) {
         const int nb = n_max - j0 < B ? (int)(n_max - j0) : B;
         const int64_t pf = j0 / B + ATTN_PF_BLOCKS;
-        if (pf * B < n_max)
+        if (pf < ATTN_PF_LEAD && pf * B < n_max)
             for (size_t o = 0; o < block_bytes; o += 64) {
                 _mm_prefetch((const char *)kv->k[pf] + o, _MM_HINT_T0);
                 _mm_prefetch((const char *)kv->v[pf] + o, _MM_HINT_T0);
             }
-        /* The block's own lines too, all at once: those the prefetch above
-         * did not bring in time then miss together, not one after the
-         * other through the scores and then the values (8 streams at 1100
-         * positions, Q8_0 256M model, medians of 3 alternating runs: 13.5
-         * ms a step without, 12.0 with; the version that loaded each block
-         * into scratch first took 12.4). */
         const void *kb = kv->k[j0 / B], *vb = kv->v[j0 / B];
-        for (size_t o = 0; o < block_bytes; o += 64) {
-            _mm_prefetch((const char *)kb + o, _MM_HINT_T0);
-            _mm_prefetch((const char *)vb + o, _MM_HINT_T0);
-        }
         int qi[4], nv[4], g = 0;
         for (int i = 0; i < n_q; i++) {
             const int64_t ni = n_keys ? n_keys[i] : kv->n;
