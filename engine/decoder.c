@@ -365,12 +365,10 @@ static void rows_range(void *arg, int64_t lo, int64_t hi)
                 kn_add_bias(x, xb, 1, E);
                 break;
             case ROWS_SWIGLU:
-                if (L->ffn_gate_up) {
-                    memcpy(d->gate + i * F, d->fused + i * 2 * F, (size_t)F * sizeof(float));
-                    kn_swiglu(d->gate + i * F, d->fused + i * 2 * F + F, F);
-                } else {
-                    kn_swiglu(d->gate + i * F, d->up + i * F, F);
-                }
+                if (L->ffn_gate_up)
+                    kn_swiglu(d->gate + i * F, d->fused + i * 2 * F, d->fused + i * 2 * F + F, F);
+                else
+                    kn_swiglu(d->gate + i * F, d->gate + i * F, d->up + i * F, F);
                 break;
             }
         }

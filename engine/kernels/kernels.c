@@ -610,9 +610,9 @@ void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base)
     active->rope(x, n_heads, head_dim, pos, freq_base);
 }
 
-void kn_swiglu(float *g, const float *u, int64_t n)
+void kn_swiglu(float *y, const float *g, const float *u, int64_t n)
 {
-    active->swiglu(g, u, n);
+    active->swiglu(y, g, u, n);
 }
 
 void kn_gelu(float *x, int64_t n)

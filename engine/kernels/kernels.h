@@ -112,8 +112,8 @@ void kn_layer_norm_rows(const float *x, size_t x_stride, const float *w, const f
 /* Adjacent-pair ("normal", ggml mode 0) RoPE of x [n_heads][head_dim] at pos:
  * pair (2i, 2i+1) turns by θ_i = pos·base^(-2i/head_dim), θ built as ggml does. */
 void kn_rope(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
-/* g[i] = silu(g[i]) * u[i] */
-void kn_swiglu(float *g, const float *u, int64_t n);
+/* y[i] = silu(g[i]) * u[i]; y may be g. */
+void kn_swiglu(float *y, const float *g, const float *u, int64_t n);
 /* GELU, tanh approximation, and quick-GELU z*sigmoid(1.702 z), in place, through
  * ggml's fp16 lookup tables (input and output rounded to half; tanh-GELU is 0
  * below -10 and the identity above 10), as llama.cpp's CPU backend computes them. */

@@ -333,7 +333,7 @@ TARGET static void softmax(float *x, int64_t n)
 }
 
 /* g = g / (1 + e^-g) · u; e^-g saturates to inf for g < -88.7, giving -0. */
-TARGET static void swiglu(float *g, const float *u, int64_t n)
+TARGET static void swiglu(float *y, const float *g, const float *u, int64_t n)
 {
     int64_t i = 0;
     const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
@@ -341,10 +341,10 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
         __m256 v = _mm256_loadu_ps(g + i);
         __m256 e = kn_exp256(_mm256_xor_ps(v, neg));
         __m256 silu = _mm256_div_ps(v, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
     for (; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* ---- GELU tables ------------------------------------------------------------------ */

@@ -278,7 +278,7 @@ TARGET static void rms_norm_rows(const float *x, size_t x_stride, const float *w
  * CPU on every call); set by kn_avx512_impl before any of them can run. */
 static const kn_impl *avx2_table;
 
-TARGET static void swiglu(float *g, const float *u, int64_t n)
+TARGET static void swiglu(float *y, const float *g, const float *u, int64_t n)
 {
     int64_t i = 0;
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -286,10 +286,10 @@ TARGET static void swiglu(float *g, const float *u, int64_t n)
     for (; i + 16 <= n; i += 16) {
         const __m512 v = _mm512_loadu_ps(g + i);
         const __m512 e = kn_exp512(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign)));
-        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
     }
     if (i < n)
-        avx2_table->swiglu(g + i, u + i, n - i);
+        avx2_table->swiglu(y + i, g + i, u + i, n - i);
 }
 
 /* ---- GELU tables ------------------------------------------------------------------ */

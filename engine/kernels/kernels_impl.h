@@ -149,7 +149,7 @@ typedef struct kn_impl {
     void (*layer_norm_rows)(const float *x, size_t x_stride, const float *w, const float *b, int64_t n, float eps,
                             float *y, size_t y_stride, int64_t n_rows);
     void (*rope)(float *x, int n_heads, int head_dim, int64_t pos, float freq_base);
-    void (*swiglu)(float *g, const float *u, int64_t n);
+    void (*swiglu)(float *y, const float *g, const float *u, int64_t n);
     void (*gelu)(float *x, int64_t n);
     void (*gelu_quick)(float *x, int64_t n);
     void (*softmax)(float *x, int64_t n);

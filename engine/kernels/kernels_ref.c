@@ -358,10 +358,10 @@ static void softmax(float *x, int64_t n)
         x[i] *= inv;
 }
 
-static void swiglu(float *g, const float *u, int64_t n)
+static void swiglu(float *y, const float *g, const float *u, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps, float *y)

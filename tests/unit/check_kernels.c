@@ -594,8 +594,7 @@ START_TEST(test_softmax_swiglu_dot)
         /* x - max rounds in f32 (up to 2e-6 at |x| ~ 40): relative 1e-5. */
         ck_assert_double_eq_tol(y[i], exp(x[i] - max) / sum, 1e-5 * (exp(x[i] - max) / sum));
 
-    memcpy(y, x, (size_t)n * sizeof *y);
-    kn_ref_impl.swiglu(y, u, n);
+    kn_ref_impl.swiglu(y, x, u, n);
     for (int64_t i = 0; i < n; i++) {
         double s = x[i] / (1.0 + exp(-(double)x[i])) * u[i];
         ck_assert_double_eq_tol(y[i], s, 1e-6 * fabs(s) + 1e-30);
@@ -1162,17 +1161,15 @@ START_TEST(test_simd_softmax_swiglu)
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * r[i] + 1e-30f, "softmax n=%lld [%lld]: %a vs %a",
                           (long long)n, (long long)i, v[i], r[i]);
-        memcpy(r, x, (size_t)n * sizeof *r);
         memcpy(v, x, (size_t)n * sizeof *v);
-        kn_ref_impl.swiglu(r, u, n);
-        simd->swiglu(v, u, n);
+        kn_ref_impl.swiglu(r, x, u, n);
+        simd->swiglu(v, v, u, n); /* in place */
         for (int64_t i = 0; i < n; i++)
             ck_assert_msg(fabsf(r[i] - v[i]) <= 2e-6f * fabsf(r[i]) + 1e-30f, "swiglu n=%lld x=%g: %a vs %a",
                           (long long)n, x[i], v[i], r[i]);
         if (simd != kn_avx2_impl() && kn_avx2_impl()) {
             /* the AVX-512 SwiGLU gives the AVX2 one's bits */
-            memcpy(r, x, (size_t)n * sizeof *r);
-            kn_avx2_impl()->swiglu(r, u, n);
+            kn_avx2_impl()->swiglu(r, x, u, n);
             ck_assert_msg(memcmp(r, v, (size_t)n * sizeof *r) == 0, "swiglu n=%lld: avx512 differs from avx2",
                           (long long)n);
         }
@@ -1537,7 +1534,7 @@ static void golden_row_op(const char *op, char *pos, const kn_impl *tables[2], g
             for (long long i = 0; i < n; i++)
                 tol[i] = 4e-6 * fabs(want[i]);
         } else if (strcmp(op, "swiglu") == 0) {
-            t->swiglu(got, w, n);
+            t->swiglu(got, got, w, n);
             for (long long i = 0; i < n; i++)
                 tol[i] = 4e-6 * fabs(want[i]) + 1e-30;
         } else {
