@@ -44,14 +44,19 @@
 /* Loops over the G queries' register arrays must be unrolled, or -O2 keeps
  * the arrays in memory. */
 #define UNROLL_G _Pragma("GCC unroll 4")
-/* The first ATTN_PF_LEAD blocks of K/V are asked for ATTN_PF_BLOCKS blocks
- * ahead of their use, until the hardware prefetchers have found the
- * stream: a head's blocks of a sequence follow each other in the cache
- * (kvcache.c) unless the pool was fragmented. 8 streams, Q8_0 256M / 500M
- * models, medians of 3-4 alternating runs: at 64-80 positions 3.89 / 8.67
- * ms a step, 4.16 / 9.09 without any prefetch here; at 1100 positions 8.44
- * / 16.4, 8.65 / 17.1 asking for every block (and for each block's own
- * lines at its start), 8.74 / 16.8 without. */
+/* K/V blocks are asked for ATTN_PF_BLOCKS blocks ahead of their use: the
+ * first ATTN_PF_LEAD, until the hardware prefetchers have found the stream
+ * (a head's blocks of a sequence follow each other in the cache when the
+ * pool handed them out in order, kvcache.c), and then each one that does
+ * not follow the block before it. 8 streams, Q8_0 256M / 500M models,
+ * medians of 3-4 alternating runs: at 64-80 positions 3.89 / 8.67 ms a
+ * step, 4.16 / 9.09 without any prefetch here; at 1100 positions 8.44 /
+ * 16.4, 8.65 / 17.1 asking for every block (and for each block's own lines
+ * at its start), 8.74 / 16.8 without. With the sequences' blocks
+ * interleaved (8 sequences growing a block at a time, the 256M model),
+ * 18.3-19.2 ms a step when only the first blocks were asked for, 13.1-13.5
+ * with the blocks that do not follow, 12.4-13.4 before the cache's blocks
+ * were read as stored (row pointers, keys transposed per block). */
 #define ATTN_PF_BLOCKS 2
 #define ATTN_PF_LEAD 6
 
@@ -211,7 +216,8 @@ TARGET void kn_attention_avx512(const kn_attn_kv *kv, const float *q, size_t q_s
     for (int64_t j0 = 0; j0 < n_max; j0 += B) {
         const int nb = n_max - j0 < B ? (int)(n_max - j0) : B;
         const int64_t pf = j0 / B + ATTN_PF_BLOCKS;
-        if (pf < ATTN_PF_LEAD && pf * B < n_max)
+        if (pf * B < n_max && (pf < ATTN_PF_LEAD || (const char *)kv->k[pf] != (const char *)kv->k[pf - 1] + block_bytes ||
+                               (const char *)kv->v[pf] != (const char *)kv->v[pf - 1] + block_bytes))
             for (size_t o = 0; o < block_bytes; o += 64) {
                 _mm_prefetch((const char *)kv->k[pf] + o, _MM_HINT_T0);
                 _mm_prefetch((const char *)kv->v[pf] + o, _MM_HINT_T0);
