@@ -101,10 +101,13 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
         goto fail;
     }
     /* 4 KB pages (not alloc_huge): a pool's resident memory grows with the
-     * blocks in use, where huge pages would take 2 MB per layer and kind at
-     * the first request (~120 MB for a 30-layer model) for 2-5 % at long
-     * contexts (8 streams at 1127 positions, Q8_0 256M / 500M: 12.6 / 23.1
-     * ms a step against 12.0 / 22.7). */
+     * blocks in use. On huge pages every head's plane of every layer would
+     * take 2 MB at the first request, the whole pool of the server's
+     * default (~360 MB for SmolVLM-256M at 4 x 4096 positions, against ~26
+     * MB for one image prompt), for 6-10 % at long contexts (8 streams at
+     * 1100 positions, Q8_0 256M / 500M, F16 256M, medians of 3 alternating
+     * runs: 6.97 / 14.4 / 10.0 ms a step against 7.40 / 15.9 / 11.2) and
+     * ~1 % at 64-80 positions. */
     kv->k = malloc(total);
     kv->v = malloc(total);
     kv->free_list = malloc((size_t)p->n_blocks * sizeof *kv->free_list);
