@@ -294,6 +294,19 @@ int kv_seq_reserve(kv_cache *kv, int seq, int64_t n_pos, glimpse_err *err)
     int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
     for (int b = have; b < need; b++)
         table[b] = take_block(kv);
+    /* The new blocks in the order of their place in the pool: the prefix
+     * cache evicts a sequence's blocks last first, and in order a head's
+     * blocks are one stream for the attention (layout above). 8 streams at
+     * 1100 positions on blocks the cache evicted, Q8_0 256M, 2 runs: 9.1-9.2
+     * ms a step, 11.2-11.8 in the evicted order (8.5-9.5 on fresh blocks).
+     * Insertion sort: they come in runs. */
+    for (int b = have + 1; b < need; b++) {
+        const int id = table[b];
+        int i = b;
+        for (; i > have && table[i - 1] > id; i--)
+            table[i] = table[i - 1];
+        table[i] = id;
+    }
     kv->n_seq_blocks[seq] = need;
     return 0;
 }

@@ -205,6 +205,32 @@ START_TEST(lru_eviction_order)
 }
 END_TEST
 
+/* A reserve's new blocks lie in the pool in position order, whatever order
+ * the free stack and the prefix cache hand them out in (a sequence's cached
+ * blocks are evicted last first): the attention streams them. */
+START_TEST(new_blocks_in_pool_order)
+{
+    kv_cache *kv = make(6, 2);
+    glimpse_err err = { 0 };
+    uint64_t h[4];
+    chain(1000, 4, h);
+    int s, t;
+    ck_assert_int_eq(kv_seq_open(kv, &s, &err), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, s, 4 * B, &err), 0);
+    for (int b = 0; b < 4; b++)
+        kv_seq_commit_block(kv, s, b, h[b]);
+    kv_seq_close(kv, s);
+    ck_assert_int_eq(kv_seq_open(kv, &t, &err), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, t, 6 * B, &err), 0); /* the 2 free blocks, then the 4 cached */
+    kv_stats st;
+    kv_cache_stats(kv, &st);
+    ck_assert_int_eq(st.evictions, 4);
+    for (int b = 1; b < 6; b++)
+        ck_assert((const char *)kv_k_block(kv, 0, t, b * B, 0) > (const char *)kv_k_block(kv, 0, t, (b - 1) * B, 0));
+    kv_cache_free(kv);
+}
+END_TEST
+
 START_TEST(commit_keeps_the_first_copy)
 {
     /* Two sequences computed the same block at once: the first registered
@@ -269,6 +295,7 @@ static Suite *suite(void)
     tcase_add_test(tc, allocation_and_close_return_blocks);
     tcase_add_test(tc, prefix_shared_by_reference);
     tcase_add_test(tc, lru_eviction_order);
+    tcase_add_test(tc, new_blocks_in_pool_order);
     tcase_add_test(tc, commit_keeps_the_first_copy);
     tcase_add_test(tc, truncate_drops_references_only);
     suite_add_tcase(s, tc);
