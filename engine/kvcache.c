@@ -36,9 +36,10 @@
 struct kv_cache {
     kv_params p;
     size_t elem_size;      /* 2 (F16) or 4 (F32) */
-    size_t head_bytes;     /* row_len / n_head * elem_size */
-    size_t block_bytes;    /* block_size * row_len * elem_size: one block of one layer, all heads */
-    size_t layer_bytes;    /* n_blocks * block_bytes */
+    size_t head_bytes;     /* row_len / n_head * elem_size: one head of one slot */
+    size_t head_block;     /* block_size * head_bytes: one head of one block */
+    size_t head_plane;     /* n_blocks * head_block: one head of one layer */
+    size_t layer_bytes;    /* n_head * head_plane */
     unsigned char *k;      /* [n_layer][n_head][n_blocks][row_len / n_head][block_size] */
     unsigned char *v;      /* [n_layer][n_head][n_blocks][block_size][row_len / n_head] */
     int *free_list;        /* [n_blocks] stack of free block ids */
@@ -94,8 +95,9 @@ int kv_cache_create(const kv_params *p, kv_cache **out, glimpse_err *err)
     kv->max_blocks_per_seq = (p->max_seq_len + p->block_size - 1) / p->block_size;
     size_t total;
     kv->head_bytes = (size_t)(p->row_len / p->n_head) * kv->elem_size;
-    if (!size_mul((size_t)p->row_len * kv->elem_size, (size_t)p->block_size, &kv->block_bytes) ||
-        !size_mul(kv->block_bytes, (size_t)p->n_blocks, &kv->layer_bytes) ||
+    if (!size_mul(kv->head_bytes, (size_t)p->block_size, &kv->head_block) ||
+        !size_mul(kv->head_block, (size_t)p->n_blocks, &kv->head_plane) ||
+        !size_mul(kv->head_plane, (size_t)p->n_head, &kv->layer_bytes) ||
         !size_mul(kv->layer_bytes, (size_t)p->n_layer, &total)) {
         rc = err_set(err, GLIMPSE_ELIMIT, "kv cache: size overflows");
         goto fail;
@@ -403,22 +405,17 @@ void kv_cache_stats(const kv_cache *kv, kv_stats *out)
 }
 
 /* Byte offset of head 0's part of the block holding (layer, seq, pos)
- * inside k or v; head h's is h * head_stride further. */
+ * inside k or v; head h's is h * head_plane further. */
 static size_t block_offset(const kv_cache *kv, int layer, int seq, int64_t pos)
 {
     const int *table = kv->tables + (size_t)seq * (size_t)kv->max_blocks_per_seq;
     const size_t block = (size_t)table[pos / kv->p.block_size];
-    return (size_t)layer * kv->layer_bytes + block * (size_t)kv->p.block_size * kv->head_bytes;
-}
-
-static size_t head_stride(const kv_cache *kv)
-{
-    return (size_t)kv->p.n_blocks * (size_t)kv->p.block_size * kv->head_bytes;
+    return (size_t)layer * kv->layer_bytes + block * kv->head_block;
 }
 
 void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, const float *v)
 {
-    const size_t off = block_offset(kv, layer, seq, pos), stride = head_stride(kv);
+    const size_t off = block_offset(kv, layer, seq, pos), stride = kv->head_plane;
     const size_t bs = (size_t)kv->p.block_size, slot = (size_t)(pos % kv->p.block_size);
     const int n = kv->p.row_len / kv->p.n_head;
     for (int h = 0; h < kv->p.n_head; h++) {
@@ -446,10 +443,10 @@ void kv_store(kv_cache *kv, int layer, int seq, int64_t pos, const float *k, con
 
 const void *kv_k_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->k + block_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
+    return kv->k + block_offset(kv, layer, seq, pos) + (size_t)head * kv->head_plane;
 }
 
 const void *kv_v_block(const kv_cache *kv, int layer, int seq, int64_t pos, int head)
 {
-    return kv->v + block_offset(kv, layer, seq, pos) + (size_t)head * head_stride(kv);
+    return kv->v + block_offset(kv, layer, seq, pos) + (size_t)head * kv->head_plane;
 }
