@@ -763,15 +763,83 @@ INLINE void micro_r16(int type, int T, int64_t nb, const uint8_t *g, const uint8
         _mm512_storeu_ps(y + (size_t)t * y_stride, acc[t]);
 }
 
+/* Two Q8_0 groups side by side (g and the one after it, 32 rows) x T <= 4
+ * tokens: each token's quants broadcast once for both groups, whose quants
+ * vpdpbusd takes from memory (L1 after the first token), so 8 broadcasts per
+ * 16 vpdpbusd where micro_r16 has one per vpdpbusd (one Zen 5 core,
+ * L1-resident, 8 tokens: 607-609 -> 841-860 GOP/s; with 8 tokens a pass
+ * GCC keeps both groups' quants in registers and spills the accumulators,
+ * slower than micro_r16). Every output's chains and rounding are micro_r16's:
+ * the same bits. */
+INLINE void micro_q8_0_r32(int T, int64_t nb, const uint8_t *g, const uint8_t *a, size_t a_row, float *y,
+                           size_t y_stride)
+{
+    const size_t blk = KN_R16 * sizeof(block_q8_0);
+    const uint8_t *h = g + (size_t)nb * blk;
+    const int offset = kn_r16_offset(DTYPE_Q8_0_R16);
+    __m512 acc[2][4];
+    TILE_UNROLL
+    for (int t = 0; t < T; t++)
+        acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512 dw0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + kn_r16_scales(b, blk))));
+        const __m512 dw1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + kn_r16_scales(b, blk))));
+        const uint8_t *q0 = g + kn_r16_body(b, nb, blk), *q1 = h + kn_r16_body(b, nb, blk);
+        TILE_UNROLL
+        for (int t = 0; t < T; t++) {
+            const block_q8_0x *x = (const block_q8_0x *)(a + (size_t)t * a_row) + b;
+            const quads *xq = (const quads *)(const void *)x->qs;
+            const __m512i c = _mm512_set1_epi32(-offset * x->sum);
+            __m512i s0 = c, s1 = _mm512_setzero_si512(), u0 = c, u1 = _mm512_setzero_si512();
+            TILE_UNROLL
+            for (int i = 0; i < QK8_0 / 4; i += 2) {
+                const __m512i b0 = _mm512_set1_epi32(xq[i]), b1 = _mm512_set1_epi32(xq[i + 1]);
+                s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512((const void *)(q0 + (size_t)i * 4 * KN_R16)), b0);
+                s1 = _mm512_dpbusd_epi32(s1, _mm512_loadu_si512((const void *)(q0 + (size_t)(i + 1) * 4 * KN_R16)), b1);
+                u0 = _mm512_dpbusd_epi32(u0, _mm512_loadu_si512((const void *)(q1 + (size_t)i * 4 * KN_R16)), b0);
+                u1 = _mm512_dpbusd_epi32(u1, _mm512_loadu_si512((const void *)(q1 + (size_t)(i + 1) * 4 * KN_R16)), b1);
+            }
+            const __m512 dx = _mm512_set1_ps(x->d);
+            acc[0][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(dw0, dx), acc[0][t]);
+            acc[1][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(u0, u1)), _mm512_mul_ps(dw1, dx), acc[1][t]);
+        }
+    }
+    TILE_UNROLL
+    for (int t = 0; t < T; t++) {
+        _mm512_storeu_ps(y + (size_t)t * y_stride, acc[0][t]);
+        _mm512_storeu_ps(y + (size_t)t * y_stride + KN_R16, acc[1][t]);
+    }
+}
+
+/* Tokens from which Q8_0 groups go in pairs (micro_q8_0_r32): prefill 512,
+ * 2 threads, 3 alternating bench runs, 256M / 500M models: 733-849 /
+ * 905-981 -> 898-916 / 1047-1056 GFLOP/s. With 8 tokens (8 streams) the
+ * pairs were 4-6 % slower a step (alternating steps of one process), held
+ * by the memory, which the one-group kernel's prefetch streams better. */
+#define Q8_0_R32_MIN_TOK 16
+
 /* n_rows is a multiple of KN_R16 (kn_packed_add_rows packs no other matrix, and
- * kernels.c's row tiles are multiples of it); each group against all the
- * tokens, 8 at a time, while its rows are in L1. */
+ * kernels.c's row tiles are multiples of it); each group (or pair of Q8_0
+ * groups) against all the tokens, 8 (4) at a time, while its rows are in L1. */
 INLINE void tile_r16(int type, int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
                      int64_t n_tok, float *y, size_t y_stride)
 {
     const int64_t nb = k / QK8_0;
     const uint8_t *a8 = a;
-    for (int64_t o = 0; o + KN_R16 <= n_rows; o += KN_R16) {
+    int64_t o = 0;
+    for (; type == DTYPE_Q8_0_R16 && n_tok >= Q8_0_R32_MIN_TOK && o + 2 * KN_R16 <= n_rows; o += 2 * KN_R16) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)o * w_row;
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4)
+            micro_q8_0_r32(4, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride);
+        switch (n_tok - t) {
+        case 3: micro_q8_0_r32(3, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride); break;
+        case 2: micro_q8_0_r32(2, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride); break;
+        case 1: micro_q8_0_r32(1, nb, g, a8 + (size_t)t * a_row, a_row, y + (size_t)t * y_stride + o, y_stride); break;
+        default: break;
+        }
+    }
+    for (; o + KN_R16 <= n_rows; o += KN_R16) {
         const uint8_t *g = (const uint8_t *)w + (size_t)o * w_row;
 #define CALL_R16(T, t) micro_r16(type, T, nb, g, a8 + (size_t)(t) * a_row, a_row, y + (size_t)(t) * y_stride + o, y_stride)
         R16_TOKENS(n_tok, CALL_R16);

@@ -1023,6 +1023,7 @@ END_TEST
  * types the AVX-512 table's Q8_0 blocks: packed and unpacked weights meet
  * the same quants) within f32 rounding, and is the same bits whatever the
  * number of tokens (every count of the 8-token micro-kernel's remainder,
+ * the pairs of groups from 5 F16 / 16 Q8_0 tokens and their passes,
  * threads, parts, row tiles of 32 and 16 rows, even and odd block or F16
  * element counts). Matrices it cannot pack come back NULL. */
 START_TEST(test_simd_packed)
