@@ -820,7 +820,8 @@ INLINE void micro_q8_0_r32(int T, int64_t nb, const uint8_t *g, const uint8_t *a
 
 /* n_rows is a multiple of KN_R16 (kn_packed_add_rows packs no other matrix, and
  * kernels.c's row tiles are multiples of it); each group (or pair of Q8_0
- * groups) against all the tokens, 8 (4) at a time, while its rows are in L1. */
+ * groups) against all the tokens, 8 (4) at a time, while its rows are in
+ * cache. */
 INLINE void tile_r16(int type, int64_t k, const void *w, size_t w_row, int64_t n_rows, const void *a, size_t a_row,
                      int64_t n_tok, float *y, size_t y_stride)
 {
